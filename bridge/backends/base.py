@@ -1,0 +1,79 @@
+"""The speech-backend interface: what the media session talks to.
+
+A backend turns the caller's audio into the model's audio. The media session owns the clock: it
+pushes one 80 ms frame (1920 float32 samples at 24 kHz, range [-1, 1]) each time one has arrived from
+the phone, and sends on whatever frames the backend has ready. One frame in is one step; a step may
+return zero or more output frames (a pipelined model returns nothing for its first few steps).
+
+Rules every implementation keeps:
+- `process()` never blocks the event loop: model compute runs in a worker thread or process.
+- Every wait inside a backend has a timeout; a backend that can no longer produce audio sets
+  `ended` to a reason instead of hanging, and the session ends the call with that reason.
+- One `SpeechBackend` may refuse a second concurrent session with `BackendBusy` (Moshi serves one
+  call at a time); `busy` tells a caller before it dials.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SAMPLE_RATE = 24_000
+FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one Mimi / Moshi step
+
+
+class BackendError(Exception):
+    """A backend could not do what was asked (bad weights, dead worker...)."""
+
+
+class BackendBusy(BackendError):
+    """The backend already serves as many calls as it can."""
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What one `process()` step produced."""
+
+    frames: list[np.ndarray] = field(default_factory=list)  # each (1920,) float32 at 24 kHz
+    text: list[str] = field(default_factory=list)  # text pieces the model emitted, in order
+    step_ms: float | None = None  # model compute time of this step, when the backend measures it
+
+
+class BackendSession(abc.ABC):
+    """One call's conversation with a backend."""
+
+    #: Why this session can no longer produce audio (budget spent, worker died); None while healthy.
+    ended: str | None = None
+
+    @abc.abstractmethod
+    async def process(self, frame: np.ndarray) -> StepOutput:
+        """Push one (1920,) float32 frame of caller audio; return what is ready to play."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release per-call state. Safe to call twice."""
+
+
+class SpeechBackend(abc.ABC):
+    """A kind of speech backend, loaded once per server process."""
+
+    name: str = "abstract"
+    #: Seconds from load start to ready (warm-up included), once `load()` has run.
+    load_seconds: float | None = None
+
+    async def load(self) -> None:  # noqa: B027 - optional hook
+        """Load weights and warm up. Backends with nothing to load keep this as is."""
+
+    @property
+    def busy(self) -> bool:
+        """True when `open_session` would raise BackendBusy right now."""
+        return False
+
+    @abc.abstractmethod
+    async def open_session(self, call_id: str, max_seconds: float) -> BackendSession:
+        """Start a conversation for one call, with fresh state and a budget of max_seconds of audio."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release the backend (worker threads, model memory)."""

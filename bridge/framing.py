@@ -1,0 +1,172 @@
+"""The two per-call audio pipelines between Twilio's 20 ms μ-law chunks and Moshi's 80 ms float frames.
+
+- ``InboundPipeline``: μ-law 8 kHz payloads (any length) -> 24 kHz float32 -> 1920-sample frames.
+- ``OutboundPipeline``: 24 kHz float32 frames -> 8 kHz -> clip, round -> int16 -> μ-law -> 160-byte chunks.
+- ``FrameAccumulator``: the re-chunker both rely on.
+
+One instance per call per direction; each keeps the resampler's history, so feed it the stream in order.
+This runs for every 20 ms of every call, so each step is one numpy call where it can be: int16 <-> float
+scaling is folded into the resampler's coefficients (gain), and int16 -> float32 happens inside the
+resampler's history concatenation.
+
+Taps for the recorder and meters: after every ``push``, ``pcm8k_last`` holds the int16 8 kHz PCM of what
+that push consumed (inbound: the decoded payload, or the zeros of ``push_silence``) or produced (outbound:
+the PCM of the returned chunks, chunk ``i`` being ``pcm8k_last[160*i : 160*(i+1)]``). It is replaced, not
+appended to, on the next push; keep a reference if you need it later (it is never modified in place).
+
+No I/O, no clock here: the caller paces, timestamps and sends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from bridge.g711 import ulaw_decode, ulaw_encode
+from bridge.resample import StreamResampler
+
+__all__ = ["CHUNK_SAMPLES_8K", "FRAME_SAMPLES_24K", "FrameAccumulator", "InboundPipeline", "OutboundPipeline"]
+
+FRAME_SAMPLES_24K = 1920  # Moshi/Mimi frame: 80 ms at 24 kHz
+CHUNK_SAMPLES_8K = 160  # Twilio media chunk: 20 ms at 8 kHz, one μ-law byte per sample
+
+_EMPTY_I16: npt.NDArray[np.int16] = np.zeros(0, np.int16)
+
+
+class FrameAccumulator:
+    """Re-chunks a stream of arrays into arrays of exactly ``size`` samples.
+
+    ``push(x)`` returns every complete frame now available (possibly none). Each returned frame is a fresh
+    array that the accumulator never touches again; ``pending`` samples wait for the next push.
+    """
+
+    __slots__ = ("_buf", "_dtype", "_fill", "size")
+
+    def __init__(self, size: int, dtype: type[np.generic] = np.float32) -> None:
+        if size <= 0:
+            raise ValueError(f"frame size must be positive, got {size}")
+        self.size, self._dtype = size, dtype
+        self._buf: npt.NDArray[np.generic] = np.empty(size, dtype)
+        self._fill = 0
+
+    @property
+    def pending(self) -> int:
+        """Samples held back until a frame is complete."""
+        return self._fill
+
+    def push(self, x: npt.NDArray[np.generic]) -> list[npt.NDArray[np.generic]]:
+        frames: list[npt.NDArray[np.generic]] = []
+        n, i = x.shape[0], 0
+        while i < n:
+            take = min(self.size - self._fill, n - i)
+            self._buf[self._fill : self._fill + take] = x[i : i + take]
+            self._fill += take
+            i += take
+            if self._fill == self.size:
+                # Hand the full buffer over and start a new one: one copy per sample, no aliasing.
+                frames.append(self._buf)
+                self._buf = np.empty(self.size, self._dtype)
+                self._fill = 0
+        return frames
+
+    def reset(self) -> None:
+        """Drop the pending partial frame."""
+        self._fill = 0
+
+
+class InboundPipeline:
+    """Caller audio: Twilio μ-law 8 kHz payloads -> 1920-sample float32 frames at 24 kHz for the model.
+
+    ``push(payload)`` decodes, resamples and returns the frames completed by it (usually one per four
+    20 ms payloads). ``push_silence(n)`` stands in for ``n`` missing 8 kHz samples (a gap in the media
+    stream) so that the model's clock keeps running; it is the same as pushing ``n`` bytes of 0xFF.
+    Added delay: ``delay_ms`` (the resampler's), plus up to 80 ms of frame filling inherent to the model.
+    """
+
+    __slots__ = ("_frames", "_resampler", "pcm8k_last")
+
+    def __init__(self, frame_samples: int = FRAME_SAMPLES_24K) -> None:
+        self._resampler = StreamResampler(8000, 24000, gain=1.0 / 32768.0)
+        self._frames = FrameAccumulator(frame_samples, np.float32)
+        self.pcm8k_last: npt.NDArray[np.int16] = _EMPTY_I16
+
+    @property
+    def delay_ms(self) -> float:
+        return self._resampler.delay_ms
+
+    @property
+    def pending(self) -> int:
+        """24 kHz samples waiting for the next frame."""
+        return self._frames.pending
+
+    def push(self, payload: bytes | bytearray | memoryview) -> list[npt.NDArray[np.float32]]:
+        self.pcm8k_last = pcm = ulaw_decode(payload)
+        return self._frames.push(self._resampler.process(pcm))  # type: ignore[return-value]
+
+    def push_silence(self, n_samples_8k: int) -> list[npt.NDArray[np.float32]]:
+        self.pcm8k_last = pcm = np.zeros(n_samples_8k, np.int16)
+        return self._frames.push(self._resampler.process(pcm))  # type: ignore[return-value]
+
+    def reset(self) -> None:
+        """Start over: no history, no partial frame (a new stream on the same call)."""
+        self._resampler.reset()
+        self._frames.reset()
+        self.pcm8k_last = _EMPTY_I16
+
+
+class OutboundPipeline:
+    """Model audio: 24 kHz float32 frames -> 160-byte Twilio μ-law chunks (20 ms at 8 kHz).
+
+    ``push(frame)`` takes any length that is a multiple of 3 (a 1920-sample frame gives exactly four
+    chunks) and returns the complete chunks; a remainder waits for the next push, and ``flush()`` pads
+    it with silence. Samples beyond [-1, 1] are clipped, never wrapped. ``pcm8k_last`` is the int16 PCM
+    of the chunks just returned, in order. Added delay: ``delay_ms``.
+    """
+
+    __slots__ = ("_pending", "_resampler", "chunk_samples", "pcm8k_last")
+
+    def __init__(self, chunk_samples: int = CHUNK_SAMPLES_8K) -> None:
+        # The int16 scale rides in the filter; what comes out is already in int16 units.
+        self._resampler = StreamResampler(24000, 8000, gain=32768.0)
+        self.chunk_samples = chunk_samples
+        self._pending: npt.NDArray[np.int16] = _EMPTY_I16
+        self.pcm8k_last: npt.NDArray[np.int16] = _EMPTY_I16
+
+    @property
+    def delay_ms(self) -> float:
+        return self._resampler.delay_ms
+
+    @property
+    def pending(self) -> int:
+        """8 kHz samples waiting for a complete chunk."""
+        return int(self._pending.shape[0])
+
+    def push(self, frame: npt.NDArray[np.float32]) -> list[bytes]:
+        y = self._resampler.process(frame)
+        np.clip(y, -32768.0, 32767.0, out=y)
+        pcm = np.rint(y, out=y).astype(np.int16)
+        if self._pending.shape[0]:
+            pcm = np.concatenate((self._pending, pcm))
+        return self._emit(pcm)
+
+    def flush(self) -> list[bytes]:
+        """Emit the pending partial chunk, padded with silence (end of the model's audio)."""
+        if not self._pending.shape[0]:
+            self.pcm8k_last = _EMPTY_I16
+            return []
+        pcm = np.zeros(self.chunk_samples, np.int16)
+        pcm[: self._pending.shape[0]] = self._pending
+        return self._emit(pcm)
+
+    def reset(self) -> None:
+        """Start over: no history, no partial chunk."""
+        self._resampler.reset()
+        self._pending = self.pcm8k_last = _EMPTY_I16
+
+    def _emit(self, pcm: npt.NDArray[np.int16]) -> list[bytes]:
+        n = pcm.shape[0] - pcm.shape[0] % self.chunk_samples
+        self._pending = pcm[n:]
+        self.pcm8k_last = pcm = pcm[:n]
+        codes = ulaw_encode(pcm)
+        step = self.chunk_samples
+        return [codes[i : i + step] for i in range(0, n, step)]

@@ -1,0 +1,43 @@
+"""Errors of the orchestrator package.
+
+Hierarchy:
+
+    OrchestratorError            base; `str(err)` is one line a user can act on
+    ├── SettingsError            a setting is missing or malformed (names the setting and the fix)
+    ├── StoreError               the database cannot be opened, is newer than this code, ...
+    ├── UnknownCall              no call with that id or CallSid
+    ├── LifecycleError           an impossible *local* command (a bug): remote surprises never raise
+    └── CarrierError             the carrier (Twilio or the emulator) refused a request
+
+Remote problems (duplicate or late callbacks, bad signatures, garbage frames) are not exceptions
+here: they are recorded as rejected events and answered.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base class: the message is one line that says what to do."""
+
+
+class SettingsError(OrchestratorError):
+    pass
+
+
+class StoreError(OrchestratorError):
+    pass
+
+
+class UnknownCall(OrchestratorError):
+    pass
+
+
+class LifecycleError(OrchestratorError):
+    pass
+
+
+class CarrierError(OrchestratorError):
+    def __init__(self, message: str, code: int | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status

@@ -1,0 +1,238 @@
+"""The service: the one place that turns a raw event into stored state.
+
+For every event: store it raw (before anything can go wrong), find the call, drop duplicates, judge it
+with the lifecycle, save the new state and the transition, record the verdict on the event, and return
+what happened so the caller can run the effects. All of it runs on one thread (the store's writer), so
+read-judge-write cannot interleave between two events of the same call.
+
+`AsyncService` gives the server the same API as coroutines, executed on a dedicated single writer
+thread so the event loop never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from orchestrator import lifecycle
+from orchestrator.lifecycle import CallEvent, CallState, EventType, Outcome
+from orchestrator.store import Store, parse_iso, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: (source, raw type) -> lifecycle event, for sources whose vocabulary is not a Twilio status.
+_OTHER_EVENTS: dict[tuple[str, str], EventType] = {
+    ("rest", "queued"): EventType.QUEUED,
+    ("rest", "create_failed"): EventType.FAILED,
+    ("rest", "hangup"): EventType.INITIATED,  # informative: we asked; the callback will tell
+    ("media", "start"): EventType.STREAM_STARTED,
+    ("media", "stop"): EventType.STREAM_STOPPED,
+    ("media", "ws_closed"): EventType.STREAM_STOPPED,
+    ("media", "dtmf"): EventType.DTMF,
+    ("local", "interrupted"): EventType.INTERRUPTED,
+    ("local", "reconciled_completed"): EventType.COMPLETED,
+}
+
+
+def event_type_for(source: str, raw_type: str) -> EventType | None:
+    if source == "status_callback":
+        return lifecycle.CALL_STATUS_EVENTS.get(raw_type)
+    if source == "stream_status":
+        return lifecycle.STREAM_STATUS_EVENTS.get(raw_type)
+    return _OTHER_EVENTS.get((source, raw_type))
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What `record()` did with one event."""
+
+    event_id: int
+    accepted: bool
+    reason: str | None
+    call: dict[str, Any] | None  # the call row after the event (None: unknown call)
+    outcome: Outcome | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.outcome and self.outcome.changed)
+
+
+class CallService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record(
+        self,
+        *,
+        source: str,
+        type: str,
+        payload: dict[str, Any] | None = None,
+        call_id: str | None = None,
+        call_sid: str | None = None,
+        dedupe_key: str | None = None,
+        at: datetime | None = None,
+        rejected: str | None = None,
+        detail: str | None = None,
+    ) -> Recorded:
+        """Store one raw event, then judge and apply it. `rejected` stores it as refused (bad signature)."""
+        at = at or utcnow()
+        payload = payload or {}
+        store = self.store
+        event_id = store.insert_event(
+            source=source, type=type, at=at, payload=payload, call_id=call_id, call_sid=call_sid,
+            dedupe_key=dedupe_key,
+        )
+        call = store.find_call(call_id=call_id, call_sid=call_sid)
+        cid = call["id"] if call else None
+        if rejected:
+            store.judge_event(event_id, accepted=False, reason=rejected, call_id=cid)
+            return Recorded(event_id, False, rejected, call)
+        if call is None:
+            reason = "unknown call"
+            store.judge_event(event_id, accepted=False, reason=reason, call_id=None)
+            log.warning("event %s/%s for unknown call (id=%s sid=%s) stored", source, type, call_id, call_sid)
+            return Recorded(event_id, False, reason, None)
+        if dedupe_key and store.dedupe_seen(dedupe_key, event_id):
+            store.judge_event(event_id, accepted=False, reason="duplicate", call_id=cid)
+            return Recorded(event_id, False, "duplicate", call)
+        kind = event_type_for(source, type)
+        if kind is None:
+            reason = f"unknown event {source}/{type}"
+            store.judge_event(event_id, accepted=False, reason=reason, call_id=cid)
+            return Recorded(event_id, False, reason, call)
+        state = CallState(call["state"])
+        outcome = lifecycle.handle(state, CallEvent(kind, at, source, detail))
+        with store.transaction():
+            updates: dict[str, Any] = {}
+            if call_sid and not call.get("call_sid"):
+                updates["call_sid"] = call_sid
+            if outcome.changed:
+                updates["state"] = outcome.state.value
+                store.record_transition(
+                    call["id"], from_state=state.value, to_state=outcome.state.value,
+                    trigger=f"{source}:{type}", at=at, event_id=event_id,
+                )
+                if outcome.state.terminal:
+                    updates["ended_at"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                    if detail or not call.get("end_reason"):
+                        updates["end_reason"] = detail or f"{source}:{type}"
+            if updates:
+                store.update_call(call["id"], **updates)
+            store.judge_event(event_id, accepted=outcome.accepted, reason=outcome.reason, call_id=cid)
+        return Recorded(event_id, outcome.accepted, outcome.reason, store.get_call(call["id"]), outcome)
+
+    def reconcile_after_restart(self) -> list[Recorded]:
+        """Calls left live by a dead process must not stay 'streaming' forever: record why they ended.
+
+        Without a live stream in this process, a call found queued/ringing/in-progress/streaming at start
+        has lost its media; we record an explicit `interrupted` event (-> failed, with the reason), so the
+        history says what happened. A later real callback (completed) is still stored and shown.
+        """
+        done = []
+        for call in self.store.live_calls():
+            done.append(
+                self.record(
+                    source="local", type="interrupted", call_id=call["id"],
+                    payload={"found_state": call["state"]},
+                    detail=f"interrupted: found {call['state']} at server start; the media stream was lost "
+                    "when the previous server process stopped",
+                )
+            )
+        return done
+
+    # -- documents ----------------------------------------------------------------------------------
+
+    def document(self, ref: str) -> dict[str, Any]:
+        """The `orchestrator show CALL --json` document."""
+        store = self.store
+        call = store.get_call(ref)
+        facts = json.loads(call.get("facts") or "{}")
+        doc_call = {
+            "id": call["id"], "call_sid": call["call_sid"], "direction": call["direction"],
+            "to": call["to_number"], "from": call["from_number"], "state": call["state"],
+            "run": store.run_label(call["run_id"]), "created_at": call["created_at"],
+            "ended_at": call["ended_at"], "end_reason": call["end_reason"], "backend": call["backend"],
+            "say_text": call["say_text"], "recording_path": call["recording_path"],
+            "stream_sid": call["stream_sid"],
+        }
+        events = [
+            {
+                "id": e["id"], "source": e["source"], "type": e["type"], "at": e["at"],
+                "accepted": None if e["accepted"] is None else bool(e["accepted"]),
+                "reason": e["reason"], "payload": _redact(json.loads(e["payload"] or "{}")),
+            }
+            for e in store.events_for(call)
+        ]
+        return {
+            "call": doc_call,
+            "transitions": [
+                {"from": t["from_state"], "to": t["to_state"], "trigger": t["trigger"], "at": t["at"]}
+                for t in store.transitions_for(call["id"])
+            ],
+            "events": events,
+            "metrics": store.metrics_for(call["id"]),
+            "checks": [
+                {"criterion": c["criterion"], "status": c["status"], "evidence": c["evidence"],
+                 "decided_by": c["decided_by"], "note": c["note"], "at": c["at"]}
+                for c in store.checks_for(call["id"])
+            ],
+            "facts": facts,
+            "analysis": store.analysis_for(call["id"]) or {},
+            "transcript": store.transcript_for(call["id"]),
+        }
+
+
+_SECRET_KEYS = {"token", "AuthToken", "auth_token"}
+
+
+def _redact(payload: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in payload.items():
+        if k in _SECRET_KEYS:
+            out[k] = "(redacted)"
+        elif isinstance(v, dict):
+            out[k] = _redact(v)
+        else:
+            out[k] = v
+    return out
+
+
+def relative_ms(at: str, origin: str) -> float:
+    return (parse_iso(at) - parse_iso(origin)).total_seconds() * 1000.0
+
+
+class AsyncService:
+    """The service on one writer thread: every store access of the server goes through here."""
+
+    def __init__(self, store_factory: Callable[[], Store]) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._store_factory = store_factory
+        self.service: CallService | None = None
+
+    async def start(self) -> None:
+        def open_store() -> None:
+            self.service = CallService(self._store_factory())
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, open_store)
+
+    async def run(self, fn: Callable[[CallService], T]) -> T:
+        """Run `fn(service)` on the writer thread."""
+        assert self.service is not None, "AsyncService.start() first"
+        service = self.service
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, service)
+
+    async def record(self, **kw: Any) -> Recorded:
+        return await self.run(lambda s: s.record(**kw))
+
+    async def close(self) -> None:
+        if self.service is not None:
+            service = self.service
+            await asyncio.get_running_loop().run_in_executor(self._executor, service.store.close)
+        self._executor.shutdown(wait=True)

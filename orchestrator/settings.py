@@ -1,0 +1,167 @@
+"""Settings: environment variables (and a `.env` file), validated once, with errors that say how to fix.
+
+Every setting is documented in `.env.example`. The auth token is a secret: it never appears in
+`repr()`, logs or JSON output (see `Settings.redacted`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from orchestrator.errors import SettingsError
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+BACKENDS = ("echo", "playback", "moshi")
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("moshi-call-orchestrator")) / "orchestrator.db"
+
+
+def default_recordings_dir() -> Path:
+    return Path(platformdirs.user_data_dir("moshi-call-orchestrator")) / "recordings"
+
+
+@dataclass(frozen=True)
+class Settings:
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_from_number: str | None = None
+    twilio_api_base_url: str | None = None  # unset = Twilio; set = the carrier emulator
+    public_url: str | None = None
+    db: Path = field(default_factory=default_db_path)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backend: str = "echo"
+    moshi_hf_repo: str = "kyutai/moshiko-mlx-q4"
+    moshi_quantize: str = "4"
+    recordings_dir: Path | None = field(default_factory=default_recordings_dir)  # None = off
+    greeting: str = "Connecting you to Moshi."
+    max_call_seconds: float = 300.0
+    echo_delay_ms: float = 400.0
+    max_lead_ms: float = 100.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+        if environ is None:
+            if dotenv:
+                _load_dotenv()
+            environ = os.environ
+        env = {k: v for k, v in environ.items() if v != ""}
+        kw: dict[str, object] = {}
+        simple = {
+            "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+            "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+            "TWILIO_FROM_NUMBER": "twilio_from_number",
+            "TWILIO_API_BASE_URL": "twilio_api_base_url",
+            "PUBLIC_URL": "public_url",
+            "ORCHESTRATOR_HOST": "host",
+            "BACKEND": "backend",
+            "MOSHI_HF_REPO": "moshi_hf_repo",
+            "MOSHI_QUANTIZE": "moshi_quantize",
+            "GREETING": "greeting",
+        }
+        for name, attr in simple.items():
+            if name in env:
+                kw[attr] = env[name].strip()
+        if "ORCHESTRATOR_DB" in env:
+            kw["db"] = Path(env["ORCHESTRATOR_DB"]).expanduser()
+        if "RECORDINGS_DIR" in env:
+            value = env["RECORDINGS_DIR"].strip()
+            kw["recordings_dir"] = None if value.lower() in ("off", "none", "0") else Path(value).expanduser()
+        for name, attr, conv in (
+            ("ORCHESTRATOR_PORT", "port", int),
+            ("MAX_CALL_SECONDS", "max_call_seconds", float),
+            ("ECHO_DELAY_MS", "echo_delay_ms", float),
+            ("MAX_LEAD_MS", "max_lead_ms", float),
+        ):
+            if name in env:
+                try:
+                    kw[attr] = conv(env[name])
+                except ValueError:
+                    raise SettingsError(f"{name}={env[name]!r} is not a number; fix it in .env or the environment") from None
+        return cls(**kw).validated()  # type: ignore[arg-type]
+
+    def with_overrides(self, **kw: object) -> Settings:
+        """CLI flags win over the environment; None means 'not given'."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None}).validated()
+
+    def validated(self) -> Settings:
+        if self.backend not in BACKENDS:
+            raise SettingsError(f"BACKEND={self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.moshi_quantize not in ("4", "8", "none"):
+            raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"ORCHESTRATOR_PORT={self.port}: must be 1-65535")
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            if not parts.scheme or not parts.netloc:
+                raise SettingsError(f"PUBLIC_URL={self.public_url!r} is not a URL; expected https://your-tunnel.example")
+        return self
+
+    # -- what each command needs -------------------------------------------------------------------
+
+    def require_public_url(self) -> str:
+        if not self.public_url:
+            raise SettingsError(
+                "PUBLIC_URL is not set: Twilio must reach this server through a tunnel; set PUBLIC_URL to the "
+                "tunnel's https URL or run `orchestrator serve --tunnel cloudflared`"
+            )
+        if urlsplit(self.public_url).scheme != "https":
+            raise SettingsError(
+                f"PUBLIC_URL={self.public_url!r} must be https (Twilio only streams to wss:// and signs https URLs)"
+            )
+        return self.public_url.rstrip("/")
+
+    def require_twilio(self) -> tuple[str, str]:
+        if not self.twilio_account_sid:
+            raise SettingsError("TWILIO_ACCOUNT_SID is not set: copy it from the Twilio console into .env")
+        if not re.fullmatch(r"AC[0-9a-fA-F]{32}", self.twilio_account_sid):
+            raise SettingsError("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits")
+        if not self.twilio_auth_token:
+            raise SettingsError("TWILIO_AUTH_TOKEN is not set: copy the primary auth token into .env")
+        return self.twilio_account_sid, self.twilio_auth_token
+
+    def require_auth_token(self) -> str:
+        if not self.twilio_auth_token:
+            raise SettingsError(
+                "TWILIO_AUTH_TOKEN is not set: the server needs it to check X-Twilio-Signature; put it in .env"
+            )
+        return self.twilio_auth_token
+
+    def redacted(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "twilio_auth_token":
+                value = "(set)" if value else None
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def check_e164(number: str, setting: str) -> str:
+    if not E164.match(number or ""):
+        raise SettingsError(f"{setting}={number!r} is not an E.164 phone number (like +14155550123)")
+    return number
+
+
+def mask_number(number: str | None) -> str:
+    """Phone numbers at info level: keep the country code and last two digits."""
+    if not number:
+        return "-"
+    return number[:2] + "*" * max(0, len(number) - 4) + number[-2:]
+
+
+def _load_dotenv() -> None:
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # pragma: no cover - dependency declared
+        return
+    load_dotenv(dotenv_path=Path.cwd() / ".env", override=False)

@@ -1,0 +1,361 @@
+"""The SQLite store: one database file, schema from numbered migrations, one writer.
+
+sqlite-utils over a single connection in WAL mode with a busy timeout. The schema is created only by
+the numbered SQL files in ``orchestrator/migrations/``, applied in order, each inside a transaction and
+recorded in ``_sqlite_migrations`` (sqlite-utils' ``Migrations``). A database that records a migration
+this code does not know was written by a newer version: we refuse to touch it rather than guess.
+
+Threading: a ``Store`` is used by one thread at a time. The server gives it a dedicated writer thread
+(see ``orchestrator.service.AsyncStore``); the CLI uses it directly. Keep this module free of business
+rules: the lifecycle decides, the service orchestrates, the store only reads and writes rows.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from orchestrator.errors import StoreError, UnknownCall
+
+MIGRATION_SET = "orchestrator"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationFile:
+    name: str  # e.g. "0001_initial"
+    sql: str
+
+
+def migration_files() -> list[MigrationFile]:
+    """The numbered SQL files shipped with the package, in order."""
+    folder = resources.files("orchestrator") / "migrations"
+    files = sorted(
+        (f for f in folder.iterdir() if f.name.endswith(".sql") and f.name[:4].isdigit()),
+        key=lambda f: f.name,
+    )
+    return [MigrationFile(f.name[:-4], f.read_text(encoding="utf-8")) for f in files]
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """Split a SQL script into statements (executescript would COMMIT and break the transaction)."""
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            stmt = buf.strip()
+            buf = ""
+            if stmt and not all(ln.strip().startswith("--") or not ln.strip() for ln in stmt.splitlines()):
+                yield stmt
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise StoreError(f"incomplete SQL statement at the end of a migration: {buf.strip()[:60]!r}")
+
+
+def build_migrations(files: list[MigrationFile] | None = None) -> Migrations:
+    migrations = Migrations(MIGRATION_SET)
+    for mf in files if files is not None else migration_files():
+
+        def run(db: sqlite_utils.Database, sql: str = mf.sql) -> None:
+            for stmt in _statements(sql):
+                db.execute(stmt)
+
+        migrations(name=mf.name)(run)
+    return migrations
+
+
+class Store:
+    """Rows in, rows out. Every write is its own transaction unless grouped with `transaction()`."""
+
+    def __init__(self, path: str | Path, *, migrate: bool = True) -> None:
+        self.path = str(path)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._check_version()
+        if migrate:
+            self.migrate()
+
+    # -- schema -------------------------------------------------------------------------------------
+
+    def _check_version(self) -> None:
+        try:
+            applied = {m.name for m in build_migrations().applied(self.db)}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a readable SQLite database: {exc}") from exc
+        known = {m.name for m in migration_files()}
+        unknown = sorted(applied - known)
+        if unknown:
+            raise StoreError(
+                f"database {self.path} was written by a newer version (unknown migrations: "
+                f"{', '.join(unknown)}); upgrade moshi-call-orchestrator or use another --db"
+            )
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied now."""
+        migrations = build_migrations()
+        pending = [m.name for m in migrations.pending(self.db)]
+        if pending:
+            try:
+                migrations.apply(self.db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"migration failed on {self.path}: {exc}") from exc
+        return pending
+
+    def migration_status(self) -> list[dict[str, Any]]:
+        applied = {m.name: m.applied_at for m in build_migrations().applied(self.db)}
+        return [{"name": m.name, "applied_at": applied.get(m.name)} for m in migration_files()]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.db.atomic():
+            yield
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- runs and calls -----------------------------------------------------------------------------
+
+    def ensure_run(self, label: str) -> int:
+        row = self.db.execute("SELECT id FROM runs WHERE label = ?", [label]).fetchone()
+        if row:
+            return int(row[0])
+        return int(self.db["runs"].insert({"label": label, "created_at": iso(utcnow())}).last_pk)
+
+    def create_call(
+        self,
+        *,
+        direction: str,
+        to_number: str | None,
+        from_number: str | None,
+        run: str | None = None,
+        backend: str | None = None,
+        say_text: str | None = None,
+        facts: dict[str, Any] | None = None,
+        call_sid: str | None = None,
+        state: str = "queued",
+    ) -> dict[str, Any]:
+        now = iso(utcnow())
+        row = {
+            "id": "c_" + secrets.token_hex(8),
+            "call_sid": call_sid,
+            "run_id": self.ensure_run(run) if run else None,
+            "direction": direction,
+            "to_number": to_number,
+            "from_number": from_number,
+            "state": state,
+            "created_at": now,
+            "updated_at": now,
+            "backend": backend,
+            "say_text": say_text,
+            "token": secrets.token_urlsafe(24),
+            "facts": json.dumps(facts or {}),
+        }
+        self.db["calls"].insert(row)
+        return self.get_call(str(row["id"]))
+
+    def find_call(self, *, call_id: str | None = None, call_sid: str | None = None) -> dict[str, Any] | None:
+        if call_id:
+            rows = list(self.db["calls"].rows_where("id = ?", [call_id]))
+            if rows:
+                return rows[0]
+        if call_sid:
+            rows = list(self.db["calls"].rows_where("call_sid = ?", [call_sid]))
+            if rows:
+                return rows[0]
+        return None
+
+    def get_call(self, ref: str) -> dict[str, Any]:
+        """A call by our id or by its CallSid."""
+        row = self.find_call(call_id=ref, call_sid=ref)
+        if row is None:
+            raise UnknownCall(f"no call with id or CallSid {ref!r} (list them with `orchestrator calls`)")
+        return row
+
+    def update_call(self, call_id: str, **fields: Any) -> None:
+        fields["updated_at"] = iso(utcnow())
+        self.db["calls"].update(call_id, fields)
+
+    def list_calls(
+        self, *, run: str | None = None, state: str | None = None, since: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        where, args = [], []
+        if run:
+            where.append("run_id = (SELECT id FROM runs WHERE label = ?)")
+            args.append(run)
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if since:
+            where.append("created_at >= ?")
+            args.append(since)
+        sql = (
+            "SELECT calls.*, runs.label AS run FROM calls LEFT JOIN runs ON runs.id = calls.run_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY calls.created_at DESC, calls.rowid DESC LIMIT ?"
+        )
+        return [dict(r) for r in self.db.query(sql, [*args, limit])]
+
+    def live_calls(self) -> list[dict[str, Any]]:
+        return list(self.db["calls"].rows_where("state IN ('in-progress', 'streaming', 'queued', 'ringing')"))
+
+    def run_label(self, run_id: int | None) -> str | None:
+        if run_id is None:
+            return None
+        row = self.db.execute("SELECT label FROM runs WHERE id = ?", [run_id]).fetchone()
+        return str(row[0]) if row else None
+
+    # -- events and transitions ---------------------------------------------------------------------
+
+    def insert_event(
+        self,
+        *,
+        source: str,
+        type: str,
+        at: datetime,
+        payload: dict[str, Any],
+        call_id: str | None = None,
+        call_sid: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> int:
+        return int(
+            self.db["events"]
+            .insert(
+                {
+                    "call_id": call_id,
+                    "call_sid": call_sid,
+                    "source": source,
+                    "type": type,
+                    "at": iso(at),
+                    "dedupe_key": dedupe_key,
+                    "accepted": None,
+                    "reason": None,
+                    "payload": json.dumps(payload, default=str),
+                }
+            )
+            .last_pk
+        )
+
+    def judge_event(self, event_id: int, *, accepted: bool, reason: str | None, call_id: str | None) -> None:
+        self.db.execute(
+            "UPDATE events SET accepted = ?, reason = ?, call_id = COALESCE(call_id, ?) WHERE id = ?",
+            [int(accepted), reason, call_id, event_id],
+        )
+
+    def dedupe_seen(self, key: str, before_id: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM events WHERE dedupe_key = ? AND id < ? AND reason IS NOT 'bad signature' LIMIT 1",
+            [key, before_id],
+        ).fetchone()
+        return row is not None
+
+    def record_transition(
+        self, call_id: str, *, from_state: str, to_state: str, trigger: str, at: datetime, event_id: int | None
+    ) -> None:
+        self.db["transitions"].insert(
+            {
+                "call_id": call_id,
+                "from_state": from_state,
+                "to_state": to_state,
+                "trigger": trigger,
+                "at": iso(at),
+                "event_id": event_id,
+            }
+        )
+
+    def events_for(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE call_id = ?"
+        args: list[Any] = [call["id"]]
+        if call.get("call_sid"):
+            sql += " OR (call_id IS NULL AND call_sid = ?)"
+            args.append(call["call_sid"])
+        return [dict(r) for r in self.db.query(sql + " ORDER BY id", args)]
+
+    def transitions_for(self, call_id: str) -> list[dict[str, Any]]:
+        return list(self.db["transitions"].rows_where("call_id = ?", [call_id], order_by="id"))
+
+    # -- metrics, checks, analysis ------------------------------------------------------------------
+
+    def put_metrics(self, call_id: str, metrics: dict[str, float | None], units: dict[str, str]) -> None:
+        now = iso(utcnow())
+        rows = [
+            {"call_id": call_id, "name": k, "value": v, "unit": units.get(k), "at": now}
+            for k, v in metrics.items()
+            if v is not None
+        ]
+        if rows:
+            self.db["metrics"].upsert_all(rows, pk=("call_id", "name"))
+
+    def metrics_for(self, call_id: str) -> dict[str, float]:
+        return {r["name"]: r["value"] for r in self.db["metrics"].rows_where("call_id = ?", [call_id])}
+
+    def add_check(
+        self, call_id: str, criterion: str, status: str, evidence: str, decided_by: str, note: str | None = None
+    ) -> None:
+        if decided_by == "auto":
+            self.db.execute("DELETE FROM checks WHERE call_id = ? AND criterion = ? AND decided_by = 'auto'",
+                            [call_id, criterion])
+        self.db["checks"].insert(
+            {
+                "call_id": call_id,
+                "criterion": criterion,
+                "status": status,
+                "evidence": evidence,
+                "decided_by": decided_by,
+                "note": note,
+                "at": iso(utcnow()),
+            }
+        )
+
+    def checks_for(self, call_id: str) -> list[dict[str, Any]]:
+        return list(self.db["checks"].rows_where("call_id = ?", [call_id], order_by="id"))
+
+    def put_analysis(self, call_id: str, data: dict[str, Any]) -> None:
+        self.db["call_analysis"].upsert(
+            {"call_id": call_id, "data": json.dumps(data, default=float), "at": iso(utcnow())}, pk="call_id"
+        )
+
+    def analysis_for(self, call_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT data FROM call_analysis WHERE call_id = ?", [call_id]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def add_transcript(self, call_id: str, pieces: list[tuple[float, str]]) -> None:
+        if pieces:
+            self.db["transcript"].insert_all({"call_id": call_id, "at_ms": t, "text": s} for t, s in pieces)
+
+    def transcript_for(self, call_id: str) -> list[dict[str, Any]]:
+        return [
+            {"at_ms": r["at_ms"], "text": r["text"]}
+            for r in self.db["transcript"].rows_where("call_id = ?", [call_id], order_by="id")
+        ]

@@ -1,0 +1,91 @@
+"""Every (state, event) pair of the call lifecycle, table-driven."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from orchestrator.errors import LifecycleError
+from orchestrator.lifecycle import CallEvent, CallState, EventType, handle
+
+S, E = CallState, EventType
+AT = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+STAY = "stay"  # accepted, no state change (informative)
+X = "ignored"  # not accepted, state unchanged
+
+# Expected outcome for every non-terminal state x every event. Terminal states are checked below.
+EXPECTED: dict[CallState, dict[EventType, object]] = {
+    S.QUEUED: {
+        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: S.RINGING, E.ANSWERED: S.IN_PROGRESS,
+        E.STREAM_STARTED: S.STREAMING, E.STREAM_STOPPED: X, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
+        E.BUSY: S.BUSY, E.NO_ANSWER: S.NO_ANSWER, E.FAILED: S.FAILED, E.CANCELED: S.CANCELED,
+        E.INTERRUPTED: S.FAILED,
+    },
+    S.RINGING: {
+        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: X, E.ANSWERED: S.IN_PROGRESS,
+        E.STREAM_STARTED: S.STREAMING, E.STREAM_STOPPED: X, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
+        E.BUSY: S.BUSY, E.NO_ANSWER: S.NO_ANSWER, E.FAILED: S.FAILED, E.CANCELED: S.CANCELED,
+        E.INTERRUPTED: S.FAILED,
+    },
+    S.IN_PROGRESS: {
+        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: X, E.ANSWERED: X,
+        E.STREAM_STARTED: S.STREAMING, E.STREAM_STOPPED: X, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
+        E.BUSY: X, E.NO_ANSWER: X, E.FAILED: S.FAILED, E.CANCELED: X, E.INTERRUPTED: S.FAILED,
+    },
+    S.STREAMING: {
+        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: X, E.ANSWERED: X,
+        E.STREAM_STARTED: X, E.STREAM_STOPPED: S.IN_PROGRESS, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
+        E.BUSY: X, E.NO_ANSWER: X, E.FAILED: S.FAILED, E.CANCELED: X, E.INTERRUPTED: S.FAILED,
+    },
+}
+
+PAIRS = [(s, e, EXPECTED[s][e]) for s in EXPECTED for e in EventType]
+
+
+def test_table_covers_every_pair() -> None:
+    assert {s for s in CallState if not s.terminal} == set(EXPECTED)
+    for row in EXPECTED.values():
+        assert set(row) == set(EventType)
+
+
+@pytest.mark.parametrize(("state", "event", "expected"), PAIRS, ids=lambda v: getattr(v, "value", str(v)))
+def test_pair(state: CallState, event: EventType, expected: object) -> None:
+    out = handle(state, CallEvent(event, AT, "test"))
+    assert out.previous is state
+    if expected == STAY:
+        assert out.accepted and out.state is state and not out.changed
+    elif expected == X:
+        assert not out.accepted and out.state is state
+        assert out.reason and out.reason.startswith("stale")
+    else:
+        assert out.accepted and out.state is expected and out.changed
+
+
+@pytest.mark.parametrize("state", [s for s in CallState if s.terminal], ids=lambda s: s.value)
+@pytest.mark.parametrize("event", list(EventType), ids=lambda e: e.value)
+def test_terminal_states_absorb_everything(state: CallState, event: EventType) -> None:
+    out = handle(state, CallEvent(event, AT))
+    assert not out.accepted and out.state is state
+    assert out.reason == f"terminal: call already {state.value}"
+
+
+def test_late_ringing_after_answered_is_stale_with_reason() -> None:
+    out = handle(S.IN_PROGRESS, CallEvent(E.RINGING, AT, "status_callback"))
+    assert out.reason == "stale: ringing after in-progress"
+
+
+def test_stream_before_answered_implies_answered() -> None:
+    out = handle(S.RINGING, CallEvent(E.STREAM_STARTED, AT, "media"))
+    assert out.state is S.STREAMING and "answered implied" in (out.reason or "")
+    assert "stream_live" in out.effects
+
+
+def test_terminal_transition_has_call_ended_effect() -> None:
+    assert "call_ended" in handle(S.STREAMING, CallEvent(E.COMPLETED, AT)).effects
+    assert "call_ended" not in handle(S.QUEUED, CallEvent(E.RINGING, AT)).effects
+
+
+def test_unknown_local_event_type_is_a_bug() -> None:
+    with pytest.raises(LifecycleError):
+        handle(S.QUEUED, CallEvent("ringing", AT))  # type: ignore[arg-type]
