@@ -13,6 +13,8 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from orchestrator.criteria import evaluate
+
 _BASE = datetime(2025, 11, 15, 1, 0, 0, tzinfo=timezone.utc)
 SAY_TEXT = "Connecting you to Moshi. Please wait."
 
@@ -189,7 +191,18 @@ def sample_docs() -> list[dict[str, Any]]:
     """Four calls of one run: clean, echo (with a manual verdict), busy, create refused."""
     clean = _answered_call("c1", start_s=0, echo=False, latencies_ms=[420.0, 510.0, 380.0])
     echoed = _answered_call("c2", start_s=60, echo=True, latencies_ms=[640.0, 1310.0, 2150.0])
-    echoed["checks"] = [
+    for doc in (clean, echoed):  # these two carry the verdicts recorded when they ended
+        doc["checks"] = [
+            {
+                "criterion": v.criterion,
+                "status": v.status,
+                "evidence": v.evidence,
+                "decided_by": "auto",
+                "at": doc["call"]["ended_at"],
+            }
+            for v in evaluate(doc)
+        ]
+    echoed["checks"] += [
         {
             "criterion": "audio_quality_ok",
             "status": "fail",

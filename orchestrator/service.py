@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from orchestrator import lifecycle
 from orchestrator.lifecycle import CallEvent, CallState, EventType, Outcome
-from orchestrator.store import Store, parse_iso, utcnow
+from orchestrator.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +38,11 @@ _OTHER_EVENTS: dict[tuple[str, str], EventType] = {
     ("media", "dtmf"): EventType.DTMF,
     ("local", "interrupted"): EventType.INTERRUPTED,
     ("local", "reconciled_completed"): EventType.COMPLETED,
+    # informative: recorded on the call, never move the state
+    ("voice", "incoming"): EventType.INITIATED,
+    ("local", "refused_busy"): EventType.INITIATED,
+    ("local", "backend_ended"): EventType.INITIATED,
+    ("media", "long_gap"): EventType.INITIATED,
 }
 
 
@@ -89,6 +94,9 @@ class CallService:
             source=source, type=type, at=at, payload=payload, call_id=call_id, call_sid=call_sid,
             dedupe_key=dedupe_key,
         )
+        if source == "server" and not rejected:  # facts about the server itself, not about a call
+            store.judge_event(event_id, accepted=True, reason=None, call_id=None)
+            return Recorded(event_id, True, None, None)
         call = store.find_call(call_id=call_id, call_sid=call_sid)
         cid = call["id"] if call else None
         if rejected:
@@ -128,15 +136,18 @@ class CallService:
             store.judge_event(event_id, accepted=outcome.accepted, reason=outcome.reason, call_id=cid)
         return Recorded(event_id, outcome.accepted, outcome.reason, store.get_call(call["id"]), outcome)
 
-    def reconcile_after_restart(self) -> list[Recorded]:
+    def reconcile_after_restart(self, max_call_seconds: float = 3600.0) -> list[Recorded]:
         """Calls left live by a dead process must not stay 'streaming' forever: record why they ended.
 
-        Without a live stream in this process, a call found queued/ringing/in-progress/streaming at start
-        has lost its media; we record an explicit `interrupted` event (-> failed, with the reason), so the
-        history says what happened. A later real callback (completed) is still stored and shown.
+        A call found `streaming` at start has lost its media socket with the old process; a call still
+        unfinished long after it could have ended never will. Each gets an explicit `interrupted` event
+        (-> failed, with the reason), so the history says what happened. A call that is merely queued or
+        ringing is left alone: the carrier's callbacks and stream will reach the new process. A later
+        real callback (completed) is still stored and shown.
         """
         done = []
-        for call in self.store.live_calls():
+        cutoff = iso(utcnow() - timedelta(seconds=max_call_seconds + 600))
+        for call in self.store.calls_to_reconcile(cutoff):
             done.append(
                 self.record(
                     source="local", type="interrupted", call_id=call["id"],
@@ -149,11 +160,18 @@ class CallService:
 
     # -- documents ----------------------------------------------------------------------------------
 
+    def server_facts(self) -> dict[str, Any]:
+        """What the last server start recorded (bound address, public URL, tunnel health, model load)."""
+        row = self.store.db.execute(
+            "SELECT payload FROM events WHERE source = 'server' AND type = 'listening' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return json.loads(row[0]) if row else {}
+
     def document(self, ref: str) -> dict[str, Any]:
         """The `orchestrator show CALL --json` document."""
         store = self.store
         call = store.get_call(ref)
-        facts = json.loads(call.get("facts") or "{}")
+        facts = {**self.server_facts(), **json.loads(call.get("facts") or "{}")}
         doc_call = {
             "id": call["id"], "call_sid": call["call_sid"], "direction": call["direction"],
             "to": call["to_number"], "from": call["from_number"], "state": call["state"],

@@ -227,8 +227,13 @@ class Store:
         )
         return [dict(r) for r in self.db.query(sql, [*args, limit])]
 
-    def live_calls(self) -> list[dict[str, Any]]:
-        return list(self.db["calls"].rows_where("state IN ('in-progress', 'streaming', 'queued', 'ringing')"))
+    def calls_to_reconcile(self, stale_before: str) -> list[dict[str, Any]]:
+        """Calls a restart must settle: every `streaming` call (its media socket died with the old
+        process) and any other unfinished call created before `stale_before` (nothing can still be
+        happening to it)."""
+        return list(self.db["calls"].rows_where(
+            "state = 'streaming' OR (state IN ('queued', 'ringing', 'in-progress') AND created_at < ?)",
+            [stale_before]))
 
     def run_label(self, run_id: int | None) -> str | None:
         if run_id is None:

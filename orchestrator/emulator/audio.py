@@ -7,6 +7,7 @@ phone's clock. `load_wav`, `synthesize` and `write_wav` do file/process I/O; eve
 
 from __future__ import annotations
 
+import functools
 import shutil
 import struct
 import subprocess
@@ -219,6 +220,18 @@ class Turn:
         if self.text is not None:
             return synthesize(self.text)
         raise ValueError("a Turn needs text or wav")
+
+
+@functools.lru_cache(maxsize=64)
+def _render_cached(turn: Turn) -> Pcm:
+    pcm = turn.render()
+    pcm.setflags(write=False)  # shared between calls
+    return pcm
+
+
+def render_turns(turns: Sequence[Turn]) -> list[tuple[Turn, Pcm]]:
+    """Each turn with its audio (I/O; cached, so concurrent calls speak the same text once)."""
+    return [(t, _render_cached(t)) for t in turns]
 
 
 @dataclass(frozen=True, slots=True)

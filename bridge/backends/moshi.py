@@ -1,0 +1,337 @@
+"""The real Moshi backend: moshi_mlx `Lm` + `LmGen` for the model, rustymimi `StreamTokenizer` for audio.
+
+Theory of operation. One worker thread (a single-thread executor) owns all MLX work; the event loop
+only hands it frames. Each `process(frame)` hands the frame to the Mimi encoder (its own Rust thread),
+runs one LM step for every frame of codes the encoder has finished, hands the model's audio codes to
+the Mimi decoder (another Rust thread), and returns whatever PCM the decoder has finished: pipelined,
+so the first few steps return no audio. Nothing here waits for the codec: outputs are polled, and a
+codec thread that keeps work pending without producing anything for `tokenizer_dead_after_s` is
+declared dead (rustymimi's threads drop bad input and can end up returning None forever).
+
+Why a thread and not a process: MLX releases the GIL while it computes, the hand-off is a few tens of
+microseconds (see benchmarks/moshi_overhead.py), and the model is loaded once instead of once per
+worker process; a process would add pickling and a second copy of the model for nothing measured.
+
+Each call gets fresh state: cleared KV caches, a new `LmGen` sized from the call's budget (moshi_mlx's
+own server makes one for the whole process), and a fresh `StreamTokenizer` (prepared while idle).
+One call at a time: a second `open_session` raises BackendBusy.
+
+This module must never touch the network, never import `moshi_mlx.local` (it needs PortAudio), and
+never block the event loop: every wait on the worker has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from bridge.backends.base import (
+    FRAME_SAMPLES,
+    BackendBusy,
+    BackendError,
+    BackendSession,
+    SpeechBackend,
+    StepOutput,
+)
+from bridge.backends.moshi_loader import LoadedModel, MoshiConfig, load_model, new_tokenizer
+
+__all__ = ["CodecStage", "MoshiBackend", "MoshiConfig", "MoshiSession"]
+
+log = logging.getLogger(__name__)
+
+STEPS_PER_SECOND = 12.5  # one Mimi frame every 80 ms
+TEXT_PADDING_IDS = (0, 3)  # end-of-text padding and padding: not text the model said
+
+
+class CodecStage:
+    """One direction of a StreamTokenizer (encoder or decoder): submit, poll, and notice a dead thread.
+
+    The Rust thread answers each submitted frame with one output, or drops the frame (bad input) and
+    maybe every later one (a poisoned streaming state): then `get_*()` returns None forever. A stage
+    with work pending and no output for `dead_after_s` is stalled. Not thread-safe: one worker uses it.
+    """
+
+    def __init__(self, name: str, put: Any, get: Any, dead_after_s: float) -> None:
+        self.name = name
+        self.pending = 0
+        self._put = put
+        self._get = get
+        self._dead_after_s = dead_after_s
+        self._last_progress = time.monotonic()
+
+    def submit(self, item: np.ndarray) -> None:
+        if self.pending == 0:
+            self._last_progress = time.monotonic()
+        self._put(item)
+        self.pending += 1
+
+    def drain(self) -> Iterator[np.ndarray]:
+        """Everything the thread has finished so far, without waiting."""
+        while (item := self._get()) is not None:
+            self.pending = max(0, self.pending - 1)
+            self._last_progress = time.monotonic()
+            yield item
+
+    def wait_one(self, timeout_s: float) -> np.ndarray:
+        """Block (worker thread only, warm-up only) until one output, or BackendError after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for item in self.drain():
+                return item
+            time.sleep(0.002)
+        raise BackendError(f"Mimi {self.name} produced nothing within {timeout_s:.1f} s during warm-up")
+
+    def stalled_for(self, now: float) -> float | None:
+        idle = now - self._last_progress
+        return idle if self.pending > 0 and idle > self._dead_after_s else None
+
+
+def warm_up(model: LoadedModel, config: MoshiConfig) -> None:
+    """Compile the model's kernels and push silence through the whole pipeline once (worker thread)."""
+    import mlx.core as mx
+    from moshi_mlx import models, utils
+
+    try:
+        model.lm.warmup(model.ct)
+    except Exception as err:  # MLX on CPU compiles kernels with g++ at run time; without it, don't compile
+        log.warning("moshi warm-up failed (%s); retrying with MLX compilation disabled", err)
+        mx.disable_compile()
+        model.lm.warmup(model.ct)
+    tokenizer = new_tokenizer(model)
+    encoder = CodecStage("encoder", tokenizer.encode, tokenizer.get_encoded, config.tokenizer_dead_after_s)
+    decoder = CodecStage("decoder", tokenizer.decode, tokenizer.get_decoded, config.tokenizer_dead_after_s)
+    gen = models.LmGen(
+        model.lm,
+        max_steps=model.max_delay + 4,
+        text_sampler=utils.Sampler(),
+        audio_sampler=utils.Sampler(),
+        check=False,
+    )
+    timeout = max(config.tokenizer_dead_after_s, 10.0)  # the first frames allocate; be patient once
+    decoded = 0
+    for _ in range(model.max_delay + 3):
+        encoder.submit(np.zeros(FRAME_SAMPLES, np.float32))
+        codes = encoder.wait_one(timeout)
+        gen.step(mx.array(codes).transpose(1, 0)[:, : gen.main_codebooks], ct=model.ct)
+        audio = gen.last_audio_tokens()
+        if audio is not None:
+            decoder.submit(np.asarray(audio, dtype=np.uint32).reshape(1, -1))
+            decoder.wait_one(timeout)
+            decoded += 1
+    if decoded == 0:
+        log.warning("moshi warm-up: the model emitted only padding; the decoder was not exercised")
+    model.reset_caches()
+
+
+class MoshiSession(BackendSession):
+    """One call: its own LmGen, step budget and Mimi tokenizer. Created by `MoshiBackend.open_session`."""
+
+    def __init__(self, backend: MoshiBackend, call_id: str, max_seconds: float, tokenizer: Any) -> None:
+        from moshi_mlx import models, utils
+
+        self.call_id = call_id
+        self.ended = None
+        self.tokenizer = tokenizer  # exposed for diagnostics and fault-injection tests
+        self._backend = backend
+        self._model: LoadedModel = backend.model
+        cfg = backend.config
+        self.budget_steps = max(1, math.ceil(max_seconds * STEPS_PER_SECOND))
+        self._end_at_step = self.budget_steps - min(cfg.budget_grace_steps, self.budget_steps // 4)
+        self._model.reset_caches()
+        self._gen = models.LmGen(
+            model=self._model.lm,
+            max_steps=self.budget_steps + 1,
+            text_sampler=utils.Sampler(),
+            audio_sampler=utils.Sampler(),
+            check=False,
+        )
+        dead_after = cfg.tokenizer_dead_after_s
+        self._encoder = CodecStage("encoder", tokenizer.encode, tokenizer.get_encoded, dead_after)
+        self._decoder = CodecStage("decoder", tokenizer.decode, tokenizer.get_decoded, dead_after)
+        self._closed = False
+        self.steps = 0
+
+    async def process(self, frame: np.ndarray) -> StepOutput:
+        pcm = np.ascontiguousarray(frame, dtype=np.float32).reshape(-1)
+        if pcm.shape != (FRAME_SAMPLES,):
+            raise ValueError(
+                f"call {self.call_id}: frame must be ({FRAME_SAMPLES},) samples, got {frame.shape}"
+            )
+        if self.ended is not None or self._closed:
+            return StepOutput()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._backend.worker, self._step, pcm)
+        timeout = self._backend.config.step_timeout_s
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._end(f"worker_timeout: a model step took longer than {timeout:.1f} s")
+        except Exception as err:  # an MLX or codec failure ends this call, not the server
+            log.exception("call %s: moshi step failed", self.call_id)
+            self._end(f"model_error: {type(err).__name__}: {err}")
+        return StepOutput()
+
+    def _step(self, pcm: np.ndarray) -> StepOutput:
+        """Runs on the worker thread: encode, step the LM for each ready code frame, decode, collect."""
+        out = StepOutput()
+        self._encoder.submit(pcm)
+        model_ms = 0.0
+        stepped = False
+        for codes in self._encoder.drain():
+            if self._gen.step_idx >= self.budget_steps:
+                break  # budget spent: the call is hanging up, keep the hard limit of LmGen out of reach
+            started = time.perf_counter()
+            text, audio = self._lm_step(codes)
+            model_ms += (time.perf_counter() - started) * 1000.0
+            stepped = True
+            if text is not None:
+                out.text.append(text)
+            if audio is not None:
+                self._decoder.submit(audio)
+        # One (1920,) frame per decoded step; anything else (a bad batch) is not audio we can play.
+        out.frames = [pcm for pcm in self._decoder.drain() if pcm.shape == (FRAME_SAMPLES,)]
+        out.step_ms = model_ms if stepped else None
+        self.steps = self._gen.step_idx
+        if self.ended is None and self.steps >= self._end_at_step:
+            self._end(
+                f"budget_exhausted: {self.steps} of {self.budget_steps} steps "
+                f"({self.budget_steps / STEPS_PER_SECOND:.1f} s) used"
+            )
+        now = time.monotonic()
+        for stage in (self._encoder, self._decoder):
+            stalled = stage.stalled_for(now)
+            if stalled is not None:
+                self._end(
+                    f"tokenizer_dead: the Mimi {stage.name} thread returned nothing for {stalled:.1f} s "
+                    f"with {stage.pending} frame(s) pending"
+                )
+        return out
+
+    def _lm_step(self, codes: np.ndarray) -> tuple[str | None, np.ndarray | None]:
+        import mlx.core as mx
+
+        # get_encoded() gives (codebooks, 1); LmGen wants (batch 1, main codebooks).
+        user_codes = mx.array(codes).transpose(1, 0)[:, : self._gen.main_codebooks]
+        text_token = int(self._gen.step(user_codes, ct=self._model.ct)[0].item())
+        audio = self._gen.last_audio_tokens()
+        piece = None
+        if text_token not in TEXT_PADDING_IDS:
+            piece = self._model.text_tokenizer.id_to_piece(text_token).replace("▁", " ")
+        if audio is None:
+            return piece, None
+        # decode() needs (1, 8) uint32: (8, 1) or any other shape makes the decoder thread drop it.
+        return piece, np.asarray(audio, dtype=np.uint32).reshape(1, -1)
+
+    def _end(self, reason: str) -> None:
+        if self.ended is None:
+            self.ended = reason
+            log.warning("call %s: moshi session ended: %s", self.call_id, reason)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._backend._session_closed(self)
+
+
+class MoshiBackend(SpeechBackend):
+    """Moshi loaded once per server process, serving one call at a time."""
+
+    name = "moshi"
+
+    def __init__(self, config: MoshiConfig | None = None) -> None:
+        self.config = config or MoshiConfig()
+        self.load_seconds = None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moshi-worker")
+        self._model: LoadedModel | None = None
+        self._serving: str | None = None  # the call id holding the one-call slot
+        self._active: MoshiSession | None = None
+        self._spare_tokenizer: Any = None
+        self._closing = False
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            raise BackendError("the moshi backend is not loaded: call load() first")
+        return self._model
+
+    @property
+    def busy(self) -> bool:
+        return self._serving is not None
+
+    async def load(self) -> None:
+        """Load the files (cache only), warm up the model and the codec; record load_seconds."""
+        if self._model is not None:
+            return
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            model = await asyncio.wait_for(
+                loop.run_in_executor(self.worker, self._load_sync), self.config.load_timeout_s
+            )
+        except TimeoutError as err:
+            raise BackendError(f"loading Moshi took longer than {self.config.load_timeout_s:.0f} s") from err
+        self._model = model
+        self.load_seconds = time.perf_counter() - started
+        log.info("moshi loaded in %.2f s (%s)", self.load_seconds, model.describe())
+
+    def _load_sync(self) -> LoadedModel:
+        model = load_model(self.config)
+        warm_up(model, self.config)
+        self._spare_tokenizer = new_tokenizer(model)
+        return model
+
+    async def open_session(self, call_id: str, max_seconds: float) -> MoshiSession:
+        if self._serving is not None:
+            raise BackendBusy(f"moshi is serving call {self._serving}; it serves one call at a time")
+        model = self.model
+        if max_seconds <= 0:
+            raise BackendError(f"call {call_id}: max_seconds must be positive, got {max_seconds}")
+        # Claim the slot before the first await so two concurrent opens cannot both pass the check.
+        self._serving = call_id
+        try:
+            tokenizer, self._spare_tokenizer = self._spare_tokenizer, None
+            if tokenizer is None:
+                tokenizer = await self._in_worker(new_tokenizer, model, what="building the Mimi tokenizer")
+            session = await self._in_worker(
+                MoshiSession, self, call_id, max_seconds, tokenizer, what="starting the session"
+            )
+        except BaseException:
+            self._serving = None
+            raise
+        self._active = session
+        return session
+
+    async def _session_closed(self, session: MoshiSession) -> None:
+        if self._active is session:
+            self._active = None
+            self._serving = None
+        if self._spare_tokenizer is None and self._model is not None and not self._closing:
+            try:  # prepare the next call's tokenizer now, while nobody waits for it
+                self._spare_tokenizer = await self._in_worker(new_tokenizer, self._model, what="Mimi spare")
+            except BackendError:
+                log.exception("could not prepare the next Mimi tokenizer; the next call builds one")
+
+    async def _in_worker(self, fn: Any, *args: Any, what: str) -> Any:
+        loop = asyncio.get_running_loop()
+        timeout = max(self.config.step_timeout_s, 30.0)
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self.worker, fn, *args), timeout)
+        except TimeoutError as err:
+            raise BackendError(f"moshi worker: {what} took longer than {timeout:.0f} s") from err
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._active is not None:
+            await self._active.close()
+        self._model = None
+        self._spare_tokenizer = None
+        # Never wait for a hung step: the thread is a daemon-like executor worker.
+        self.worker.shutdown(wait=False, cancel_futures=True)

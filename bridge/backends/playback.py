@@ -1,0 +1,98 @@
+"""The playback backend: plays a WAV file or a spoken prompt, then listens (returns silence).
+
+Useful to check that a caller hears the far end, and as a stand-in "assistant" greeting. The prompt is
+spoken with espeak-ng when no WAV is given; audio is resampled once with soxr (one-shot work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from bridge.backends.base import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    BackendError,
+    BackendSession,
+    SpeechBackend,
+    StepOutput,
+)
+
+DEFAULT_PROMPT = "Hello, this is the playback backend. I can hear you. Goodbye for now."
+
+
+def read_wav_float(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise BackendError(f"{path}: only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit)")
+        rate, channels = w.getframerate(), w.getnchannels()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        data = data.reshape(-1, channels).mean(axis=1)
+    return data, rate
+
+
+def speak(text: str, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Text to float32 speech at `rate` with espeak-ng (blocking: call it off the event loop)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise BackendError("espeak-ng is not installed: `apt-get install espeak-ng` (or give a WAV file)")
+    proc = subprocess.run([exe, "--stdout", "-s", "160", text], capture_output=True, check=True, timeout=30)
+    raw = proc.stdout
+    # espeak-ng writes a WAV with an unknown-length header; parse the fmt chunk for the rate
+    src_rate = int.from_bytes(raw[24:28], "little")
+    data_at = raw.find(b"data") + 8
+    pcm = np.frombuffer(raw[data_at : data_at + (len(raw) - data_at) // 2 * 2], dtype="<i2")
+    x = pcm.astype(np.float32) / 32768.0
+    return soxr.resample(x, src_rate, rate).astype(np.float32) if src_rate != rate else x
+
+
+class PlaybackSession(BackendSession):
+    def __init__(self, audio: np.ndarray) -> None:
+        pad = (-len(audio)) % FRAME_SAMPLES
+        self._audio = np.concatenate([audio, np.zeros(pad, dtype=np.float32)]).astype(np.float32)
+        self._pos = 0
+        self._silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+
+    async def process(self, frame: np.ndarray) -> StepOutput:
+        if self._pos >= len(self._audio):
+            return StepOutput(frames=[self._silence])
+        out = self._audio[self._pos : self._pos + FRAME_SAMPLES]
+        self._pos += FRAME_SAMPLES
+        return StepOutput(frames=[out])
+
+    async def close(self) -> None:
+        return None
+
+
+class PlaybackBackend(SpeechBackend):
+    name = "playback"
+
+    def __init__(
+        self, wav: Path | None = None, prompt: str = DEFAULT_PROMPT, lead_silence_s: float = 0.5
+    ) -> None:
+        self.wav = wav
+        self.prompt = prompt
+        self.lead_silence_s = lead_silence_s
+        self._audio: np.ndarray | None = None
+
+    async def load(self) -> None:
+        if self.wav is not None:
+            data, rate = await asyncio.to_thread(read_wav_float, self.wav)
+            audio = soxr.resample(data, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else data
+        else:
+            audio = await asyncio.to_thread(speak, self.prompt)
+        lead = np.zeros(int(self.lead_silence_s * SAMPLE_RATE), dtype=np.float32)
+        self._audio = np.concatenate([lead, audio])
+
+    async def open_session(self, call_id: str, max_seconds: float) -> BackendSession:
+        if self._audio is None:
+            await self.load()
+        assert self._audio is not None
+        return PlaybackSession(self._audio)

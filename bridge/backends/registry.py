@@ -1,0 +1,29 @@
+"""Picks and builds the speech backend named by the settings (`BACKEND` / `--backend`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.backends.base import BackendError, SpeechBackend
+
+
+def create(settings: Any, **overrides: Any) -> SpeechBackend:
+    name = overrides.pop("name", None) or settings.backend
+    if name == "echo":
+        from bridge.backends.echo import EchoBackend
+
+        return EchoBackend(delay_ms=overrides.get("echo_delay_ms", settings.echo_delay_ms))
+    if name == "playback":
+        from bridge.backends.playback import PlaybackBackend
+
+        return PlaybackBackend(wav=overrides.get("playback_wav"))
+    if name == "moshi":
+        try:
+            from bridge.backends.moshi import MoshiBackend, MoshiConfig
+        except ImportError as exc:
+            raise BackendError(
+                f"the moshi backend needs the moshi extra: pip install -e '.[moshi]' ({exc})"
+            ) from exc
+        config = overrides.get("moshi_config") or MoshiConfig.from_settings(settings)
+        return MoshiBackend(config)
+    raise BackendError(f"unknown backend {name!r}: choose echo, playback or moshi")

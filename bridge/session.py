@@ -1,0 +1,310 @@
+"""One call's media session: caller audio to the backend and the backend's audio back, paced.
+
+The session owns three concurrent parts, all on the event loop and none blocking it:
+
+* **receive** (`on_media`, called by the socket reader): decode, fill timestamp gaps with silence so
+  the model's clock keeps running, re-chunk into 80 ms frames, and queue them for the backend. The
+  queue is bounded: if the backend falls behind, the oldest frame is dropped and counted
+  (`late_frames`), never an unbounded backlog.
+* **worker**: feeds frames to the backend session (which runs its compute off the loop) and turns each
+  output frame into 20 ms mu-law chunks.
+* **sender**: paces chunks to Twilio. Twilio plays whatever it gets in order and queues the rest, so
+  anything sent ahead of playout is latency. The sender keeps the playout lead under `max_lead_s`,
+  holds the very first chunk back by `jitter_buffer_s` (headroom against inbound jitter, so a late
+  frame does not underrun), sends a mark every `mark_every` chunks (playout confirmation, clock
+  recalibration), and records every chunk on the `PlayoutClock`.
+
+Everything the metrics need is kept as evidence (`evidence()`), on one monotonic clock whose origin is
+the moment `start` was received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bridge.analysis import MediaEvidence
+from bridge.backends.base import BackendSession
+from bridge.framing import CHUNK_SAMPLES_8K, InboundPipeline, OutboundPipeline
+from bridge.g711 import ulaw_decode
+from bridge.playout import PlayoutClock
+from bridge.protocol import Media, MediaStream
+from bridge.recorder import DualWavWriter
+
+log = logging.getLogger(__name__)
+RATE = 8000
+SILENCE = 0xFF
+LONG_GAP_MS = 500
+
+
+@dataclass
+class SessionConfig:
+    max_lead_s: float = 0.10
+    jitter_buffer_s: float = 0.02
+    mark_every: int = 5  # chunks (100 ms)
+    max_queue_frames: int = 25  # 2 s of 80 ms frames waiting for the backend
+    recording: Path | None = None
+    record_lag_s: float = 0.5  # write the recording this far behind now (playout estimates settle)
+
+
+@dataclass
+class SessionStats:
+    inbound_latency_s: list[float] = field(default_factory=list)  # last sample arrived -> frame to backend
+    outbound_latency_s: list[float] = field(default_factory=list)  # backend frame out -> first chunk on wire
+    send_lateness_s: list[float] = field(default_factory=list)  # chunk sent after the lead fell below target
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # (timestamp ms, missing ms)
+    out_of_order: int = 0
+
+
+class MediaSession:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        stream: MediaStream,
+        backend: BackendSession,
+        send: Callable[[str], Awaitable[None]],
+        config: SessionConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_text: Callable[[float, str], None] | None = None,
+        on_long_gap: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.stream = stream
+        self.backend = backend
+        self.config = config or SessionConfig()
+        self._send = send
+        self._clock = clock
+        self._on_text = on_text
+        self._on_long_gap = on_long_gap
+        self.t0 = clock()  # `start` received: the origin of every time in the evidence
+        self.inbound = InboundPipeline()
+        self.outbound = OutboundPipeline()
+        self.playout = PlayoutClock()
+        self.stats = SessionStats()
+        self.inbound_codes = bytearray()  # caller audio on the media clock (timestamp ms * 8)
+        self.sent_codes = bytearray()  # what we sent, in order
+        self.arrivals: list[tuple[float, int]] = []
+        self.frames_to_model = 0
+        self.late_frames = 0
+        self.step_ms: list[float] = []
+        self.end_reason: str | None = None
+        self._next_ts: int | None = None
+        self._inq: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue(self.config.max_queue_frames)
+        self._outq: deque[tuple[bytes, float, bool]] = deque()
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self._mark_seq = 0
+        self._since_mark = 0
+        self._first_send_at: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._played_local = np.zeros(RATE * 10, dtype=np.int16)  # right channel, on the local clock
+        self._rec: DualWavWriter | None = DualWavWriter(self.config.recording) if self.config.recording else None
+        self._rec_pos = 0
+        self._inbound_offset: float | None = None  # local s - media s, for the recording
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._worker(), name=f"backend-{self.call_id}"),
+            loop.create_task(self._sender(), name=f"sender-{self.call_id}"),
+        ]
+
+    async def finish(self, reason: str) -> None:
+        """Stop both directions, close the backend and the recording. Safe to call twice."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self._done.set()
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("call %s: media task failed", self.call_id)
+        self._tasks = []
+        await self.backend.close()
+        if self._rec is not None:
+            self._flush_recording(final=True)
+            self._rec.close()
+            self._rec = None
+
+    @property
+    def done(self) -> asyncio.Event:
+        return self._done
+
+    # -- inbound (called by the socket reader for each message, in order) ---------------------------
+
+    def on_media(self, msg: Media, now: float) -> None:
+        rel = now - self.t0
+        ts = msg.timestamp_ms
+        self.arrivals.append((rel, ts))
+        payload = msg.payload
+        if self._next_ts is not None and ts < self._next_ts:
+            self.stats.out_of_order += 1  # late or repeated audio: its slot was already filled
+            return
+        frames: list[np.ndarray] = []
+        if self._next_ts is not None and ts > self._next_ts:
+            missing = ts - self._next_ts
+            self.stats.gaps.append((self._next_ts, missing))
+            frames += self.inbound.push_silence(missing * RATE // 1000)
+            if missing >= LONG_GAP_MS and self._on_long_gap:
+                self._on_long_gap(self._next_ts, missing)
+        pos = ts * RATE // 1000
+        if len(self.inbound_codes) < pos:
+            self.inbound_codes.extend(b"\xff" * (pos - len(self.inbound_codes)))
+        self.inbound_codes[pos : pos + len(payload)] = payload
+        self._next_ts = ts + len(payload) * 1000 // RATE
+        if self._inbound_offset is None:
+            self._inbound_offset = rel - ts / 1000
+        frames += self.inbound.push(payload)
+        for frame in frames:
+            self._enqueue(frame, now)
+
+    def _enqueue(self, frame: np.ndarray, now: float) -> None:
+        if self._inq.full():
+            self._inq.get_nowait()  # the backend is behind: drop the oldest, keep the clock
+            self.late_frames += 1
+        self._inq.put_nowait((frame, now))
+
+    def on_mark(self, name: str, now: float) -> None:
+        self.playout.on_mark_echo(name, now - self.t0)
+
+    def clear(self) -> None:
+        """Barge-in: drop what Twilio has buffered and what we have not sent yet."""
+        self._outq.clear()
+        self.stream.send_clear()
+        self.playout.on_clear(self._clock() - self.t0)
+
+    # -- worker: frames to the backend and back ------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self._inq.get()
+            if item is None:
+                return
+            frame, arrived = item
+            now = self._clock()
+            self.stats.inbound_latency_s.append(now - arrived)
+            self.frames_to_model += 1
+            out = await self.backend.process(frame)
+            if out.step_ms is not None:
+                self.step_ms.append(out.step_ms)
+            ready = self._clock()
+            for i, f in enumerate(out.frames):
+                for j, chunk in enumerate(self.outbound.push(f)):
+                    self._outq.append((chunk, ready, i == 0 and j == 0))
+            if out.text and self._on_text:
+                for piece in out.text:
+                    self._on_text((ready - self.t0) * 1000.0, piece)
+            if out.frames:
+                self._wake.set()
+            if self.backend.ended:
+                self.end_reason = self.backend.ended
+                self._done.set()
+                return
+
+    # -- sender: paced chunks, marks, playout clock ---------------------------------------------------
+
+    async def _sender(self) -> None:
+        cfg = self.config
+        chunk_s = CHUNK_SAMPLES_8K / RATE
+        while not self._done.is_set():
+            if not self._outq:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            now = self._clock()
+            if self._first_send_at is None:
+                self._first_send_at = now + cfg.jitter_buffer_s
+            wait = self._first_send_at - now
+            lead = self.playout.lead(now - self.t0)
+            wait = max(wait, lead + chunk_s - cfg.max_lead_s)
+            if wait > 0.0005:
+                await asyncio.sleep(wait)
+                continue
+            chunk, ready, first_of_frame = self._outq.popleft()
+            if first_of_frame:
+                self.stats.outbound_latency_s.append(now - ready)
+            self.stream.send_media(chunk)
+            start, _ = self.playout.on_send(now - self.t0, len(chunk))
+            self._place_played(chunk, start)
+            self.sent_codes += chunk
+            self._since_mark += 1
+            if self._since_mark >= cfg.mark_every:
+                self._mark_seq += 1
+                name = f"m{self._mark_seq}"
+                self.stream.send_mark(name)
+                self.playout.mark_sent(name, now - self.t0)
+                self._since_mark = 0
+            for text in self.stream.data_to_send():
+                await self._send(text)
+            if self._rec is not None and (now - self.t0) - self._rec_pos / RATE > 1.0 + cfg.record_lag_s:
+                self._flush_recording(final=False)
+
+    def _place_played(self, chunk: bytes, start_s: float) -> None:
+        at = int(round(start_s * RATE))
+        end = at + len(chunk)
+        if end > len(self._played_local):
+            grown = np.zeros(max(end, 2 * len(self._played_local)), dtype=np.int16)
+            grown[: len(self._played_local)] = self._played_local
+            self._played_local = grown
+        self._played_local[at:end] = ulaw_decode(chunk)
+
+    # -- recording -----------------------------------------------------------------------------------
+
+    def _flush_recording(self, *, final: bool) -> None:
+        assert self._rec is not None
+        now_rel = self._clock() - self.t0
+        upto = int((now_rel - (0 if final else self.config.record_lag_s)) * RATE)
+        if final:
+            upto = max(upto, self._played_end())
+        if upto <= self._rec_pos:
+            return
+        right = np.zeros(upto - self._rec_pos, dtype=np.int16)
+        have = self._played_local[self._rec_pos : upto]
+        right[: len(have)] = have
+        left = np.zeros_like(right)
+        if self._inbound_offset is not None:
+            shift = int(round(self._inbound_offset * RATE))
+            lo, hi = self._rec_pos - shift, upto - shift
+            src = self.inbound_codes[max(lo, 0) : max(min(hi, len(self.inbound_codes)), 0)]
+            if src:
+                start = max(0, -lo)
+                left[start : start + len(src)] = ulaw_decode(bytes(src))
+        self._rec.write(left, right)
+        self._rec_pos = upto
+
+    def _played_end(self) -> int:
+        chunks = self.playout.chunks
+        return int(round(chunks[-1].playout_end * RATE)) if chunks else 0
+
+    # -- evidence --------------------------------------------------------------------------------------
+
+    def evidence(self) -> MediaEvidence:
+        chunks = self.playout.chunks
+        sends = np.array([(c.send_time, c.playout_start, float(c.flushed)) for c in chunks], dtype=np.float64)
+        return MediaEvidence(
+            rate=RATE,
+            inbound_pcm=ulaw_decode(bytes(self.inbound_codes)),
+            inbound_arrivals=np.array(self.arrivals, dtype=np.float64).reshape(-1, 2),
+            sent_pcm=ulaw_decode(bytes(self.sent_codes)),
+            sends=sends.reshape(-1, 3),
+            marks=[(e.name, e.sent_at, e.echoed_at, e.flushed) for e in self.playout.echoes],
+            underruns=self.playout.underruns,
+            frames_to_model=self.frames_to_model,
+            step_ms=list(self.step_ms),
+            late_frames=self.late_frames,
+        )

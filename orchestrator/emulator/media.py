@@ -1,0 +1,322 @@
+"""The carrier's end of a Media Stream: dial the server's WebSocket and play the phone in real time.
+
+`PlayoutBuffer` is Twilio's outbound buffer as a pure model (queue, marks echoed after playout, `clear`).
+`MediaStreamClient` owns the I/O: a signed handshake (through the tunnel route), `connected`, `start`,
+a `media` frame every 20 ms on absolute deadlines (silence when the caller is quiet, exactly like
+Twilio), the phone's playout, echo and noise, lost and jittered frames, and `stop` when the call ends.
+It records what it did in the call's ground-truth `stream` section; it never decides the call's fate
+(the call playback in `calls.py` does) and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import websockets
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+
+from bridge.errors import RemoteProtocolError
+from bridge.g711 import ulaw_decode, ulaw_encode
+from bridge.protocol import Clear, Connected, Mark, Media, OutboundMark, OutboundMedia, Start, Stop, parse_outbound
+from orchestrator.emulator.audio import FRAME, RATE, CallerScript, EchoPath, NoiseSource, SpeechDetector, Turn
+from orchestrator.emulator.audio import room_impulse_response
+from orchestrator.emulator.faults import Faults, FramePlan
+
+logger = logging.getLogger(__name__)
+
+FRAME_S = FRAME / RATE
+_SILENCE = b"\xff" * FRAME
+USER_AGENT = "Twilio.TmeWs/1.0"
+
+
+class PlayoutBuffer:
+    """Twilio's outbound buffer (section C): audio played in order, marks echoed once all before them played.
+
+    `play()` is called once per 20 ms frame and returns the frame the phone hears (silence where the
+    queue ran dry) plus the marks whose audio finished *by the end of the previous frame* — the caller
+    echoes those now, so a mark is never echoed before its audio has really played. A mark arriving
+    with nothing queued or pending is echoed at once (`push_mark` returns it); `clear()` drops the audio
+    and returns every pending mark.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[bytes | str] = deque()  # bytes = audio, str = a mark's name
+        self._finished: list[str] = []  # marks whose audio ended within the last played frame
+        self.queued_bytes = 0
+
+    def push_audio(self, payload: bytes) -> None:
+        if payload:
+            self._queue.append(payload)
+            self.queued_bytes += len(payload)
+
+    def push_mark(self, name: str) -> list[str]:
+        if not self._queue and not self._finished:
+            return [name]
+        self._queue.append(name)
+        return []
+
+    def clear(self) -> list[str]:
+        marks = self._finished + [m for m in self._queue if isinstance(m, str)]
+        self._queue.clear()
+        self._finished = []
+        self.queued_bytes = 0
+        return marks
+
+    def play(self, n: int = FRAME) -> tuple[bytes, list[str]]:
+        echo_now, self._finished = self._finished, []
+        out = bytearray()
+        while self._queue and (len(out) < n or isinstance(self._queue[0], str)):
+            head = self._queue[0]
+            if isinstance(head, str):
+                self._finished.append(head)
+                self._queue.popleft()
+                continue
+            take = head[: n - len(out)]
+            out += take
+            self.queued_bytes -= len(take)
+            if len(take) == len(head):
+                self._queue.popleft()
+            else:
+                self._queue[0] = head[len(take) :]
+        return bytes(out) + _SILENCE[: n - len(out)], echo_now
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A `<Stream>` from the TwiML."""
+
+    url: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+
+
+def _stamp(mono: float, origin_mono: float, origin_wall: float) -> dict[str, float]:
+    return {"mono": mono, "wall": origin_wall + (mono - origin_mono), "ms": round((mono - origin_mono) * 1000, 3)}
+
+
+class MediaStreamClient:
+    """One stream of one call. `await run()` returns why it ended: "hangup", "server-closed" or "caller-done".
+
+    `hangup` (an asyncio.Event owned by the call) ends the stream from the carrier side: `stop` is
+    sent and the socket closed. `truth` is the dict the stream's ground truth is written into.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: StreamSpec,
+        connect_url: str,
+        auth_token: str,
+        account_sid: str,
+        call_sid: str,
+        stream_sid: str,
+        turns: list[tuple[Turn, np.ndarray]],
+        caller_start_s: float,
+        hangup_after_turns: bool,
+        faults: Faults,
+        hangup: asyncio.Event,
+        truth: dict[str, Any],
+        notify: Callable[[str, str | None], Awaitable[None]],
+    ) -> None:
+        self.spec, self.connect_url, self.token = spec, connect_url, auth_token
+        self.account_sid, self.call_sid, self.stream_sid = account_sid, call_sid, stream_sid
+        self.faults, self.hangup, self.truth, self.notify = faults, hangup, truth, notify
+        self.hangup_after_turns = hangup_after_turns
+        self.script = CallerScript(turns, caller_start_s)
+        self.buffer = PlayoutBuffer()
+        self.plan = FramePlan(faults)
+        self.heard_vad, self.caller_vad = SpeechDetector(), SpeechDetector()
+        echo = faults.echo
+        rir = room_impulse_response(echo.rt60_s, faults.seed) if echo and echo.room else None
+        self.echo = EchoPath(echo.delay_ms, echo.loss_db, rir) if echo else None
+        self.noise = NoiseSource(faults.noise_dbfs, faults.seed) if faults.noise_dbfs is not None else None
+        self.heard: list[bytes] = []
+        self.sent_pcm: list[np.ndarray] = []
+        self._outbox: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
+        self._seq = 0
+        self._t0 = 0.0
+        self._wall0 = 0.0
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _now_ms(self) -> float:
+        return round((time.monotonic() - self._t0) * 1000, 3)
+
+    async def run(self) -> str:
+        url = self.spec.url
+        headers = {
+            "x-twilio-signature": RequestValidator(self.token).compute_signature(url, {}),
+            "User-Agent": USER_AGENT,
+        }
+        self.truth.update(url=url, connect_url=self.connect_url, stream_sid=self.stream_sid, name=self.spec.name)
+        self.truth["custom_parameters"] = dict(self.spec.parameters)
+        try:
+            ws = await connect(self.connect_url, additional_headers=headers, open_timeout=10, max_size=2**20)
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            self.truth["error"] = f"31920 - Stream - WebSocket - Handshake Error: {exc}"
+            await self.notify("stream-error", self.truth["error"])
+            return "connect-failed"
+        async with ws:
+            return await self._stream(ws)
+
+    async def _stream(self, ws: Any) -> str:
+        await ws.send(Connected().serialize())
+        start = Start(self._next_seq(), self.stream_sid, self.account_sid, self.call_sid,
+                      custom_parameters=dict(self.spec.parameters))
+        self._t0, self._wall0 = time.monotonic(), time.time()
+        await ws.send(start.serialize())
+        self.truth["start_sent"] = {"mono": self._t0, "wall": self._wall0}
+        self.truth.update(frames=0, frames_sent=0, frames_lost=[], marks=[], clears=[], warnings=[])
+        await self.notify("stream-started", None)
+        sender = asyncio.create_task(self._sender(ws))
+        receiver = asyncio.create_task(self._receiver(ws))
+        ticker = asyncio.create_task(self._ticker())
+        hangup = asyncio.create_task(self.hangup.wait())
+        done, _ = await asyncio.wait({receiver, ticker, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        reason = "server-closed" if receiver in done else ("hangup" if hangup in done else ticker.result())
+        ticker.cancel()
+        hangup.cancel()
+        if reason != "server-closed":
+            stop = Stop(self._next_seq(), self.stream_sid, self.account_sid, self.call_sid)
+            self._outbox.put_nowait((0.0, stop.serialize()))
+            self.truth["stop_sent"] = _stamp(time.monotonic(), self._t0, self._wall0)
+        self._outbox.put_nowait((0.0, None))
+        try:
+            await asyncio.wait_for(sender, timeout=2.0)
+        except (TimeoutError, websockets.ConnectionClosed):
+            pass
+        receiver.cancel()
+        await ws.close()
+        self._finish(reason)
+        await self.notify("stream-stopped", None)
+        return reason
+
+    async def _ticker(self) -> str:
+        """The phone's clock: one frame every 20 ms on absolute deadlines (no drift from sleep overshoot)."""
+        k = 0
+        while True:
+            deadline = self._t0 + k * FRAME_S
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._tick(k, deadline)
+            k += 1
+            elapsed = k * FRAME_S
+            limit = self.faults.hangup_after_stream_s
+            if limit is not None and elapsed >= limit:
+                self.truth["hangup_fault_at_ms"] = round(elapsed * 1000, 3)
+                return "hangup"
+            if self.hangup_after_turns and self.script.done:
+                return "caller-done"
+
+    def _tick(self, k: int, deadline: float) -> None:
+        heard, finished = self.buffer.play(FRAME)
+        for name in finished:
+            self._echo_mark(name)
+        self.heard.append(heard)
+        heard_pcm = ulaw_decode(heard)
+        self.heard_vad.feed(heard_pcm)
+        mic = self.script.next_frame(self.heard_vad.current_onset is not None)
+        self.caller_vad.feed(mic)
+        if self.echo is not None:
+            self.echo.feed(heard_pcm)
+            mic = mic + self.echo.take(FRAME)
+        if self.noise is not None:
+            mic = mic + self.noise.take(FRAME)
+        pcm = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
+        self.sent_pcm.append(pcm)
+        self.truth["frames"] = k + 1
+        fate = self.plan.fate(k + 1)
+        if fate.lost:
+            self.truth["frames_lost"].append({"frame": k + 1, "timestamp_ms": k * 20})
+            return
+        self.truth["frames_sent"] += 1
+        chunk = self.truth["frames_sent"]
+        media = Media(self._next_seq(), self.stream_sid, "inbound", chunk, k * 20, ulaw_encode(pcm))
+        self._outbox.put_nowait((deadline + fate.delay_s, media.serialize()))
+
+    def _echo_mark(self, name: str, flushed: bool = False) -> None:
+        self._outbox.put_nowait((0.0, Mark(self._next_seq(), self.stream_sid, name).serialize()))
+        for entry in self.truth["marks"]:
+            if entry["name"] == name and entry["echoed_ms"] is None:
+                entry.update(echoed_ms=self._now_ms(), flushed=flushed)
+                break
+
+    async def _sender(self, ws: Any) -> None:
+        """Send in order; a jittered frame holds back the ones after it, as on one TCP connection."""
+        max_late = 0.0
+        while True:
+            at, text = await self._outbox.get()
+            if text is None:
+                break
+            delay = at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif at:
+                max_late = max(max_late, -delay)
+            await ws.send(text)
+        self.truth["max_send_lateness_ms"] = round(max_late * 1000, 3)
+
+    async def _receiver(self, ws: Any) -> None:
+        try:
+            async for text in ws:
+                if isinstance(text, bytes):
+                    self.truth["warnings"].append({"code": 31950, "at_ms": self._now_ms(), "reason": "binary frame"})
+                    continue
+                try:
+                    msg = parse_outbound(text)
+                except RemoteProtocolError as exc:
+                    self.truth["warnings"].append({"code": 31951, "at_ms": self._now_ms(), "reason": str(exc)})
+                    continue
+                if msg.stream_sid != self.stream_sid:
+                    self.truth["warnings"].append({"code": 31951, "at_ms": self._now_ms(), "reason": "wrong streamSid"})
+                elif isinstance(msg, OutboundMedia):
+                    self.buffer.push_audio(msg.payload)
+                elif isinstance(msg, OutboundMark):
+                    self.truth["marks"].append({"name": msg.name, "received_ms": self._now_ms(), "echoed_ms": None})
+                    for name in self.buffer.push_mark(msg.name):
+                        self._echo_mark(name)
+                elif isinstance(msg, Clear):
+                    self.truth["clears"].append(self._now_ms())
+                    for name in self.buffer.clear():
+                        self._echo_mark(name, flushed=True)
+        except websockets.ConnectionClosed:
+            pass
+
+    def _finish(self, reason: str) -> None:
+        """Write the speech the phone heard and the caller said, on the phone's clock, into the truth."""
+        t = self.truth
+        t["ended"] = {"reason": reason, **_stamp(time.monotonic(), self._t0, self._wall0)}
+
+        def segments(vad: SpeechDetector) -> list[dict[str, float]]:
+            out = []
+            for seg in vad.finish():
+                onset_s, end_s = seg.onset / RATE, seg.end / RATE
+                out.append({"onset_ms": onset_s * 1000, "end_ms": end_s * 1000,
+                            "onset_mono": self._t0 + onset_s, "onset_wall": self._wall0 + onset_s})
+            return out
+
+        t["heard_speech"] = segments(self.heard_vad)
+        t["first_heard_speech_onset"] = t["heard_speech"][0] if t["heard_speech"] else None
+        t["caller_speech"] = segments(self.caller_vad)
+        t["turns"] = [{"turn": p.index, "start_ms": p.start / RATE * 1000, "end_ms": p.end / RATE * 1000}
+                      for p in self.script.played]
+        t["last_chunk"] = t.get("frames_sent", 0)
+
+    def heard_pcm(self) -> np.ndarray:
+        return ulaw_decode(b"".join(self.heard)) if self.heard else np.zeros(0, dtype=np.int16)
+
+    def sent(self) -> np.ndarray:
+        return np.concatenate(self.sent_pcm) if self.sent_pcm else np.zeros(0, dtype=np.int16)

@@ -1,0 +1,134 @@
+"""Turning stored evidence into metrics and verdicts, when a call ends and again on request.
+
+`finalize_media` runs once per media session: analysis of the audio evidence (in a worker thread: it is
+numpy work of up to a second or two for a long call), metrics, analysis summary and transcript saved.
+`evaluate_call` derives the call-level metrics from the event log (stream connect, duration, model
+load) and decides every criterion; it is idempotent (automatic checks are replaced, manual ones kept),
+so it runs both when the media ends and when the terminal callback arrives, in whichever order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import logging
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import criteria
+from orchestrator.service import CallService
+from orchestrator.store import parse_iso
+
+if TYPE_CHECKING:
+    from bridge.session import MediaSession
+    from orchestrator.web.app import AppState
+
+log = logging.getLogger(__name__)
+
+UNITS = {
+    "model_load_s": "s", "stream_connect_ms": "ms", "first_audio_ms": "ms", "first_audio_heard_ms": "ms",
+    "response_latency_ms_p50": "ms", "response_latency_ms_max": "ms", "turns": "count", "echo_detected": "bool",
+    "echo_delay_ms": "ms", "echo_return_loss_db": "dB", "step_ms_p50": "ms", "step_ms_p95": "ms",
+    "step_ms_p99": "ms", "late_frames": "count", "inbound_gap_ms_total": "ms", "inbound_jitter_ms": "ms",
+    "outbound_underruns": "count", "inbound_rms_dbfs": "dBFS", "outbound_rms_dbfs": "dBFS",
+    "inbound_clip_ratio": "ratio", "outbound_clip_ratio": "ratio", "inbound_silence_ratio": "ratio",
+    "outbound_silence_ratio": "ratio", "call_duration_s": "s",
+}
+
+
+def call_level_metrics(doc: dict[str, Any]) -> dict[str, float]:
+    """Metrics read off the event log and transitions (no audio needed)."""
+    out: dict[str, float] = {}
+    answered_at = None
+    for t in doc["transitions"]:
+        if t["to"] in ("in-progress", "streaming") and answered_at is None:
+            answered_at = parse_iso(t["at"])
+    start = next((e for e in doc["events"] if e["source"] == "media" and e["type"] == "start" and e["accepted"]),
+                 None)
+    if answered_at is not None and start is not None:
+        out["stream_connect_ms"] = max(0.0, (parse_iso(start["at"]) - answered_at).total_seconds() * 1000)
+    ended = doc["call"].get("ended_at")
+    if answered_at is not None and ended:
+        out["call_duration_s"] = max(0.0, (parse_iso(ended) - answered_at).total_seconds())
+    load = doc.get("facts", {}).get("model_load_s")
+    if load is not None:
+        out["model_load_s"] = float(load)
+    return out
+
+
+def evaluate_call(service: CallService, ref: str) -> list[criteria.Verdict]:
+    call = service.store.get_call(ref)
+    doc = service.document(call["id"])
+    service.store.put_metrics(call["id"], call_level_metrics(doc), UNITS)  # type: ignore[arg-type]
+    doc = service.document(call["id"])
+    verdicts = criteria.evaluate(doc, criteria.Thresholds.from_env(os.environ))
+    with service.store.transaction():
+        for v in verdicts:
+            service.store.add_check(call["id"], v.criterion, v.status, v.evidence, "auto")
+    return verdicts
+
+
+async def evaluate_call_async(state: AppState, call_id: str) -> None:
+    await state.service.run(lambda s: evaluate_call(s, call_id))
+
+
+def _levels_track(pcm: Any, offset_s: float, rate: int = 8000, win_s: float = 0.1) -> list[list[float]]:
+    import numpy as np
+
+    n = int(rate * win_s)
+    frames = len(pcm) // n
+    if frames == 0:
+        return []
+    x = pcm[: frames * n].astype(np.float64).reshape(frames, n) / 32768.0
+    db = 10 * np.log10(np.maximum((x * x).mean(axis=1), 1e-10))
+    return [[round(offset_s + i * win_s, 2), round(float(v), 1)] for i, v in enumerate(db)]
+
+
+def analysis_summary(result: Any, evidence: Any) -> dict[str, Any]:
+    """The compact per-call analysis the reports plot (segments, turns, echo, level tracks)."""
+    from bridge.analysis import played_track
+    from bridge.meters.timing import media_clock_offset_s
+
+    arrivals = evidence.inbound_arrivals
+    offset = float(media_clock_offset_s(arrivals[:, 0], arrivals[:, 1])) if len(arrivals) else 0.0
+    echo = result.echo
+    return {
+        "inbound_segments": [[round(s.start_s, 3), round(s.end_s, 3)] for s in result.inbound_segments],
+        "outbound_segments": [[round(s.start_s, 3), round(s.end_s, 3)] for s in result.outbound_segments],
+        "turns": [[round(t.caller_end_s, 3), round(t.model_onset_s, 3), round(t.latency_ms, 1)] for t in result.turns],
+        "echo": {"detected": bool(echo.detected), "delay_ms": echo.delay_ms, "erl_db": echo.erl_db,
+                 "peak": echo.peak},
+        "levels": {
+            "inbound": _levels_track(evidence.inbound_pcm, offset),
+            "outbound": _levels_track(played_track(evidence.sent_pcm, evidence.sends), 0.0),
+        },
+    }
+
+
+async def finalize_media(state: AppState, call_id: str, session: MediaSession,
+                         transcript: list[tuple[float, str]]) -> None:
+    from bridge.analysis import analyse
+
+    evidence = session.evidence()
+    result = await asyncio.to_thread(analyse, evidence)
+    metrics = dict(result.metrics)
+    summary = await asyncio.to_thread(analysis_summary, result, evidence)
+    prom = state.prom
+    if metrics.get("first_audio_heard_ms") is not None:
+        prom.first_audio.observe(metrics["first_audio_heard_ms"])
+    for turn in getattr(result, "turns", []) or []:
+        latency = getattr(turn, "latency_ms", None)
+        if latency is not None:
+            prom.response_latency.observe(latency)
+    for step in evidence.step_ms:
+        prom.step_ms.observe(step)
+
+    def save(service: CallService) -> None:
+        with service.store.transaction():
+            service.store.put_metrics(call_id, metrics, UNITS)
+            service.store.put_analysis(call_id, summary)
+            service.store.add_transcript(call_id, transcript)
+        evaluate_call(service, call_id)
+
+    await state.service.run(save)
+    log.info("call %s: media analysed (%s)", call_id,
+             ", ".join(f"{k}={v:.0f}" for k, v in metrics.items() if k in ("first_audio_heard_ms", "turns")))

@@ -1,0 +1,78 @@
+"""The test-run report: one entry point for building it and rendering it in every format.
+
+    report = build_report(docs, run_label)          # docs as `orchestrator show CALL --json` prints them
+    render_table(report) | render_markdown(report) | render_json(report) | render_html(report)
+
+The values live in report_model, the text renderers in report_text, the HTML page in report_html (with
+its SVG plots in report_svg). Everything here is pure: it returns strings and never writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from orchestrator.report_html import render_html
+from orchestrator.report_model import (
+    SUMMARY_METRICS,
+    CallReport,
+    Cell,
+    MetricSummary,
+    Report,
+    RunReport,
+    StateSpan,
+    TimelineItem,
+    build_report,
+)
+from orchestrator.report_text import render_markdown, render_table
+
+FORMATS = ("table", "md", "json", "html")
+
+__all__ = [
+    "FORMATS",
+    "SUMMARY_METRICS",
+    "CallReport",
+    "Cell",
+    "MetricSummary",
+    "Report",
+    "RunReport",
+    "StateSpan",
+    "TimelineItem",
+    "build_report",
+    "render",
+    "render_html",
+    "render_json",
+    "render_markdown",
+    "render_table",
+]
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def render_json(report: Report) -> str:
+    """One JSON document: the whole report, thresholds included."""
+    data = dataclasses.asdict(report)
+    for run in data["runs"]:
+        for call in run["calls"]:
+            call["from"] = call.pop("from_")
+    data["n_calls"] = report.n_calls
+    return json.dumps(_clean(data), indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+def render(report: Report, fmt: str) -> str:
+    """Render in one of FORMATS; raises ValueError for another."""
+    renderers = {"table": render_table, "md": render_markdown, "json": render_json, "html": render_html}
+    if fmt not in renderers:
+        raise ValueError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return renderers[fmt](report)

@@ -1,0 +1,116 @@
+"""`orchestrator serve`: run the aiohttp app on one port until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import ClientSession, ClientTimeout, web
+
+from orchestrator.settings import Settings
+from orchestrator.web.app import STATE, create_app
+
+log = logging.getLogger(__name__)
+
+
+class RunningServer:
+    """A started server: its bound address, public URL and the runner to stop it."""
+
+    def __init__(self, runner: web.AppRunner, app: web.Application, host: str, port: int) -> None:
+        self.runner, self.app, self.host, self.port = runner, app, host, port
+
+    @property
+    def local_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(settings: Settings, *, backend: Any = None, tunnel_health: bool | None = None) -> RunningServer:
+    """Start the app on settings.host:settings.port (0 = any free port) and record `server_listening`."""
+    started = time.monotonic()
+    app = create_app(settings, backend=backend)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else settings.port
+    state = app[STATE]
+    address = f"{settings.host}:{port}"
+    if settings.public_url and tunnel_health is None:
+        tunnel_health = await probe_health(settings.public_url)
+    state.facts.update({
+        "server_listening": address,
+        "public_url": settings.public_url,
+        "tunnel_health": tunnel_health,
+        "offline": bool(settings.twilio_api_base_url),
+        "backend": state.backend.name,
+        "ready_s": round(time.monotonic() - started, 3),
+    })
+    await state.service.record(source="server", type="listening", payload=dict(state.facts))
+    log.info("listening on http://%s (public URL %s, backend %s)", address, settings.public_url or "not set",
+             state.backend.name)
+    return RunningServer(runner, app, settings.host, port)
+
+
+async def probe_health(public_url: str, timeout_s: float = 3.0) -> bool | None:
+    """Does the public URL reach us? None when it cannot be resolved or connected at all."""
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=timeout_s)) as http:
+            async with http.get(public_url.rstrip("/") + "/healthz") as resp:
+                return resp.status == 200
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"; say why
+        log.info("public URL %s did not answer /healthz: %s", public_url, exc)
+        return None
+
+
+async def serve_forever(settings: Settings, tunnel: str | None) -> None:
+    async with AsyncExitStack() as stack:
+        if tunnel:
+            from orchestrator.tunnel import start_tunnel
+
+            t = await start_tunnel(tunnel, f"http://127.0.0.1:{settings.port}")
+            stack.push_async_callback(t.stop)
+            settings = settings.with_overrides(public_url=t.public_url)
+            click.echo(f"tunnel: {t.public_url}")
+        server = await start_server(settings)
+        stack.push_async_callback(server.stop)
+        click.echo(f"listening on {server.local_url}  public URL: {settings.public_url or '(not set)'}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        click.echo("shutting down: closing open calls")
+
+
+@click.command()
+@click.option("--host", default=None, help="Interface to bind (default $ORCHESTRATOR_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default $ORCHESTRATOR_PORT or 8080).")
+@click.option("--public-url", default=None, help="https URL the tunnel exposes (default $PUBLIC_URL).")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
+@click.option("--backend", type=click.Choice(["echo", "playback", "moshi"]), default=None,
+              help="Speech backend (default $BACKEND or echo).")
+@click.option("--tunnel", type=click.Choice(["cloudflared", "ngrok"]), default=None,
+              help="Start this tunnel program and use its https URL as PUBLIC_URL.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def serve(host: str | None, port: int | None, public_url: str | None, db: Path | None, backend: str | None,
+          tunnel: str | None, verbose: bool) -> None:
+    """Run the server: Twilio callbacks, TwiML, the media WebSocket, /healthz and /metrics on one port.
+
+    Example: orchestrator serve --port 8080 --tunnel cloudflared
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env().with_overrides(host=host, port=port, public_url=public_url, db=db, backend=backend)
+    settings.require_auth_token()
+    asyncio.run(serve_forever(settings, tunnel))

@@ -1,0 +1,122 @@
+"""The aiohttp application: one port for callbacks, TwiML, the media WebSocket, health and metrics.
+
+Built by `create_app()` so tests get exactly the app `orchestrator serve` runs. Start/stop pairs live
+in `cleanup_ctx`: the store's writer thread, the speech backend, and open media sessions (closed and
+recorded as interrupted on shutdown, so nothing is left half-written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bridge.backends.base import SpeechBackend
+from orchestrator.service import AsyncService
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from orchestrator.web.prom import Prom
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    service: AsyncService
+    backend: SpeechBackend
+    prom: Prom
+    facts: dict[str, Any] = field(default_factory=dict)
+    sessions: dict[str, Any] = field(default_factory=dict)  # call id -> live MediaSession
+    websockets: set[web.WebSocketResponse] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run slow follow-up work off the request path, keeping a reference so it is not lost."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.background.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+STATE = web.AppKey("state", AppState)
+
+
+def make_backend(settings: Settings) -> SpeechBackend:
+    from bridge.backends import registry
+
+    return registry.create(settings)
+
+
+def create_app(
+    settings: Settings, *, backend: SpeechBackend | None = None, reconcile: bool = True
+) -> web.Application:
+    from orchestrator.web import hooks, media
+
+    app = web.Application(client_max_size=256 * 1024)
+    state = AppState(
+        settings=settings,
+        service=AsyncService(lambda: Store(settings.db)),
+        backend=backend or make_backend(settings),
+        prom=Prom(),
+        facts={"public_url": settings.public_url, "backend": (backend.name if backend else settings.backend)},
+    )
+    app[STATE] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/twilio/status", hooks.status_callback)
+    app.router.add_post("/twilio/stream-status", hooks.stream_status_callback)
+    app.router.add_post("/twilio/voice", hooks.voice_webhook)
+    app.router.add_get("/media", media.media_websocket)
+
+    async def store_ctx(app: web.Application) -> Any:
+        await state.service.start()
+        if reconcile:
+            done = await state.service.run(lambda s: s.reconcile_after_restart(settings.max_call_seconds))
+            for rec in done:
+                log.warning("call %s was live when the last server stopped: recorded as interrupted",
+                            rec.call["id"] if rec.call else "?")
+        yield
+        await state.service.close()
+
+    async def backend_ctx(app: web.Application) -> Any:
+        await state.backend.load()
+        if state.backend.load_seconds is not None:
+            state.facts["model_load_s"] = state.backend.load_seconds
+        yield
+        await state.backend.aclose()
+
+    async def sessions_ctx(app: web.Application) -> Any:
+        yield
+        # shutdown: end open media sessions first (they record what happened), then the sockets
+        for session in list(state.sessions.values()):
+            await session.interrupt("interrupted: server shutting down")
+        for ws in list(state.websockets):
+            await ws.close(code=1001, message=b"server shutting down")
+        if state.background:
+            await asyncio.wait(state.background, timeout=5)
+
+    app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx])
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(
+        {"ok": True, "backend": state.backend.name, "busy": state.backend.busy,
+         "active_streams": len(state.sessions), "public_url": state.settings.public_url}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body, content_type = state.prom.render(active_streams=len(state.sessions))
+    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,225 @@
+"""`GET /media`: the Twilio Media Streams WebSocket.
+
+The handshake's `x-twilio-signature` is checked against the wss:// URL written in our TwiML (built from
+PUBLIC_URL), before the upgrade. `start.customParameters` must carry a known call id and that call's
+random token; anything else is stored as rejected and the socket closed with the reason. Malformed
+frames are counted by the sans-I/O `MediaStream` and never reach another call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from twilio.request_validator import RequestValidator
+
+from bridge.backends.base import BackendBusy, BackendError
+from bridge.protocol import Dtmf, Mark, Media, MediaStream, Start, Stop
+from bridge.session import MediaSession, SessionConfig
+from orchestrator.twiml import media_url
+from orchestrator.web.app import STATE, AppState
+
+log = logging.getLogger(__name__)
+MAX_FRAME = 64 * 1024
+
+
+def handshake_problem(state: AppState, request: web.Request) -> str | None:
+    signature = request.headers.get("x-twilio-signature")
+    if not signature:
+        return "bad signature: missing x-twilio-signature on the WebSocket handshake"
+    token = state.settings.twilio_auth_token
+    if not token:
+        return "bad signature: TWILIO_AUTH_TOKEN not configured, cannot verify"
+    expected = media_url(state.settings.public_url or f"http://{request.host}")
+    validator = RequestValidator(token)
+    if validator.validate(expected, {}, signature) or validator.validate(expected + "/", {}, signature):
+        return None
+    log.warning("rejected media handshake: bad signature for %s (is PUBLIC_URL the tunnel's URL?)", expected)
+    return "bad signature"
+
+
+class LiveCall:
+    """The glue between one socket, one call row and one media session."""
+
+    def __init__(self, state: AppState, ws: web.WebSocketResponse, call: dict[str, Any], session: MediaSession,
+                 start: Start) -> None:
+        self.state = state
+        self.ws = ws
+        self.call = call
+        self.session = session
+        self.start = start
+        self.transcript: list[tuple[float, str]] = []
+        self.hangup_reason: str | None = None
+
+    async def remote_ended(self, reason: str) -> None:
+        """The carrier says the call is over: stop media and close the socket."""
+        self.hangup_reason = self.hangup_reason or reason
+        self.session.done.set()
+        await self.ws.close(code=1000, message=reason.encode()[:120])
+
+    async def interrupt(self, reason: str) -> None:
+        self.hangup_reason = reason
+        await self.session.finish(reason)
+        await self.ws.close(code=1001, message=b"server shutting down")
+
+
+async def media_websocket(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    problem = handshake_problem(state, request)
+    if problem:
+        await state.service.record(source="media", type="handshake", rejected=problem,
+                                   payload={"peer": request.remote, "path": request.path})
+        return web.Response(status=403, text="invalid signature\n")
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
+    await ws.prepare(request)
+    state.websockets.add(ws)
+    stream = MediaStream(max_frame_bytes=MAX_FRAME)
+    live: LiveCall | None = None
+    end = "ws_closed"
+    try:
+        live, end = await _read_loop(state, ws, stream)
+    finally:
+        state.websockets.discard(ws)
+        if live is not None:
+            await _end_live_call(state, live, end, stream)
+        elif not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _read_loop(state: AppState, ws: web.WebSocketResponse, stream: MediaStream) -> tuple[LiveCall | None, str]:
+    live: LiveCall | None = None
+    done_waiter: asyncio.Task[Any] | None = None
+    while True:
+        receive = asyncio.ensure_future(ws.receive())
+        waiters: set[asyncio.Future[Any]] = {receive}
+        if live is not None:
+            done_waiter = done_waiter or asyncio.ensure_future(live.session.done.wait())
+            waiters.add(done_waiter)
+        finished, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if receive not in finished:  # the session ended (budget, dead backend, remote hang-up)
+            receive.cancel()
+            return live, "session_ended"
+        msg = receive.result()
+        now = time.monotonic()
+        if msg.type == WSMsgType.TEXT:
+            stream.receive_text(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            stream.receive_bytes(msg.data)
+        else:  # CLOSE, CLOSING, CLOSED, ERROR
+            if done_waiter:
+                done_waiter.cancel()
+            return live, "ws_closed"
+        for ev in stream.events_received():
+            if isinstance(ev, Media):
+                if live is not None:
+                    live.session.on_media(ev, now)
+            elif isinstance(ev, Mark):
+                if live is not None:
+                    live.session.on_mark(ev.name, now)
+            elif isinstance(ev, Start):
+                live = await _on_start(state, ws, stream, ev)
+                if live is None:
+                    return None, "start_rejected"
+            elif isinstance(ev, Dtmf) and live is not None:
+                await state.service.record(source="media", type="dtmf", call_id=live.call["id"],
+                                           payload={"digit": ev.digit, "track": ev.track})
+            elif isinstance(ev, Stop):
+                if done_waiter:
+                    done_waiter.cancel()
+                return live, "stop"
+        if stream.errors:
+            state.prom.media_errors.inc(0)  # keep the series present
+        if stream.close_reason:
+            log.warning("closing media stream: %s", stream.close_reason)
+            if live is None:
+                await state.service.record(source="media", type="garbage", rejected=stream.close_reason,
+                                           payload={"errors": [e.reason for e in stream.error_log]})
+            await ws.close(code=1008, message=stream.close_reason.encode()[:120])
+            return live, "protocol_errors"
+
+
+async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStream, start: Start) -> LiveCall | None:
+    params = start.custom_parameters
+    call_id, token = params.get("call_id"), params.get("token")
+    payload = {"streamSid": start.stream_sid, "callSid": start.call_sid, "tracks": list(start.tracks),
+               "customParameters": {k: ("(redacted)" if k == "token" else v) for k, v in params.items()}}
+    call = await state.service.run(lambda s: s.store.find_call(call_id=call_id) if call_id else None)
+    reason = None
+    if call is None:
+        reason = f"unknown call id {call_id!r} in start.customParameters"
+    elif not token or token != call["token"]:
+        reason = "wrong or missing per-call token in start.customParameters"
+    elif call["call_sid"] and call["call_sid"] != start.call_sid:
+        reason = f"start.callSid {start.call_sid} does not match the call's CallSid {call['call_sid']}"
+    elif call["id"] in state.sessions:
+        reason = "a media stream is already open for this call"
+    backend_session = None
+    if reason is None:
+        try:
+            backend_session = await state.backend.open_session(call["id"], state.settings.max_call_seconds)
+        except BackendBusy as exc:
+            reason = f"model busy: {exc}"
+        except BackendError as exc:
+            reason = f"backend failed to start: {exc}"
+    if reason is not None or call is None or backend_session is None:
+        await state.service.record(source="media", type="start_rejected", call_id=call_id,
+                                   call_sid=start.call_sid, payload=payload, rejected=reason)
+        log.warning("media start rejected: %s", reason)
+        await ws.close(code=1008, message=(reason or "rejected").encode()[:120])
+        return None
+    rec = await state.service.record(source="media", type="start", call_id=call["id"], call_sid=start.call_sid,
+                                     payload=payload)
+    recording = None
+    if state.settings.recordings_dir is not None:
+        recording = Path(state.settings.recordings_dir) / f"{call['id']}.wav"
+    await state.service.run(lambda s: s.store.update_call(
+        call["id"], stream_sid=start.stream_sid, recording_path=str(recording) if recording else None))
+    if rec.call:
+        state.prom.call_state(call["id"], rec.call["state"])
+
+    async def send(text: str) -> None:
+        if not ws.closed:
+            await ws.send_str(text)
+
+    config = SessionConfig(max_lead_s=state.settings.max_lead_ms / 1000.0, recording=recording)
+    live_ref: list[LiveCall] = []
+
+    def on_long_gap(ts: int, missing: int) -> None:
+        state.spawn(state.service.record(source="media", type="long_gap", call_id=call["id"],
+                                         payload={"timestamp_ms": ts, "missing_ms": missing}), "gap")
+
+    session = MediaSession(call_id=call["id"], stream=stream, backend=backend_session, send=send, config=config,
+                           on_text=lambda at, s: live_ref[0].transcript.append((at, s)), on_long_gap=on_long_gap)
+    live = LiveCall(state, ws, call, session, start)
+    live_ref.append(live)
+    state.sessions[call["id"]] = live
+    session.start()
+    return live
+
+
+async def _end_live_call(state: AppState, live: LiveCall, end: str, stream: MediaStream) -> None:
+    call_id = live.call["id"]
+    session = live.session
+    backend_reason = session.backend.ended
+    await session.finish(live.hangup_reason or backend_reason or end)
+    state.sessions.pop(call_id, None)
+    errors = {"protocol_errors": stream.errors, "sequence_gaps": stream.sequence_gaps,
+              "errors": [f"{e.code} {e.reason}" for e in stream.error_log]}
+    kind = "stop" if end == "stop" else "ws_closed"
+    await state.service.record(source="media", type=kind, call_id=call_id, payload={"end": end, **errors})
+    if backend_reason:
+        # the backend cannot go on (budget spent, dead worker): we hang up by closing the stream;
+        # the TwiML's <Hangup/> then ends the call at the carrier
+        await state.service.record(source="local", type="backend_ended", call_id=call_id,
+                                   payload={"reason": backend_reason}, detail=backend_reason)
+        await state.service.run(lambda s: s.store.update_call(call_id, end_reason=backend_reason))
+    if not live.ws.closed:
+        await live.ws.close(code=1000, message=(backend_reason or "bye").encode()[:120])
+    from orchestrator.evaluation import finalize_media
+
+    state.spawn(finalize_media(state, call_id, session, live.transcript), f"finalize-{call_id}")

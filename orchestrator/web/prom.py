@@ -1,0 +1,42 @@
+"""Live Prometheus metrics for `GET /metrics` (prometheus-client), one registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (50, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000, 5000, 10000)
+_STEP_BUCKETS = (5, 10, 20, 40, 60, 80, 100, 150, 250, 500)
+
+
+class Prom:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.calls_by_state = Gauge("orchestrator_calls_by_state", "Calls seen by this server per state",
+                                    ["state"], registry=r)
+        self.active_streams = Gauge("orchestrator_active_streams", "Open media streams", registry=r)
+        self.callbacks = Counter("orchestrator_callbacks_total", "Twilio callbacks received",
+                                 ["endpoint", "outcome"], registry=r)
+        self.media_errors = Counter("orchestrator_media_protocol_errors_total",
+                                    "Malformed media stream frames", registry=r)
+        self.first_audio = Histogram("orchestrator_first_audio_heard_ms", "First audio heard (ms)",
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.response_latency = Histogram("orchestrator_response_latency_ms", "Response latency per turn (ms)",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.step_ms = Histogram("orchestrator_model_step_ms", "Model step time (ms)", buckets=_STEP_BUCKETS,
+                                 registry=r)
+        self._states: dict[str, str] = {}
+
+    def call_state(self, call_id: str, state: str) -> None:
+        old = self._states.get(call_id)
+        if old == state:
+            return
+        if old is not None:
+            self.calls_by_state.labels(old).dec()
+        self.calls_by_state.labels(state).inc()
+        self._states[call_id] = state
+
+    def render(self, *, active_streams: int) -> tuple[bytes, str]:
+        self.active_streams.set(active_streams)
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
