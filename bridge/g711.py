@@ -33,13 +33,14 @@ def _build_decode_table() -> npt.NDArray[np.int16]:
 def _build_encode_table() -> npt.NDArray[np.uint8]:
     # Indexed by the int16 sample's bit pattern read as uint16, so that entry i holds the code of
     # int16(i); numpy's negative indices wrap the same way, letting int16 arrays index it directly.
-    pcm = np.arange(65536, dtype=np.int32)
-    pcm = np.where(pcm >= 32768, pcm - 65536, pcm) >> 2  # 14-bit, arithmetic shift like audioop
-    mask = np.where(pcm < 0, 0x7F, 0xFF)
-    mag = np.abs(pcm) + (_BIAS >> 2)
+    index = np.arange(65536, dtype=np.int32)
+    pcm14 = np.where(index >= 32768, index - 65536, index) >> 2  # arithmetic shift, like audioop
+    mask = np.where(pcm14 < 0, 0x7F, 0xFF)
+    mag = np.abs(pcm14) + (_BIAS >> 2)
     seg = np.searchsorted(_SEG_UEND, mag, side="left")  # first segment end >= mag
     code = np.where(seg >= 8, 0x7F, (seg << 4) | ((mag >> np.minimum(seg + 1, 8)) & 0x0F))
-    return (code ^ mask).astype(np.uint8)
+    table: npt.NDArray[np.uint8] = (code ^ mask).astype(np.uint8)
+    return table
 
 
 _DECODE_I16 = _build_decode_table()
@@ -60,14 +61,14 @@ def _codes(codes: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> npt
 
 def ulaw_decode(codes: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
     """Decode μ-law bytes (or a uint8 array) to int16 PCM, exactly like ``audioop.ulaw2lin(b, 2)``."""
-    return _DECODE_I16[_codes(codes)]
+    return _DECODE_I16.take(_codes(codes))
 
 
 def ulaw_decode_float(
     codes: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
 ) -> npt.NDArray[np.float32]:
     """Decode μ-law to float32 in [-1, 1): ``ulaw_decode(codes) / 32768`` in one table look-up."""
-    return _DECODE_F32[_codes(codes)]
+    return _DECODE_F32.take(_codes(codes))
 
 
 def ulaw_encode(pcm: npt.NDArray[np.int16]) -> bytes:
@@ -77,4 +78,4 @@ def ulaw_encode(pcm: npt.NDArray[np.int16]) -> bytes:
     """
     if pcm.dtype != np.int16:
         raise TypeError(f"ulaw_encode takes int16 PCM, got {pcm.dtype}")
-    return _ENCODE[pcm].tobytes()
+    return _ENCODE.take(pcm.view(np.uint16)).tobytes()

@@ -9,8 +9,9 @@ equiripple low-pass at 24 kHz serves both directions:
 
 Each ``process`` call prepends the carried input history and evaluates every output at once with one
 BLAS matrix product over a strided sliding-window view of that history (a polyphase "im2col"; no
-per-sample Python). Measured on the 2-core dev box: 6 µs per 20 ms chunk up, 3.5 µs down; scipy's
-``upfirdn`` took 26 µs, three ``np.convolve`` branches 28 µs and ``lfilter`` per branch 150 µs.
+per-sample Python). Measured on the 2-core dev box: 6 µs per 160-sample call up, 6 µs per 480-sample
+call down (14 µs per 1920-sample frame); for 8k->24k, scipy's ``upfirdn`` over the same history took
+26 µs, three ``np.convolve`` branches 28 µs and ``lfilter`` with carried ``zi`` per branch 150 µs.
 
 Design: ``scipy.signal.remez``, 61 taps, pass 0-3400 Hz, stop 4600-12000 Hz, stop weight 3, normalised
 to unit DC gain. Design-grid figures: 0.048 dB ripple over 300-3400 Hz, 60 dB stopband. Group delay
@@ -112,10 +113,13 @@ class StreamResampler:
         # and contiguous for the strided view.
         xx = np.concatenate((self._hist, x), dtype=np.float32)
         self._hist = xx[n:]
+        out: npt.NDArray[np.float32]
         if self._up:
-            win = np.ndarray((n, _BRANCH_TAPS), np.float32, xx, 0, (4, 4))
-            return np.dot(win, self._coef).reshape(-1)
+            win: npt.NDArray[np.float32] = np.ndarray((n, _BRANCH_TAPS), np.float32, xx, 0, (4, 4))
+            out = np.dot(win, self._coef).reshape(-1)
+            return out
         if n % _FACTOR:
             raise ValueError(f"24 kHz -> 8 kHz needs a multiple of 3 samples per call, got {n}")
         win = np.ndarray((n // _FACTOR, NUM_TAPS), np.float32, xx, 0, (4 * _FACTOR, 4))
-        return np.dot(win, self._coef)
+        out = np.dot(win, self._coef)
+        return out

@@ -106,6 +106,12 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "interrupted", "source": _ALIVE, "dest": _S.FAILED},
 ]
 
+#: (state, event) pairs that confirm what the state already says: accepted, no transition.
+_CONFIRMATIONS = {
+    (_S.STREAMING, EventType.STREAM_STARTED): "confirms: already streaming",
+    (_S.IN_PROGRESS, EventType.STREAM_STOPPED): "confirms: stream already stopped",
+}
+
 #: Rank of each non-terminal state, used to explain why a late event was ignored.
 RANK = {_S.QUEUED: 0, _S.RINGING: 1, _S.IN_PROGRESS: 2, _S.STREAMING: 3}
 
@@ -180,6 +186,10 @@ def handle(state: CallState, event: CallEvent) -> Outcome:
         return Outcome(False, state, state, f"terminal: call already {state.value}")
     if event.type in INFORMATIVE:
         return Outcome(True, state, state)
+    # Two sources report the same stream (the WebSocket itself and <Stream statusCallback>): the
+    # second report of a fact already applied is confirmation, not a stale event.
+    if (state, event.type) in _CONFIRMATIONS:
+        return Outcome(True, state, state, _CONFIRMATIONS[(state, event.type)])
     model = _CallModel()
     _MACHINE.add_model(model, initial=state)
     try:

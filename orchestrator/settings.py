@@ -46,6 +46,8 @@ class Settings:
     greeting: str = "Connecting you to Moshi."
     max_call_seconds: float = 300.0
     echo_delay_ms: float = 400.0
+    echo_mode: str = "delay"  # delay | turns
+    echo_greeting: str | None = None
     max_lead_ms: float = 100.0
 
     @classmethod
@@ -67,6 +69,8 @@ class Settings:
             "MOSHI_HF_REPO": "moshi_hf_repo",
             "MOSHI_QUANTIZE": "moshi_quantize",
             "GREETING": "greeting",
+            "ECHO_MODE": "echo_mode",
+            "ECHO_GREETING": "echo_greeting",
         }
         for name, attr in simple.items():
             if name in env:
@@ -96,10 +100,12 @@ class Settings:
     def validated(self) -> Settings:
         if self.backend not in BACKENDS:
             raise SettingsError(f"BACKEND={self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.echo_mode not in ("delay", "turns"):
+            raise SettingsError(f"ECHO_MODE={self.echo_mode!r}: choose delay or turns")
         if self.moshi_quantize not in ("4", "8", "none"):
             raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
-        if not 0 < self.port < 65536:
-            raise SettingsError(f"ORCHESTRATOR_PORT={self.port}: must be 1-65535")
+        if not 0 <= self.port < 65536:
+            raise SettingsError(f"ORCHESTRATOR_PORT={self.port}: must be 0-65535 (0 = any free port)")
         if self.public_url:
             parts = urlsplit(self.public_url)
             if not parts.scheme or not parts.netloc:

@@ -5,10 +5,10 @@ Conventions (DESIGN.md, "Measurements"):
   digital silence reads `-inf` and is reported as `SILENCE_FLOOR_DBFS` (−120) so numbers stay finite.
 - A sample clips when |x| >= 32124, the largest value μ-law decodes to (configurable).
 - Silence ratio: the share of 10 ms windows whose RMS is below −50 dBFS.
-- Speech onset: 10 ms RMS windows (on a grid from sample 0) above −40 dBFS for at least 50 ms; the onset
-  is the first sample of the first such window, refined to the sample: the first sample at or after the
-  start of the window before it whose |x| exceeds −46 dBFS (164), so an onset that starts mid-window is
-  not rounded up to the grid. The offset (end of speech) is the mirror image.
+- Speech onset: 10 ms RMS windows above −40 dBFS for at least 50 ms (five back-to-back windows); the
+  windows slide sample by sample, so the first such window is located to the sample, and the onset is
+  then the first sample inside it whose |x| exceeds −46 dBFS (164), where the speech actually starts
+  rather than where the window happens to begin. The offset (end of speech) is the mirror image in time.
 
 Pure functions over arrays: no I/O, no clocks, no state.
 """
@@ -53,9 +53,11 @@ def dbfs(mean_square: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return np.maximum(out, SILENCE_FLOOR_DBFS)
 
 
-def window_dbfs(pcm: npt.NDArray[np.int16], rate: int = 8000, win_ms: float = 10.0) -> npt.NDArray[np.float64]:
+def window_dbfs(
+    pcm: npt.NDArray[np.int16], rate: int = 8000, win_ms: float = 10.0
+) -> npt.NDArray[np.float64]:
     """RMS dBFS of consecutive non-overlapping windows from sample 0 (a trailing partial window is dropped)."""
-    win = int(round(rate * win_ms / 1000.0))
+    win = round(rate * win_ms / 1000.0)
     n = len(pcm) // win
     if n == 0:
         return np.empty(0)
@@ -85,23 +87,32 @@ def measure_levels(
     )
 
 
-def _speech_runs(
+def _run_windows(
     pcm: npt.NDArray[np.int16], rate: int, threshold_dbfs: float, min_ms: float, win_ms: float
-) -> tuple[npt.NDArray[np.bool_], int, int]:
-    """Per-window flag: window belongs to a run of >= min_ms of windows above threshold."""
-    win = int(round(rate * win_ms / 1000.0))
-    k = max(1, int(round(min_ms / win_ms)))
-    loud = window_dbfs(pcm, rate, win_ms) > threshold_dbfs
-    if loud.size < k:
-        return np.zeros(loud.size, dtype=bool), win, k
-    # starts[i]: windows i..i+k-1 are all loud; dilate back so every window of such a run is flagged.
-    starts = np.convolve(loud.astype(np.int32), np.ones(k, dtype=np.int32), mode="valid") == k
-    in_run = np.convolve(starts.astype(np.int32), np.ones(k, dtype=np.int32), mode="full")[: loud.size] > 0
-    return in_run, win, k
+) -> tuple[npt.NDArray[np.int64], int]:
+    """Start samples i of runs: the 10 ms windows at i, i+win, ..., covering min_ms, are all loud.
+
+    Windows slide sample by sample (a running sum of squares), so the answer does not depend on where
+    a window grid happens to fall relative to the speech.
+    """
+    win = round(rate * win_ms / 1000.0)
+    k = max(1, round(min_ms / win_ms))
+    x = np.asarray(pcm, dtype=np.int64)
+    if len(x) < k * win:
+        return np.empty(0, dtype=np.int64), win
+    csum = np.concatenate(([0], np.cumsum(x * x)))
+    energy = csum[win:] - csum[:-win]  # energy of the window starting at each sample
+    loud = energy > (10.0 ** (threshold_dbfs / 10.0)) * _FULL_SCALE * _FULL_SCALE * win
+    m = len(loud) - (k - 1) * win
+    ok = loud[:m].copy()
+    for j in range(1, k):
+        ok &= loud[j * win : j * win + m]
+    return np.flatnonzero(ok), win
 
 
-def _refine_level(threshold_dbfs: float) -> float:
-    return _FULL_SCALE * 10.0 ** ((threshold_dbfs - 6.0) / 20.0)
+def _refine_level(threshold_dbfs: float, refine_dbfs: float | None) -> float:
+    level_dbfs = threshold_dbfs - 6.0 if refine_dbfs is None else refine_dbfs
+    return float(_FULL_SCALE * 10.0 ** (level_dbfs / 20.0))
 
 
 def speech_onset(
@@ -111,16 +122,20 @@ def speech_onset(
     threshold_dbfs: float = -40.0,
     min_ms: float = 50.0,
     win_ms: float = 10.0,
+    refine_dbfs: float | None = None,
 ) -> int | None:
-    """Index of the first speech sample (DESIGN's onset convention), or None if there is no speech."""
-    in_run, win, _ = _speech_runs(pcm, rate, threshold_dbfs, min_ms, win_ms)
-    hits = np.flatnonzero(in_run)
-    if hits.size == 0:
+    """Index of the first speech sample (DESIGN's onset convention), or None if there is no speech.
+
+    The first window of the first qualifying run is located to the sample; within it the onset is the
+    first sample whose |x| exceeds `refine_dbfs` (default threshold − 6 dB), where the speech starts.
+    """
+    starts, win = _run_windows(pcm, rate, threshold_dbfs, min_ms, win_ms)
+    if starts.size == 0:
         return None
-    first = int(hits[0]) * win
-    lo = max(0, first - win)
-    above = np.flatnonzero(np.abs(np.asarray(pcm[lo : first + win], dtype=np.int32)) > _refine_level(threshold_dbfs))
-    return lo + int(above[0]) if above.size else first
+    first = int(starts[0])
+    level = _refine_level(threshold_dbfs, refine_dbfs)
+    above = np.flatnonzero(np.abs(np.asarray(pcm[first : first + win], dtype=np.int32)) > level)
+    return first + int(above[0]) if above.size else first
 
 
 def speech_offset(
@@ -130,13 +145,14 @@ def speech_offset(
     threshold_dbfs: float = -40.0,
     min_ms: float = 50.0,
     win_ms: float = 10.0,
+    refine_dbfs: float | None = None,
 ) -> int | None:
     """Index one past the last speech sample (mirror of `speech_onset`), or None if there is no speech."""
-    in_run, win, _ = _speech_runs(pcm, rate, threshold_dbfs, min_ms, win_ms)
-    hits = np.flatnonzero(in_run)
-    if hits.size == 0:
+    starts, win = _run_windows(np.asarray(pcm)[::-1], rate, threshold_dbfs, min_ms, win_ms)
+    if starts.size == 0:
         return None
-    end = (int(hits[-1]) + 1) * win
-    hi = min(len(pcm), end + win)
-    above = np.flatnonzero(np.abs(np.asarray(pcm[end - win : hi], dtype=np.int32)) > _refine_level(threshold_dbfs))
+    # On the reversed signal the first run window ends where the speech ends in forward time.
+    end = len(pcm) - int(starts[0])
+    level = _refine_level(threshold_dbfs, refine_dbfs)
+    above = np.flatnonzero(np.abs(np.asarray(pcm[end - win : end], dtype=np.int32)) > level)
     return end - win + int(above[-1]) + 1 if above.size else end

@@ -7,7 +7,7 @@ gaps shorter than the hangover (300 ms) are bridged so pauses between words do n
 segments shorter than 90 ms are dropped. WebRTC's own decisions are frame-quantised and carry an
 internal overhang of a few frames, so each segment's boundaries are then refined to the sample with the
 energy onset/offset convention of `levels.speech_onset` (threshold −40 dBFS, or noise floor + 9 dB when
-the floor is higher), searched within 60 ms outside the raw boundaries. End-of-speech therefore excludes
+the floor is higher; sample-level refinement above noise floor + 12 dB), searched within 60 ms outside the raw boundaries. End-of-speech therefore excludes
 the hangover, which is what response latency needs.
 
 Pure: no I/O, no clocks; a fresh webrtcvad instance per call keeps results independent of history.
@@ -83,7 +83,7 @@ def detect_speech(
     voiced &= frame_db > gate
 
     # Hangover: bridge short unvoiced gaps between voiced frames.
-    max_gap = int(round(hangover_ms / frame_ms))
+    max_gap = round(hangover_ms / frame_ms)
     for s, e in _runs(~voiced):
         if s > 0 and e < n and e - s <= max_gap:
             voiced[s:e] = True
@@ -93,12 +93,14 @@ def detect_speech(
         return [Segment(s / rate, e / rate) for s, e in runs]
 
     thr = max(-40.0, floor + 9.0)
+    # Noise peaks reach ~3-4x its RMS; keep the sample-level refinement above them.
+    level = max(thr - 6.0, floor + 12.0)
     pad = int(0.06 * rate)
     out: list[Segment] = []
     for s, e in runs:
         lo, hi = max(0, s - pad), min(len(x), e + pad)
-        on = speech_onset(x[lo:e], rate, threshold_dbfs=thr)
-        off = speech_offset(x[s:hi], rate, threshold_dbfs=thr)
+        on = speech_onset(x[lo:e], rate, threshold_dbfs=thr, refine_dbfs=level)
+        off = speech_offset(x[s:hi], rate, threshold_dbfs=thr, refine_dbfs=level)
         start = lo + on if on is not None else s
         end = s + off if off is not None else e
         if end - start >= min_speech_ms * rate / 1000:

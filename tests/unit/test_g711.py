@@ -68,7 +68,9 @@ def test_encode_agrees_with_sox_except_its_rounding(tmp_path: Path) -> None:
     # sox rounds to the nearer of the two neighbouring μ-law levels where audioop truncates (sample >> 2),
     # so they differ on 508 of 65,536 inputs (sox 14.4.2, measured). Both must pick one of the two levels
     # that bracket the input.
-    out = np.frombuffer(_sox(["-e", "signed", "-b", "16"], ["-e", "u-law"], ALL_PCM.tobytes(), tmp_path), np.uint8)
+    out = np.frombuffer(
+        _sox(["-e", "signed", "-b", "16"], ["-e", "u-law"], ALL_PCM.tobytes(), tmp_path), np.uint8
+    )
     ours = np.frombuffer(ulaw_encode(ALL_PCM), np.uint8)
     diff = np.flatnonzero(ours != out)
     assert diff.size < 0.01 * ALL_PCM.size

@@ -17,26 +17,64 @@ X = "ignored"  # not accepted, state unchanged
 # Expected outcome for every non-terminal state x every event. Terminal states are checked below.
 EXPECTED: dict[CallState, dict[EventType, object]] = {
     S.QUEUED: {
-        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: S.RINGING, E.ANSWERED: S.IN_PROGRESS,
-        E.STREAM_STARTED: S.STREAMING, E.STREAM_STOPPED: X, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
-        E.BUSY: S.BUSY, E.NO_ANSWER: S.NO_ANSWER, E.FAILED: S.FAILED, E.CANCELED: S.CANCELED,
+        E.QUEUED: STAY,
+        E.INITIATED: STAY,
+        E.RINGING: S.RINGING,
+        E.ANSWERED: S.IN_PROGRESS,
+        E.STREAM_STARTED: S.STREAMING,
+        E.STREAM_STOPPED: X,
+        E.DTMF: STAY,
+        E.COMPLETED: S.COMPLETED,
+        E.BUSY: S.BUSY,
+        E.NO_ANSWER: S.NO_ANSWER,
+        E.FAILED: S.FAILED,
+        E.CANCELED: S.CANCELED,
         E.INTERRUPTED: S.FAILED,
     },
     S.RINGING: {
-        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: X, E.ANSWERED: S.IN_PROGRESS,
-        E.STREAM_STARTED: S.STREAMING, E.STREAM_STOPPED: X, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
-        E.BUSY: S.BUSY, E.NO_ANSWER: S.NO_ANSWER, E.FAILED: S.FAILED, E.CANCELED: S.CANCELED,
+        E.QUEUED: STAY,
+        E.INITIATED: STAY,
+        E.RINGING: X,
+        E.ANSWERED: S.IN_PROGRESS,
+        E.STREAM_STARTED: S.STREAMING,
+        E.STREAM_STOPPED: X,
+        E.DTMF: STAY,
+        E.COMPLETED: S.COMPLETED,
+        E.BUSY: S.BUSY,
+        E.NO_ANSWER: S.NO_ANSWER,
+        E.FAILED: S.FAILED,
+        E.CANCELED: S.CANCELED,
         E.INTERRUPTED: S.FAILED,
     },
     S.IN_PROGRESS: {
-        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: X, E.ANSWERED: X,
-        E.STREAM_STARTED: S.STREAMING, E.STREAM_STOPPED: X, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
-        E.BUSY: X, E.NO_ANSWER: X, E.FAILED: S.FAILED, E.CANCELED: X, E.INTERRUPTED: S.FAILED,
+        E.QUEUED: STAY,
+        E.INITIATED: STAY,
+        E.RINGING: X,
+        E.ANSWERED: X,
+        E.STREAM_STARTED: S.STREAMING,
+        E.STREAM_STOPPED: STAY,
+        E.DTMF: STAY,
+        E.COMPLETED: S.COMPLETED,
+        E.BUSY: X,
+        E.NO_ANSWER: X,
+        E.FAILED: S.FAILED,
+        E.CANCELED: X,
+        E.INTERRUPTED: S.FAILED,
     },
     S.STREAMING: {
-        E.QUEUED: STAY, E.INITIATED: STAY, E.RINGING: X, E.ANSWERED: X,
-        E.STREAM_STARTED: X, E.STREAM_STOPPED: S.IN_PROGRESS, E.DTMF: STAY, E.COMPLETED: S.COMPLETED,
-        E.BUSY: X, E.NO_ANSWER: X, E.FAILED: S.FAILED, E.CANCELED: X, E.INTERRUPTED: S.FAILED,
+        E.QUEUED: STAY,
+        E.INITIATED: STAY,
+        E.RINGING: X,
+        E.ANSWERED: X,
+        E.STREAM_STARTED: STAY,
+        E.STREAM_STOPPED: S.IN_PROGRESS,
+        E.DTMF: STAY,
+        E.COMPLETED: S.COMPLETED,
+        E.BUSY: X,
+        E.NO_ANSWER: X,
+        E.FAILED: S.FAILED,
+        E.CANCELED: X,
+        E.INTERRUPTED: S.FAILED,
     },
 }
 
@@ -73,6 +111,12 @@ def test_terminal_states_absorb_everything(state: CallState, event: EventType) -
 def test_late_ringing_after_answered_is_stale_with_reason() -> None:
     out = handle(S.IN_PROGRESS, CallEvent(E.RINGING, AT, "status_callback"))
     assert out.reason == "stale: ringing after in-progress"
+
+
+def test_second_report_of_the_same_stream_is_a_confirmation() -> None:
+    # the WebSocket `start` and the stream-started callback both report one stream
+    out = handle(S.STREAMING, CallEvent(E.STREAM_STARTED, AT, "media"))
+    assert out.accepted and not out.changed and out.reason == "confirms: already streaming"
 
 
 def test_stream_before_answered_implies_answered() -> None:

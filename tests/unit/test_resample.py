@@ -53,7 +53,9 @@ def lag_ms(y: npt.NDArray[np.float32], ideal: npt.NDArray[np.float64], rate: int
 
 
 @pytest.mark.parametrize("rates", [UP, DOWN])
-def test_every_call_returns_exactly_the_rate_ratio_and_chunking_changes_nothing(rates: tuple[int, int]) -> None:
+def test_every_call_returns_exactly_the_rate_ratio_and_chunking_changes_nothing(
+    rates: tuple[int, int],
+) -> None:
     rng = np.random.default_rng(7)
     x = rng.uniform(-1, 1, 3 * 4000).astype(np.float32)
     whole = StreamResampler(*rates).process(x)
@@ -90,7 +92,10 @@ def test_reset_forgets_history_and_gain_scales() -> None:
     r.reset()
     np.testing.assert_array_equal(r.process(x), StreamResampler(*DOWN).process(x))
     np.testing.assert_allclose(
-        StreamResampler(*DOWN, gain=32768.0).process(x), 32768.0 * StreamResampler(*DOWN).process(x), rtol=1e-6, atol=1e-3
+        StreamResampler(*DOWN, gain=32768.0).process(x),
+        32768.0 * StreamResampler(*DOWN).process(x),
+        rtol=1e-6,
+        atol=1e-3,
     )
 
 
@@ -139,8 +144,12 @@ def test_chirp_cross_correlation_shows_the_same_delay(rates: tuple[int, int]) ->
 def test_passband_ripple_300_to_3400_hz_is_within_0_1_db(rates: tuple[int, int]) -> None:
     fin, fout = rates
     freqs = np.arange(300, 3401, 100)
-    gains_db = np.array([20 * np.log10(amplitude_at(through(rates, tone(f, fin, 1.1)), f, fout) / 0.5) for f in freqs])
-    assert gains_db.max() - gains_db.min() <= 0.1, dict(zip(freqs.tolist(), gains_db.round(4).tolist()))
+    gains_db = np.array(
+        [20 * np.log10(amplitude_at(through(rates, tone(f, fin, 1.1)), f, fout) / 0.5) for f in freqs]
+    )
+    assert gains_db.max() - gains_db.min() <= 0.1, dict(
+        zip(freqs.tolist(), gains_db.round(4).tolist(), strict=True)
+    )
     assert np.all(np.abs(gains_db) <= 0.1)
 
 

@@ -1,0 +1,237 @@
+"""Per-call media analysis: the evidence a media session records, and the metrics computed from it.
+
+Theory of operation (all times in seconds on one local monotonic clock, origin = stream `start` received):
+- Inbound audio is on the media clock (sample i at media time i/rate). It is mapped to the local clock
+  with offset = min over frames of (arrival − timestamp), the least-delayed frame (`timing`).
+- The played track is built by placing every non-flushed sent 160-sample chunk at its estimated playout
+  start, so it is what the phone heard, on the local clock.
+- First audio: the first speech onset (levels.speech_onset) in what was sent; `first_audio_ms` is the send
+  time of the chunk holding it; `first_audio_heard_ms` is that chunk's playout start plus the onset's
+  offset within the chunk, counted only when a mark sent after the chunk was echoed (not flushed).
+- Echo (meters.echo): played vs inbound on the local clock, so the delay is "played → heard back" and
+  includes nothing of ours. When echo is detected it is subtracted from the inbound track before the
+  inbound VAD runs, so that echoed model speech is not mistaken for the caller.
+- Turns: for each caller segment (VAD on inbound), the first model speech onset on the played track that
+  comes after the caller's end and before the caller's next segment starts. A model segment that starts
+  while the caller is still talking is overlap (barge-in or talk-over), not a response, and is not a turn;
+  a caller segment the model never answers is not a turn either. Latency = model onset − caller end.
+
+Pure: no I/O, no clocks; runs once when a call ends (a 5-minute call analyses in well under a second).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from bridge.meters.echo import EchoEstimate, estimate_echo
+from bridge.meters.levels import Levels, measure_levels, speech_onset
+from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_offset_s
+from bridge.meters.vad import Segment, detect_speech, total_speech_s
+
+__all__ = ["Analysis", "MediaEvidence", "Turn", "analyse", "find_turns", "first_audio", "played_track"]
+
+CHUNK = 160  # samples per outbound chunk (20 ms at 8 kHz)
+
+
+@dataclass
+class MediaEvidence:
+    rate: int  # 8000
+    inbound_pcm: npt.NDArray[np.int16]  # int16 caller audio on the media clock; lost frames are zeros
+    inbound_arrivals: npt.NDArray[
+        np.float64
+    ]  # float64 (n, 2): (local s since `start`, media.timestamp ms) per frame
+    sent_pcm: npt.NDArray[np.int16]  # int16 what we sent outbound, in send order (160-sample chunks)
+    sends: npt.NDArray[
+        np.float64
+    ]  # float64 (m, 3): per chunk (send time s, estimated playout start s, flushed 0/1)
+    marks: list[tuple[str, float, float, bool]] = field(default_factory=list)  # (name, sent, echoed, flushed)
+    underruns: int = 0
+    frames_to_model: int = 0  # 80 ms frames of caller audio fed to the backend
+    step_ms: list[float] = field(default_factory=list)
+    late_frames: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    caller_end_s: float
+    model_onset_s: float
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    metrics: dict[str, float]
+    inbound_segments: list[Segment]  # local clock
+    outbound_segments: list[Segment]  # local clock, as played
+    turns: list[Turn]
+    echo: EchoEstimate
+    inbound_levels: Levels
+    outbound_levels: Levels
+
+
+def _echoed(t: float | None) -> bool:
+    return t is not None and bool(np.isfinite(t))
+
+
+def _sends(ev: MediaEvidence) -> npt.NDArray[np.float64]:
+    s = np.asarray(ev.sends, dtype=np.float64)
+    return s.reshape(-1, 3) if s.size else np.empty((0, 3))
+
+
+def played_track(
+    sent_pcm: npt.NDArray[np.int16], sends: npt.NDArray[np.float64], rate: int = 8000
+) -> npt.NDArray[np.int16]:
+    """What the phone heard on the local clock (sample 0 = origin): each non-flushed chunk at its playout."""
+    sends = np.asarray(sends, dtype=np.float64).reshape(-1, 3)
+    m = min(len(sends), -(-len(sent_pcm) // CHUNK))
+    pcm = np.zeros(m * CHUNK, dtype=np.int16)
+    pcm[: min(len(sent_pcm), m * CHUNK)] = sent_pcm[: m * CHUNK]
+    keep = (sends[:m, 2] == 0) & np.isfinite(sends[:m, 1])
+    starts = np.rint(sends[:m, 1][keep] * rate).astype(np.int64)
+    chunks = pcm.reshape(m, CHUNK)[keep]
+    if starts.size == 0:
+        return np.zeros(0, dtype=np.int16)
+    valid = starts >= 0
+    starts, chunks = starts[valid], chunks[valid]
+    out = np.zeros(int(starts.max(initial=0)) + CHUNK, dtype=np.int16)
+    # Chunks are written in send order, so if two rounded playout starts overlap by a sample the later wins.
+    out[starts[:, None] + np.arange(CHUNK)] = chunks
+    return out
+
+
+def first_audio(ev: MediaEvidence) -> tuple[float | None, float | None]:
+    """(first_audio_ms, first_audio_heard_ms); heard is None unless a later mark echo confirms playout."""
+    sends = _sends(ev)
+    onset = speech_onset(np.asarray(ev.sent_pcm), ev.rate)
+    if onset is None or onset // CHUNK >= len(sends):
+        return None, None
+    k = onset // CHUNK
+    send_t, play_t, flushed = sends[k]
+    server_ms = send_t * 1000.0
+    confirmed = not flushed and any(
+        sent >= send_t and _echoed(echoed) and not mflushed for _, sent, echoed, mflushed in ev.marks
+    )
+    heard_ms = (play_t + (onset - k * CHUNK) / ev.rate) * 1000.0 if confirmed else None
+    return server_ms, heard_ms
+
+
+def find_turns(caller: list[Segment], model_onsets: list[float]) -> list[Turn]:
+    onsets = np.sort(np.asarray(model_onsets, dtype=np.float64))
+    turns: list[Turn] = []
+    for i, seg in enumerate(caller):
+        j = int(np.searchsorted(onsets, seg.end_s, side="right"))
+        if j == len(onsets):
+            continue
+        onset = float(onsets[j])
+        if i + 1 < len(caller) and caller[i + 1].start_s <= onset:
+            continue  # the caller spoke again first: this segment got no answer of its own
+        turns.append(Turn(seg.end_s, onset, (onset - seg.end_s) * 1000.0))
+    return turns
+
+
+def _shift(x: npt.NDArray[np.int16], by: int, length: int) -> npt.NDArray[np.int16]:
+    """x delayed by `by` samples (advanced if negative), cut or zero-padded to `length`."""
+    out = np.zeros(length, dtype=np.int16)
+    src = np.asarray(x, dtype=np.int16)[max(0, -by) :]
+    start = max(0, by)
+    n = max(0, min(len(src), length - start))
+    out[start : start + n] = src[:n]
+    return out
+
+
+def _received_mask(
+    n: int, timestamps_ms: npt.NDArray[np.float64], rate: int, frame: int = CHUNK
+) -> npt.NDArray[np.bool_]:
+    mask = np.zeros(n, dtype=bool)
+    starts = np.rint(np.asarray(timestamps_ms) * rate / 1000.0).astype(np.int64)
+    idx = (starts[:, None] + np.arange(frame)).ravel()
+    mask[idx[(idx >= 0) & (idx < n)]] = True
+    return mask
+
+
+def _level_metrics(prefix: str, lv: Levels) -> dict[str, float]:
+    return {
+        f"{prefix}_rms_dbfs": lv.rms_dbfs,
+        f"{prefix}_peak": float(lv.peak),
+        f"{prefix}_clip_ratio": lv.clip_ratio,
+        f"{prefix}_silence_ratio": lv.silence_ratio,
+    }
+
+
+def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
+    rate = ev.rate
+    arrivals = np.asarray(ev.inbound_arrivals, dtype=np.float64).reshape(-1, 2)
+    inbound = np.asarray(ev.inbound_pcm, dtype=np.int16)
+    offset_s = media_clock_offset_s(arrivals[:, 0], arrivals[:, 1]) if len(arrivals) else 0.0
+    off = int(np.rint(offset_s * rate))
+
+    played = played_track(np.asarray(ev.sent_pcm, dtype=np.int16), _sends(ev), rate)
+    n = max(len(played), len(inbound) + max(off, 0))
+    played_n = _shift(played, 0, n)
+    inbound_local = _shift(inbound, off, n)
+
+    echo = estimate_echo(played_n, inbound_local, rate)
+    caller_track = inbound_local
+    if echo.detected and echo.delay_ms is not None:
+        lag = int(np.rint(echo.delay_ms * rate / 1000.0))
+        cancelled = inbound_local - echo.gain * _shift(played_n, lag, n).astype(np.float64)
+        caller_track = np.clip(np.rint(cancelled), -32768, 32767).astype(np.int16)
+    inbound_segments = detect_speech(caller_track, rate)
+    outbound_segments = detect_speech(played_n, rate)
+    turns = find_turns(inbound_segments, [s.start_s for s in outbound_segments])
+
+    m: dict[str, float] = {}
+    server_ms, heard_ms = first_audio(ev)
+    if server_ms is not None:
+        m["first_audio_ms"] = server_ms
+    if heard_ms is not None:
+        m["first_audio_heard_ms"] = heard_ms
+    m["turns"] = float(len(turns))
+    if turns:
+        lat = np.array([t.latency_ms for t in turns])
+        m["response_latency_ms_p50"] = float(np.median(lat))
+        m["response_latency_ms_max"] = float(lat.max())
+
+    m["echo_detected"] = float(echo.detected)
+    if echo.detected:
+        # Playout starts are rounded to whole samples; give back the sub-sample part of the clock offset.
+        m["echo_delay_ms"] = float(echo.delay_ms or 0.0) + (offset_s * rate - off) * 1000.0 / rate
+        if echo.erl_db is not None:
+            m["echo_return_loss_db"] = echo.erl_db
+    m["echo_peak"] = echo.peak
+    m["echo_segments_used"] = float(echo.segments_used)
+    m["echo_segments_flagged"] = float(echo.segments_flagged)
+
+    if ev.step_ms:
+        steps = np.asarray(ev.step_ms, dtype=np.float64)
+        for q in (50, 95, 99):
+            m[f"step_ms_p{q}"] = float(np.percentile(steps, q))
+        m["steps_over_budget"] = float(np.count_nonzero(steps > step_budget_ms))
+    m["late_frames"] = float(ev.late_frames)
+
+    gaps = inbound_gaps(arrivals[:, 1])
+    jit = interarrival_jitter(arrivals[:, 0], arrivals[:, 1])
+    m["inbound_gap_ms_total"] = gaps.total_ms
+    m["inbound_gap_count"] = float(gaps.count)
+    m["lost_frames"] = float(gaps.lost_frames)
+    m["inbound_jitter_ms"] = jit.mean_ms
+    m["inbound_jitter_ms_max"] = jit.max_ms
+    m["inbound_media_offset_ms"] = offset_s * 1000.0
+    m["outbound_underruns"] = float(ev.underruns)
+
+    # Inbound levels over the audio that actually arrived: zero padding for lost frames is not the line.
+    received = inbound[_received_mask(len(inbound), arrivals[:, 1], rate)] if len(arrivals) else inbound
+    in_lv = measure_levels(received, rate)
+    out_lv = measure_levels(np.asarray(ev.sent_pcm, dtype=np.int16), rate)
+    m.update(_level_metrics("inbound", in_lv))
+    m.update(_level_metrics("outbound", out_lv))
+    m["inbound_speech_s"] = total_speech_s(inbound_segments)
+    m["outbound_speech_s"] = total_speech_s(outbound_segments)
+    m["frames_to_model"] = float(ev.frames_to_model)
+    m["marks_sent"] = float(len(ev.marks))
+    m["marks_played"] = float(sum(1 for _, _, e, f in ev.marks if _echoed(e) and not f))
+    m["chunks_flushed"] = float(np.count_nonzero(_sends(ev)[:, 2] != 0))
+    return Analysis(m, inbound_segments, outbound_segments, turns, echo, in_lv, out_lv)

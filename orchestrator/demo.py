@@ -1,0 +1,272 @@
+"""`orchestrator demo`: server + carrier emulator + a backend in one process, one or more whole calls,
+then the report. No Twilio account, no phone, no network.
+
+The emulator plays Twilio: it takes the REST create-call the real `twilio` client sends, rings,
+answers, speaks the greeting (`<Say>` takes time), opens the signed media WebSocket through an
+emulated tunnel (the server only trusts its public https URL, exactly as in production), speaks the
+caller's turns in real time, models Twilio's playout buffer, and hangs up. Then every criterion is
+decided from what was measured, and the emulator's ground truth is printed beside the measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+DEMO_PUBLIC_URL = "https://demo-tunnel.invalid"
+DEMO_TO = "+15005550010"
+DEMO_FROM = "+15005550006"
+ECHO_GREETING = "Hello, this is the echo backend. I repeat what you say."
+CALLER_START_S = 4.0  # after the backend's greeting
+DEMO_LINES = (
+    "Hello, can you hear me?",
+    "Tell me something about the weather today.",
+    "Thank you, that is all for now.",
+)
+
+
+@dataclass
+class DemoOptions:
+    seconds: float = 20.0
+    calls: int = 1
+    backend: str | None = None
+    echo_delay_ms: float = 400.0
+    echo_mode: str = "turns"
+    echo_loss_db: float | None = None
+    echo_path_ms: float = 120.0
+    loss: float = 0.0
+    jitter_ms: float = 0.0
+    say: str | None = "Connecting you to Moshi."
+    run: str = "demo"
+    db: Path | None = None
+    workdir: Path | None = None
+    moshi_paths: dict[str, Path | None] | None = None
+
+
+def choose_backend(requested: str | None, moshi_paths: dict[str, Path | None] | None,
+                   settings: Settings) -> tuple[str, str]:
+    """(backend, why). moshi when its model is in the local cache, otherwise echo."""
+    if requested:
+        return requested, "asked for with --backend"
+    if moshi_paths and any(moshi_paths.values()):
+        return "moshi", "model files given on the command line"
+    try:
+        from orchestrator.models_cli import model_status
+
+        status = model_status(settings)
+    except Exception as exc:  # noqa: BLE001 - the moshi extra may be missing or broken: fall back
+        return "echo", f"moshi backend unavailable ({type(exc).__name__}: {exc})"
+    if status.get("ready"):
+        return "moshi", f"model {settings.moshi_hf_repo} found in the local cache"
+    return "echo", f"no Moshi model in the local cache ({settings.moshi_hf_repo}; `orchestrator models pull` fetches it)"
+
+
+def caller_script(seconds: float) -> tuple[Any, ...]:
+    from orchestrator.emulator import Turn
+
+    have_espeak = shutil.which("espeak-ng") is not None
+    if not have_espeak:
+        raise click.ClickException(
+            "espeak-ng is not installed: the emulated caller speaks with it "
+            "(Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)")
+    n = 2 if seconds < 15 else 3
+    return tuple(Turn(text=line, wait_for_answer=True, answer_timeout_s=6.0, pause_s=0.6)
+                 for line in DEMO_LINES[:n])
+
+
+async def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    from orchestrator.call_cli import place
+    from orchestrator.emulator import CallOptions, CarrierEmulator, EchoSpec, Faults
+    from orchestrator.report import build_report
+    from orchestrator.serve_cli import start_server
+    from orchestrator.service import CallService
+    from orchestrator.store import Store
+
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
+    account_sid = "AC" + secrets.token_hex(16)
+    token = secrets.token_hex(16)
+    base = Settings.from_env()
+    backend_name, why = choose_backend(opts.backend, opts.moshi_paths, base)
+    settings = Settings(
+        twilio_account_sid=account_sid, twilio_auth_token=token, twilio_from_number=DEMO_FROM,
+        public_url=DEMO_PUBLIC_URL, db=opts.db or workdir / "demo.db", host="127.0.0.1", port=0,
+        backend=backend_name, recordings_dir=workdir / "recordings", greeting=opts.say or "",
+        max_call_seconds=max(opts.seconds + 30, 60), echo_delay_ms=opts.echo_delay_ms, echo_mode=opts.echo_mode,
+        echo_greeting=ECHO_GREETING if opts.echo_mode == "turns" else None,
+        moshi_hf_repo=base.moshi_hf_repo, moshi_quantize=base.moshi_quantize,
+    )
+    click.echo(f"backend: {backend_name} ({why})", err=True)
+    backend = None
+    if backend_name == "moshi" and opts.moshi_paths:
+        from bridge.backends.moshi import MoshiBackend, MoshiConfig
+
+        backend = MoshiBackend(MoshiConfig.from_settings(settings, **opts.moshi_paths))
+    emulator = CarrierEmulator(account_sid, token, truth_dir=workdir / "ground_truth")
+    emulator_url = await emulator.start()
+    settings = settings.with_overrides(twilio_api_base_url=emulator_url)
+    server = await start_server(settings, backend=backend, tunnel_health=None)
+    emulator.webhooks.routes[DEMO_PUBLIC_URL] = server.local_url
+    settings = settings.with_overrides(port=server.port)
+    faults = Faults(
+        jitter_ms=opts.jitter_ms, loss_rate=opts.loss,
+        echo=EchoSpec(delay_ms=opts.echo_path_ms, loss_db=opts.echo_loss_db) if opts.echo_loss_db is not None else None,
+        hangup_after_stream_s=opts.seconds,
+    )
+    emulator.set_defaults(CallOptions(turns=caller_script(opts.seconds), faults=faults, hangup_after_turns=False,
+                                      caller_start_s=CALLER_START_S))
+    click.echo(f"server {server.local_url} (public {DEMO_PUBLIC_URL} via the emulated tunnel), "
+               f"emulator {emulator_url}, work dir {workdir}", err=True)
+    service = CallService(Store(settings.db))
+    try:
+        rows = await asyncio.gather(*[
+            asyncio.to_thread(place, settings, service if i == 0 else CallService(Store(settings.db)), to=DEMO_TO,
+                              from_=DEMO_FROM, run=opts.run, say=opts.say, timeout_s=30, record=False)
+            for i in range(opts.calls)
+        ])
+        click.echo(f"placed {len(rows)} call(s): " + ", ".join(f"{r['id']} ({r['call_sid']})" for r in rows), err=True)
+        truths = await asyncio.gather(*[emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60) for r in rows])
+        await _settled(service, [r["id"] for r in rows], timeout_s=30)
+        docs = [service.document(r["id"]) for r in rows]
+    finally:
+        await server.stop()
+        await emulator.stop()
+    return {"report": build_report(docs, opts.run), "docs": docs, "truths": truths, "workdir": str(workdir),
+            "backend": backend_name, "why": why}
+
+
+async def _settled(service: Any, call_ids: list[str], timeout_s: float) -> None:
+    """Wait until each call is over and its media analysis and checks are stored."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        done = True
+        for cid in call_ids:
+            doc = service.document(cid)
+            terminal = doc["call"]["state"] in ("completed", "busy", "no-answer", "failed", "canceled")
+            streamed = any(e["source"] == "media" and e["type"] == "start" and e["accepted"] for e in doc["events"])
+            analysed = bool(doc["analysis"]) or not streamed
+            checked = any(c["decided_by"] == "auto" for c in doc["checks"])
+            done = done and terminal and analysed and checked
+        if done:
+            return
+        await asyncio.sleep(0.2)
+    log.warning("demo: calls did not settle within %.0f s; reporting what is stored", timeout_s)
+
+
+def true_latencies(stream: dict[str, Any]) -> list[float]:
+    """Per caller utterance: its end -> the next speech the phone heard (ms), from the emulator's log."""
+    heard = [h["onset_ms"] for h in stream.get("heard_speech") or []]
+    out = []
+    for seg in stream.get("caller_speech") or []:
+        later = [h for h in heard if h > seg["end_ms"]]
+        if later:
+            out.append(later[0] - seg["end_ms"])
+    return out
+
+
+def truth_lines(docs: list[dict[str, Any]], truths: list[Any]) -> list[str]:
+    lines = ["", "Ground truth (from the emulator) vs measured:"]
+    for doc, truth in zip(docs, truths, strict=False):
+        m = doc["metrics"]
+        stream = (truth.stream or {}) if truth else {}
+        first = stream.get("first_heard_speech_onset") or {}
+        lost = stream.get("frames_lost")
+        lines.append(f"  {doc['call']['id']}: state {doc['call']['state']} (carrier: {getattr(truth, 'status', '?')})")
+        if first.get("onset_ms") is not None and m.get("first_audio_heard_ms") is not None:
+            lines.append(f"    first audio heard: truth {first['onset_ms']:.0f} ms, "
+                         f"measured {m['first_audio_heard_ms']:.0f} ms")
+        latencies = true_latencies(stream)
+        measured = [t[2] for t in (doc.get("analysis") or {}).get("turns", [])]
+        if latencies or measured:
+            lines.append("    response latency per turn: truth " + ", ".join(f"{x:.0f}" for x in latencies)
+                         + " ms; measured " + ", ".join(f"{x:.0f}" for x in measured) + " ms")
+        if lost is not None:
+            lines.append(f"    lost frames: truth {len(lost)}, measured {m.get('lost_frames', 0):.0f}")
+        echo = (truth.options.get("faults") or {}).get("echo") if truth else None
+        if echo:
+            lines.append(f"    echo: truth {echo.get('delay_ms')} ms / {echo.get('loss_db')} dB, measured "
+                         f"{'flagged' if m.get('echo_detected') else 'not flagged'} "
+                         f"{m.get('echo_delay_ms', float('nan')):.0f} ms / {m.get('echo_return_loss_db', float('nan')):.1f} dB")
+    return lines
+
+
+@click.command()
+@click.option("--seconds", default=20.0, show_default=True, help="How long the caller stays on the line.")
+@click.option("--calls", "n_calls", default=1, show_default=True, help="Concurrent calls to place.")
+@click.option("--backend", type=click.Choice(["echo", "playback", "moshi"]), default=None,
+              help="Speech backend (default: moshi when its model is cached, else echo).")
+@click.option("--echo-mode", type=click.Choice(["turns", "delay"]), default="turns", show_default=True,
+              help="echo backend: 'turns' greets, then repeats each line when the caller pauses; "
+              "'delay' returns everything --echo-delay-ms later.")
+@click.option("--echo-delay-ms", default=400.0, show_default=True, help="echo backend, delay mode: the delay.")
+@click.option("--echo-loss-db", type=float, default=None,
+              help="Inject an acoustic echo at the phone with this loss (dB); off by default.")
+@click.option("--echo-path-ms", default=120.0, show_default=True, help="Delay of the injected acoustic echo.")
+@click.option("--loss", default=0.0, show_default=True, help="Fraction of caller frames lost (0-1).")
+@click.option("--jitter-ms", default=0.0, show_default=True, help="Random network jitter on caller frames.")
+@click.option("--say", default="Connecting you to Moshi.", show_default=True, help="Greeting before the stream.")
+@click.option("--run", "run_label", default="demo", show_default=True, help="Run label of the calls.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keep the calls in this database (default: a temp dir).")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "html"]), default="table",
+              show_default=True, help="Report format.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the report here.")
+@click.option("--moshi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Moshi LM weights.")
+@click.option("--mimi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Mimi codec weights.")
+@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None, help="Text tokenizer.")
+@click.option("--lm-config", type=click.Path(exists=True, path_type=Path), default=None, help="LM config.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (the report in machine form).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the server's and emulator's logs.")
+def demo(seconds: float, n_calls: int, backend: str | None, echo_mode: str, echo_delay_ms: float, echo_loss_db: float | None,
+         echo_path_ms: float, loss: float, jitter_ms: float, say: str, run_label: str, db: Path | None, fmt: str,
+         out: Path | None, moshi_weight: Path | None, mimi_weight: Path | None, tokenizer: Path | None,
+         lm_config: Path | None, as_json: bool, verbose: bool) -> None:
+    """Run whole calls against the built-in carrier emulator and print the report.
+
+    Everything runs locally: the server, a Twilio stand-in that rings, answers, speaks and listens,
+    and a speech backend. Each criterion of the checklist is decided from measurements.
+
+    Example: orchestrator demo --seconds 20 --echo-loss-db 15 --loss 0.02
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 0 <= loss < 1:
+        raise click.BadParameter("must be in [0, 1)", param_hint="--loss")
+    if n_calls < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--calls")
+    paths = {"moshi_weight": moshi_weight, "mimi_weight": mimi_weight, "tokenizer": tokenizer,
+             "lm_config": lm_config}
+    opts = DemoOptions(seconds=seconds, calls=n_calls, backend=backend, echo_delay_ms=echo_delay_ms, echo_mode=echo_mode,
+                       echo_loss_db=echo_loss_db, echo_path_ms=echo_path_ms, loss=loss, jitter_ms=jitter_ms,
+                       say=say, run=run_label, db=db, moshi_paths=paths if any(paths.values()) else None)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = asyncio.run(run_demo(opts))
+    from orchestrator.report import render
+
+    fmt = "json" if as_json else fmt
+    text = render(result["report"], fmt)
+    if fmt == "json":
+        doc = json.loads(text)
+        doc["demo"] = {"backend": result["backend"], "why": result["why"], "workdir": result["workdir"]}
+        text = json.dumps(doc, indent=2)
+    elif fmt == "table":
+        text += "\n".join(truth_lines(result["docs"], result["truths"]))
+        text += f"\n\nFiles (database, recordings, ground truth): {result['workdir']}"
+    if out:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text)

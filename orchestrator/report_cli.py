@@ -1,0 +1,50 @@
+"""`orchestrator report`: the test-run report from the store, as a table, Markdown, JSON or HTML."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.criteria import Thresholds
+from orchestrator.report import FORMATS, build_report, render
+from orchestrator.service import CallService
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+
+
+def load_docs(service: CallService, *, run: str | None, since: str | None, limit: int,
+              calls: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    if calls:
+        return [service.document(ref) for ref in calls]
+    rows = service.store.list_calls(run=run, since=since, limit=limit)
+    return [service.document(r["id"]) for r in reversed(rows)]  # oldest first reads like a log
+
+
+@click.command()
+@click.option("--run", help="Only this run label.")
+@click.option("--since", help="Only calls created at or after this ISO time.")
+@click.option("--call", "calls", multiple=True, help="Only these calls (id or CallSid); repeatable.")
+@click.option("--limit", default=200, show_default=True, help="At most this many calls.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table for a terminal, md for a ticket, json for scripts, html for a page with plots.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
+def report(run: str | None, since: str | None, calls: tuple[str, ...], limit: int, fmt: str, out: Path | None,
+           as_json: bool, db: Path | None) -> None:
+    """Report test runs: the checklist as a pass/fail matrix, metric summaries, per-call timelines.
+
+    Example: orchestrator report --run nightly --format html --out nightly.html
+    """
+    settings = Settings.from_env().with_overrides(db=db)
+    service = CallService(Store(settings.db))
+    docs = load_docs(service, run=run, since=since, limit=limit, calls=calls)
+    text = render(build_report(docs, run, Thresholds.from_env(os.environ)), "json" if as_json else fmt)
+    if out:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out} ({len(docs)} call(s))")
+    else:
+        click.echo(text)

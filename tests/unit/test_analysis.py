@@ -1,0 +1,143 @@
+"""Per-call analysis on synthetic calls whose every timing is known (tests/speech.py: synth_call)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bridge.analysis import MediaEvidence, analyse, find_turns, played_track
+from bridge.meters.vad import Segment
+from tests.speech import CALLER_LINES as C
+from tests.speech import MODEL_LINES as M
+from tests.speech import synth_call
+
+REQUIRED = {
+    "first_audio_ms",
+    "first_audio_heard_ms",
+    "response_latency_ms_p50",
+    "response_latency_ms_max",
+    "turns",
+    "echo_detected",
+    "late_frames",
+    "inbound_gap_ms_total",
+    "inbound_jitter_ms",
+    "outbound_underruns",
+    "inbound_rms_dbfs",
+    "outbound_rms_dbfs",
+    "inbound_clip_ratio",
+    "outbound_clip_ratio",
+    "inbound_silence_ratio",
+    "outbound_silence_ratio",
+}
+# A conversation: model greets, caller asks, model answers, caller again, model answers.
+MODEL = [(M[0], 0.2), (M[1], 7.0), (M[2], 12.5)]
+CALLER = [(C[0], 4.0), (C[1], 9.8)]
+
+
+@pytest.mark.parametrize(
+    "channel",
+    [
+        {},
+        {"noise_dbfs": -55.0, "jitter_ms": 30.0, "lost": [5, 6, 7, 400, 777]},
+        {"echo": (120.0, 12.0), "noise_dbfs": -60.0},
+    ],
+    ids=["clean", "noise-jitter-loss", "echo"],
+)
+def test_first_audio_and_response_latency_within_20ms(channel: dict) -> None:
+    ev, truth = synth_call(duration_s=18.0, model=MODEL, caller=CALLER, **channel)
+    a = analyse(ev)
+    m = a.metrics
+    assert REQUIRED <= m.keys()
+    assert m["first_audio_ms"] == pytest.approx(truth.first_audio_ms, abs=20)
+    assert m["first_audio_heard_ms"] == pytest.approx(truth.first_audio_heard_ms, abs=20)
+    assert m["turns"] == len(truth.latencies_ms) == 2
+    for turn, lat in zip(a.turns, truth.latencies_ms, strict=True):
+        assert turn.latency_ms == pytest.approx(lat, abs=20)
+    assert m["response_latency_ms_max"] == pytest.approx(max(truth.latencies_ms), abs=20)
+    assert len(a.inbound_segments) == 2  # the caller's two lines, echo or not
+    assert len(a.outbound_segments) == 3
+
+
+def test_first_audio_heard_needs_a_mark_echo() -> None:
+    ev, truth = synth_call(duration_s=6.0, model=[(M[0], 0.5)])
+    # Marks never echoed (call dropped), or flushed by a `clear`: playout not confirmed.
+    for marks in (
+        [],
+        [(n, s, float("nan"), False) for n, s, _, _ in ev.marks],
+        [(n, s, e, True) for n, s, e, _ in ev.marks],
+    ):
+        ev2 = MediaEvidence(**{**ev.__dict__, "marks": marks})
+        m = analyse(ev2).metrics
+        assert "first_audio_heard_ms" not in m
+        assert m["first_audio_ms"] == pytest.approx(truth.first_audio_ms)
+
+
+def test_lost_frames_and_gap_counted_exactly_and_jitter_reported() -> None:
+    lost = [0, 1, 2, 100, 101, 250, 251, 252, 253, 600]
+    ev, truth = synth_call(
+        duration_s=15.0, model=[(M[0], 0.5)], caller=[(C[0], 5.0)], lost=lost, jitter_ms=24.0
+    )
+    m = analyse(ev).metrics
+    assert m["lost_frames"] == truth.lost_frames == len(lost)
+    assert m["inbound_gap_ms_total"] == 20.0 * len(lost)
+    assert m["inbound_gap_count"] == 4
+    assert m["inbound_jitter_ms"] == pytest.approx(24.0 / 3, rel=0.25)
+    assert m["inbound_media_offset_ms"] == pytest.approx(truth.media_offset_s * 1000)
+
+
+@pytest.mark.parametrize(("delay_ms", "loss_db"), [(40.0, 6.0), (250.0, 20.0), (400.0, 35.0)])
+def test_echo_through_the_whole_pipeline(delay_ms: float, loss_db: float) -> None:
+    ev, _ = synth_call(
+        duration_s=20.0,
+        model=[(M[0], 0.2), (M[2], 6.0), (M[3], 12.0)],
+        caller=[(C[0], 4.5)],
+        echo=(delay_ms, loss_db),
+        noise_dbfs=-60.0,
+        jitter_ms=20.0,
+        lost=[300, 301],
+    )
+    a = analyse(ev)
+    assert a.metrics["echo_detected"] == 1.0
+    assert a.metrics["echo_delay_ms"] == pytest.approx(delay_ms, abs=5)
+    assert a.metrics["echo_return_loss_db"] == pytest.approx(loss_db, abs=2)
+    # The echo is subtracted before the inbound VAD: only the caller's line is caller speech.
+    assert len(a.inbound_segments) == 1
+
+
+def test_clean_call_with_double_talk_has_no_echo_flag() -> None:
+    ev, _ = synth_call(duration_s=14.0, model=[(M[0], 0.2), (M[2], 5.5)], caller=[(C[1], 1.0), (C[2], 7.0)])
+    m = analyse(ev).metrics
+    assert m["echo_detected"] == 0.0
+    assert "echo_delay_ms" not in m and "echo_return_loss_db" not in m
+
+
+def test_model_talking_over_the_caller_is_overlap_not_a_turn() -> None:
+    caller = [Segment(1.0, 3.0), Segment(6.0, 8.0)]
+    # 2.5: starts while the caller talks (overlap); 3.4: answers segment 1; 5.9: before segment 2 ends.
+    turns = find_turns(caller, [2.5, 3.4, 5.9])
+    assert [(t.caller_end_s, round(t.latency_ms, 6)) for t in turns] == [(3.0, 400.0)]
+    # A caller who speaks again before the model answers: only the last segment gets the answer.
+    turns = find_turns([Segment(1.0, 2.0), Segment(2.5, 3.0)], [3.7])
+    assert [(t.caller_end_s, round(t.latency_ms, 6)) for t in turns] == [(3.0, 700.0)]
+
+
+def test_played_track_places_chunks_at_playout_and_skips_flushed_ones() -> None:
+    sent = np.arange(1, 4 * 160 + 1, dtype=np.int16)
+    sends = np.array([[0.0, 0.1, 0], [0.0, 0.12, 0], [0.0, 0.14, 1], [0.3, 0.3, 0]])
+    out = played_track(sent, sends)
+    assert len(out) == int(0.3 * 8000) + 160
+    assert np.array_equal(out[800:1120], sent[:320])
+    assert not out[1120:2400].any()  # the flushed chunk never played
+    assert np.array_equal(out[2400:2560], sent[480:640])
+
+
+def test_step_times_and_counters_pass_through() -> None:
+    ev, _ = synth_call(duration_s=4.0, model=[(M[3], 0.2)])
+    steps = list(np.linspace(40.0, 139.0, 100))
+    ev2 = MediaEvidence(**{**ev.__dict__, "step_ms": steps, "late_frames": 7, "underruns": 3})
+    m = analyse(ev2).metrics
+    assert m["step_ms_p50"] == pytest.approx(89.5)
+    assert m["step_ms_p99"] == pytest.approx(np.percentile(steps, 99))
+    assert m["steps_over_budget"] == 59
+    assert (m["late_frames"], m["outbound_underruns"]) == (7, 3)
+    assert m["turns"] == 0 and "response_latency_ms_p50" not in m
