@@ -161,6 +161,18 @@ def _level_metrics(prefix: str, lv: Levels) -> dict[str, float]:
     }
 
 
+def _exact_onset(pcm: npt.NDArray[np.int16], around_s: float, rate: int, reach_s: float = 0.2) -> float:
+    """DESIGN's speech onset (located to the sample) near a VAD segment start.
+
+    The VAD decides *that* there is speech; where it starts is the onset convention, the same one
+    first audio uses, so response latency and first audio measure the same kind of instant.
+    """
+    lo = max(0, int((around_s - reach_s) * rate))
+    hi = min(len(pcm), int((around_s + reach_s) * rate))
+    found = speech_onset(pcm[lo:hi], rate)
+    return (lo + found) / rate if found is not None else around_s
+
+
 def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     rate = ev.rate
     arrivals = np.asarray(ev.inbound_arrivals, dtype=np.float64).reshape(-1, 2)
@@ -181,7 +193,7 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
         caller_track = np.clip(np.rint(cancelled), -32768, 32767).astype(np.int16)
     inbound_segments = detect_speech(caller_track, rate)
     outbound_segments = detect_speech(played_n, rate)
-    turns = find_turns(inbound_segments, [s.start_s for s in outbound_segments])
+    turns = find_turns(inbound_segments, [_exact_onset(played_n, s.start_s, rate) for s in outbound_segments])
 
     m: dict[str, float] = {}
     server_ms, heard_ms = first_audio(ev)

@@ -9,22 +9,25 @@ every pending mark, so an echo after a clear means *flushed*, not played.
 
 Theory of operation:
 
-- Chunk k, sent at s_k, starts playing at p_k = max(s_k + delay, e_{k-1}) and ends at
-  e_k = p_k + n_k / rate. `delay` is what mark echoes teach us: it starts at 0 and becomes the
-  (clamped >= 0) lateness of the last echo against our estimate, i.e. roughly the round trip. All
-  estimates are therefore times *as observed here*; one clock cannot split the round trip into its
-  two halves.
-- `lead(now)` = audio queued ahead of playout = e_last - (now + delay). The session paces sending to
-  keep it under a small maximum (default 0.1 s): more lead is more latency, none risks underruns.
-- An underrun is a chunk sent after the previous one finished playing while audio was flowing. A
-  talkspurt starts flowing at its first chunk and stops at `on_clear()` or `on_idle()` (the sender
-  stopped on purpose), so silence between responses is not an underrun.
-- A mark sits after all the audio sent before it; its expected echo time is the playout end of that
-  audio. On the echo, the audio before the mark has ended *now*: `delay` moves by the error and the
-  chunks after the mark are re-chained from `now`, so a 30 ms late echo moves every later estimate
-  30 ms. Estimates for audio before the mark are history and are left alone.
-- `on_clear(now)` cuts playout at now + delay: chunks not yet played by then are marked (partly)
-  flushed, marks whose audio had not ended are flagged flushed, and the queue restarts empty.
+- Audio flows in *runs*: a run starts with the first chunk, after a `clear`, after `on_idle()`, or
+  after an underrun, and lasts while every chunk is sent before the previous one finished playing.
+  Within a run Twilio plays contiguously, so the true playout of the whole run is the run's *raw*
+  chain (chunk k starts at max(send_k, end_{k-1}), i.e. as if Twilio were next door) shifted by one
+  constant: the run's `offset` (network, Twilio's packetisation, whatever sits in between).
+- Every mark echo measures that offset once, plus noise that can only be positive: an echo cannot come
+  before the audio ended, but it can come later (the return path, and Twilio's 20 ms packet clock).
+  So the run's offset is the *minimum* lateness seen over its echoes (lateness = echo time - raw end of
+  the audio before the mark). One late echo does not move the estimates; an earlier one pulls the
+  whole run in, history included: contiguous audio that ended earlier also started earlier. This keeps
+  the played track a clean time shift of what was sent, which the echo meter depends on.
+- A new run inherits the last offset as its first guess and refines it with its own echoes.
+- `lead(now)` = audio queued ahead of playout = raw end of the run - now (the offset cancels: a chunk
+  sent now would also land `offset` later). The session paces sending to keep it under a small
+  maximum: more lead is more latency, none risks underruns.
+- An underrun is a chunk sent after the run's audio finished playing while audio was flowing. Silence
+  after `on_idle()` (the sender stopped on purpose) or a `clear` is not an underrun.
+- `on_clear(now)` cuts playout at now + offset: chunks not yet played by then are marked (partly)
+  flushed, marks whose audio had not ended are flagged flushed, and the next chunk starts a new run.
 """
 
 from __future__ import annotations
@@ -74,9 +77,8 @@ class MarkEcho:
 class _PendingMark:
     name: str
     sent_at: float
-    position: int  # number of chunks sent before it
-    expected_at: float
-    epoch: int  # clears seen before it was sent
+    run: int  # the run its audio belongs to
+    raw_end: float  # raw playout end of the audio sent before it
     flushed: bool = False
 
 
@@ -84,26 +86,30 @@ class PlayoutClock:
     """Estimates Twilio's playout of our outbound audio; see the module docstring."""
 
     def __init__(self) -> None:
-        self.delay = 0.0  # learned from mark echoes; seconds
         self.underruns = 0
-        self.underrun_seconds = 0.0  # total playout gap inside talkspurts
+        self.underrun_seconds = 0.0  # total playout gap inside flowing audio
         self.unknown_echoes = 0  # echoes of marks we never sent (or already echoed)
         self.lost_marks = 0  # marks skipped over by the echo of a later one
         self.echoes: list[MarkEcho] = []
         self.samples_sent = 0
         # One entry per chunk, in parallel lists: 50 chunks/s for a whole call stays compact.
         self._send: list[float] = []
-        self._start: list[float] = []
+        self._raw: list[float] = []  # raw start (no offset)
+        self._run: list[int] = []
         self._n: list[int] = []
         self._rate: list[int] = []
         self._first: list[int] = []  # index of the chunk's first sample in the outbound stream
         self._played: list[int] = []
-        self._end: float | None = None  # playout end of the last chunk (or the cut of a clear)
+        self._offsets: list[float] = []  # per run
+        self._measured: list[bool] = []  # per run: has an echo measured it yet
+        self._raw_end: float | None = None  # raw playout end of the current run
         self._flowing = False
-        self._epoch = 0
-        self._epoch_first = 0  # first chunk index sent after the last clear
-        self._floor = 0.0  # where the last clear cut playout; nothing after it plays earlier
         self._marks: deque[_PendingMark] = deque()
+
+    @property
+    def delay(self) -> float:
+        """The current run's offset: how much later than 'next door' our audio plays (seconds)."""
+        return self._offsets[-1] if self._offsets else 0.0
 
     # -- sending --
 
@@ -111,31 +117,40 @@ class PlayoutClock:
         """Record a chunk sent at `now`; return its estimated (playout_start, playout_end)."""
         if n_samples < 0 or rate <= 0:
             raise ValueError(f"bad chunk: {n_samples} samples at {rate} Hz")
-        earliest = now + self.delay
-        if self._end is None:
-            start = earliest
+        if self._raw_end is None or not self._flowing:
+            self._new_run()
+            raw = now
         else:
-            gap = earliest - self._end
-            if self._flowing and gap > _EPS:
+            gap = now - self._raw_end
+            if gap > _EPS:  # the run played out before this chunk came: an underrun, a new run
                 self.underruns += 1
                 self.underrun_seconds += gap
-            start = max(earliest, self._end)
+                self._new_run()
+                raw = now
+            else:
+                raw = self._raw_end
         self._send.append(now)
-        self._start.append(start)
+        self._raw.append(raw)
+        self._run.append(len(self._offsets) - 1)
         self._n.append(n_samples)
         self._rate.append(rate)
         self._first.append(self.samples_sent)
         self._played.append(n_samples)
         self.samples_sent += n_samples
-        self._end = start + n_samples / rate
+        self._raw_end = raw + n_samples / rate
         self._flowing = True
-        return start, self._end
+        offset = self._offsets[-1]
+        return raw + offset, self._raw_end + offset
+
+    def _new_run(self) -> None:
+        self._offsets.append(self.delay)  # inherit the last estimate until an echo measures this run
+        self._measured.append(False)
 
     def lead(self, now: float) -> float:
         """Seconds of audio queued at Twilio ahead of playout (0 when it has run dry)."""
-        if self._end is None:
+        if self._raw_end is None or not self._flowing:
             return 0.0
-        return max(0.0, self._end - (now + self.delay))
+        return max(0.0, self._raw_end - now)
 
     def on_idle(self) -> None:
         """The sender stopped on purpose (end of a response): the next chunk is not an underrun."""
@@ -145,11 +160,13 @@ class PlayoutClock:
 
     def mark_sent(self, name: str, now: float) -> None:
         """Record a mark sent at `now`, after everything sent so far."""
-        expected = now + self.delay if self._end is None else max(now + self.delay, self._end)
-        self._marks.append(_PendingMark(name, now, len(self._send), expected, self._epoch))
+        flowing = self._raw_end is not None and self._flowing
+        raw_end = max(now, self._raw_end) if flowing and self._raw_end is not None else now
+        run = len(self._offsets) - 1 if flowing else -1
+        self._marks.append(_PendingMark(name, now, run, raw_end))
 
     def on_mark_echo(self, name: str, now: float) -> MarkEcho | None:
-        """Account for Twilio's echo of mark `name` at `now`; recalibrate unless it was flushed.
+        """Account for Twilio's echo of mark `name` at `now`; refine the run's offset unless flushed.
 
         Returns None (and counts `unknown_echoes`) for a name with no pending mark. Pending marks
         sent before it are dropped as lost: Twilio echoes marks in order.
@@ -162,51 +179,48 @@ class PlayoutClock:
             self._marks.popleft()
             self.lost_marks += 1
         self._marks.popleft()
-        echo = MarkEcho(name, mark.sent_at, mark.expected_at, now, mark.flushed)
+        offset = self._offsets[mark.run] if mark.run >= 0 else self.delay
+        echo = MarkEcho(name, mark.sent_at, mark.raw_end + offset, now, mark.flushed)
         self.echoes.append(echo)
         if not mark.flushed:
-            self.delay = max(0.0, self.delay + echo.error)
-            if mark.epoch == self._epoch:
-                self._rechain(max(mark.position, self._epoch_first), now)
-            else:  # audio of an older epoch: only the delay changed; the cut stays where it was
-                self._rechain(self._epoch_first, self._floor)
+            # clamped: playout cannot come before sending
+            lateness = max(0.0, now - mark.raw_end)
+            if mark.run < 0:  # nothing was queued: the echo measures the path alone
+                if self._offsets:
+                    self._offsets[-1] = lateness if not self._measured[-1] else min(self._offsets[-1], lateness)
+            elif not self._measured[mark.run] or lateness < self._offsets[mark.run]:
+                self._offsets[mark.run] = lateness
+                self._measured[mark.run] = True
+                if not self._measured[-1]:  # the current run has no measurement of its own yet
+                    self._offsets[-1] = lateness
         return echo
 
     def on_clear(self, now: float) -> None:
         """Record a clear sent at `now`: buffered audio is dropped, pending marks come back flushed."""
-        cut = now + self.delay
-        for k in range(self._epoch_first, len(self._send)):
-            rate = self._rate[k]
-            played = math.floor((cut - self._start[k]) * rate + 1e-6)
+        offset = self.delay
+        cut = now + offset
+        run = len(self._offsets) - 1
+        k = len(self._send) - 1
+        while k >= 0 and self._run[k] == run:
+            played = math.floor((cut - (self._raw[k] + offset)) * self._rate[k] + 1e-6)
             self._played[k] = min(self._n[k], max(0, played))
+            k -= 1
         for m in self._marks:
-            if m.epoch == self._epoch and m.expected_at > cut + _EPS:
+            if m.run == run and m.raw_end + offset > cut + _EPS:
                 m.flushed = True
-        self._epoch += 1
-        self._epoch_first = len(self._send)
-        self._end = self._floor = cut
         self._flowing = False
-
-    def _rechain(self, first: int, prev_end: float) -> None:
-        """Recompute playout of chunks `first`.. after the audio before them ended at `prev_end`."""
-        ends = {first: prev_end}  # playout end of the audio before chunk k, for the marks
-        for k in range(first, len(self._send)):
-            self._start[k] = max(self._send[k] + self.delay, prev_end)
-            prev_end = self._start[k] + self._n[k] / self._rate[k]
-            ends[k + 1] = prev_end
-        self._end = prev_end
-        for m in self._marks:
-            if m.epoch == self._epoch and m.position >= first:
-                m.expected_at = max(m.sent_at + self.delay, ends[m.position])
 
     # -- what the metrics read --
 
     @property
     def chunks(self) -> list[ChunkRecord]:
         """Every chunk sent, in order, with its current playout estimate."""
+        offsets = self._offsets
         return [
-            ChunkRecord(*row)
-            for row in zip(self._send, self._start, self._n, self._rate, self._played, strict=True)
+            ChunkRecord(s, raw + offsets[run], n, rate, played)
+            for s, raw, run, n, rate, played in zip(
+                self._send, self._raw, self._run, self._n, self._rate, self._played, strict=True
+            )
         ]
 
     @property
@@ -224,4 +238,4 @@ class PlayoutClock:
         offset = index - self._first[k]
         if offset >= self._played[k]:
             return None
-        return self._start[k] + offset / self._rate[k]
+        return self._raw[k] + self._offsets[self._run[k]] + offset / self._rate[k]

@@ -19,7 +19,7 @@ class DualWavWriter:
         self.rate = rate
         self.frames = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._f: BinaryIO | None = open(path, "wb")
         self._f.write(self._header(0))
         self._f.flush()
 

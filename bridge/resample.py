@@ -61,6 +61,34 @@ def _up_matrix(gain: float) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(padded.reshape(_BRANCH_TAPS, _FACTOR)[::-1], dtype=np.float32)
 
 
+def _block_matrices(up: bool, gain: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    # The same filter as two dense (B, B * out/in) matrices over non-overlapping rows of B input samples,
+    # B being the history length (20 samples up, 60 down): output row j is prev @ P + cur @ C, where
+    # cur = row j of the chunk and prev = the row before it (the history for the first). Two BLAS
+    # products over contiguous rows, no sliding-window copy: 2-3x less CPU than the window view per
+    # call, and any split into whole rows gives bit-identical output.
+    if up:
+        b, outs = _BRANCH_TAPS - 1, _FACTOR
+        taps = [(3 * k + p, k, p) for k in range(_BRANCH_TAPS) for p in range(_FACTOR) if 3 * k + p < NUM_TAPS]
+        h = FILTER_TAPS * (_FACTOR * gain)
+        width = b * outs
+        prev, cur = np.zeros((b, width)), np.zeros((b, width))
+        for r in range(b):  # y[3n + p] = 3 * sum_k h[3k + p] * x[n - k]
+            for t, k, p in taps:
+                idx = b + r - k
+                (cur if idx >= b else prev)[idx % b, outs * r + p] += h[t]
+    else:
+        b = NUM_TAPS - 1
+        width = b // _FACTOR
+        h = FILTER_TAPS * gain
+        prev, cur = np.zeros((b, width)), np.zeros((b, width))
+        for r in range(width):  # y[m] = sum_k h[k] * x[3m - k]
+            for k in range(NUM_TAPS):
+                idx = b + _FACTOR * r - k
+                (cur if idx >= b else prev)[idx % b, r] += h[k]
+    return prev.astype(np.float32), cur.astype(np.float32)
+
+
 def _down_vector(gain: float) -> npt.NDArray[np.float32]:
     # y[m] = sum_k h[k] * x[3m - k]. Over xx = history(N-1) + x, with W[m, j] = xx[3m + j], this is
     # W @ h[::-1].
@@ -79,7 +107,7 @@ class StreamResampler:
     ``gain`` scales the output; the pipelines use it to fold int16 scaling into the filter for free.
     """
 
-    __slots__ = ("_coef", "_hist", "_hist_len", "_up", "gain", "in_rate", "out_rate")
+    __slots__ = ("_coef", "_cur", "_hist", "_hist_len", "_prev", "_up", "gain", "in_rate", "out_rate")
 
     def __init__(self, in_rate: int, out_rate: int, *, gain: float = 1.0) -> None:
         if (in_rate, out_rate) == (_RATE_LO, _RATE_HI):
@@ -92,6 +120,7 @@ class StreamResampler:
             self._hist_len = NUM_TAPS - 1
         else:
             raise ValueError(f"only 8000 <-> 24000 Hz is supported, not {in_rate} -> {out_rate}")
+        self._prev, self._cur = _block_matrices(self._up, gain)
         self.in_rate, self.out_rate, self.gain = in_rate, out_rate, gain
         self._hist: npt.NDArray[np.float32] = np.zeros(self._hist_len, np.float32)
 
@@ -114,6 +143,12 @@ class StreamResampler:
         xx = np.concatenate((self._hist, x), dtype=np.float32)
         self._hist = xx[n:]
         out: npt.NDArray[np.float32]
+        b = self._hist_len
+        if n % b == 0:  # whole rows (every 20 ms chunk and 80 ms frame): the block form
+            rows = xx.reshape(-1, b)
+            out = np.dot(rows[:-1], self._prev)
+            out += np.dot(rows[1:], self._cur)
+            return out.reshape(-1)
         if self._up:
             win: npt.NDArray[np.float32] = np.ndarray((n, _BRANCH_TAPS), np.float32, xx, 0, (4, 4))
             out = np.dot(win, self._coef).reshape(-1)

@@ -58,7 +58,10 @@ class SessionConfig:
 class SessionStats:
     inbound_latency_s: list[float] = field(default_factory=list)  # last sample arrived -> frame to backend
     outbound_latency_s: list[float] = field(default_factory=list)  # backend frame out -> first chunk on wire
-    send_lateness_s: list[float] = field(default_factory=list)  # chunk sent after the lead fell below target
+    # per chunk: how long after it was both ready and allowed by pacing (jitter buffer, lead limit) it left
+    send_lateness_s: list[float] = field(default_factory=list)
+    # per backend frame: its send lateness, i.e. outbound_latency_s minus the deliberate pacing hold
+    outbound_added_s: list[float] = field(default_factory=list)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # (timestamp ms, missing ms)
     out_of_order: int = 0
 
@@ -236,11 +239,15 @@ class MediaSession:
                 await asyncio.sleep(wait)
                 continue
             chunk, ready, first_of_frame = self._outq.popleft()
+            late = max(0.0, min(now - ready, -wait))  # since it was ready and pacing allowed it
+            self.stats.send_lateness_s.append(late)
             if first_of_frame:
                 self.stats.outbound_latency_s.append(now - ready)
+                self.stats.outbound_added_s.append(late)
             self.stream.send_media(chunk)
             start, _ = self.playout.on_send(now - self.t0, len(chunk))
-            self._place_played(chunk, start)
+            if self._rec is not None:  # only the recording reads the played audio back
+                self._place_played(chunk, start)
             self.sent_codes += chunk
             self._since_mark += 1
             if self._since_mark >= cfg.mark_every:

@@ -15,8 +15,8 @@ from orchestrator.errors import CarrierError, OrchestratorError, SettingsError
 from orchestrator.service import CallService
 from orchestrator.settings import Settings, check_e164, mask_number
 from orchestrator.store import Store
-from orchestrator.twiml import stream_twiml
 from orchestrator.twilio_rest import hang_up, make_client, place_call
+from orchestrator.twiml import stream_twiml
 
 TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled"}
 
@@ -24,7 +24,7 @@ TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled"}
 def server_health(settings: Settings) -> dict[str, Any] | None:
     url = f"http://{settings.host}:{settings.port}/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own local server
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return dict(json.loads(resp.read()))
     except (urllib.error.URLError, OSError, ValueError):
         return None

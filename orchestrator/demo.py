@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,9 +25,7 @@ import click
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
-DEMO_PUBLIC_URL = "https://demo-tunnel.invalid"
 DEMO_TO = "+15005550010"
-DEMO_FROM = "+15005550006"
 ECHO_GREETING = "Hello, this is the echo backend. I repeat what you say."
 CALLER_START_S = 4.0  # after the backend's greeting
 DEMO_LINES = (
@@ -67,7 +64,7 @@ def choose_backend(requested: str | None, moshi_paths: dict[str, Path | None] | 
         from orchestrator.models_cli import model_status
 
         status = model_status(settings)
-    except Exception as exc:  # noqa: BLE001 - the moshi extra may be missing or broken: fall back
+    except Exception as exc:
         return "echo", f"moshi backend unavailable ({type(exc).__name__}: {exc})"
     if status.get("ready"):
         return "moshi", f"model {settings.moshi_hf_repo} found in the local cache"
@@ -88,22 +85,15 @@ def caller_script(seconds: float) -> tuple[Any, ...]:
 
 
 async def run_demo(opts: DemoOptions) -> dict[str, Any]:
-    from orchestrator.call_cli import place
-    from orchestrator.emulator import CallOptions, CarrierEmulator, EchoSpec, Faults
+    from orchestrator.emulator import CallOptions, EchoSpec, Faults
     from orchestrator.report import build_report
-    from orchestrator.serve_cli import start_server
-    from orchestrator.service import CallService
-    from orchestrator.store import Store
+    from orchestrator.rig import LocalRig, rig_settings
 
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
-    account_sid = "AC" + secrets.token_hex(16)
-    token = secrets.token_hex(16)
     base = Settings.from_env()
     backend_name, why = choose_backend(opts.backend, opts.moshi_paths, base)
-    settings = Settings(
-        twilio_account_sid=account_sid, twilio_auth_token=token, twilio_from_number=DEMO_FROM,
-        public_url=DEMO_PUBLIC_URL, db=opts.db or workdir / "demo.db", host="127.0.0.1", port=0,
-        backend=backend_name, recordings_dir=workdir / "recordings", greeting=opts.say or "",
+    settings = rig_settings(
+        workdir, db=opts.db or workdir / "demo.db", backend=backend_name, greeting=opts.say or "",
         max_call_seconds=max(opts.seconds + 30, 60), echo_delay_ms=opts.echo_delay_ms, echo_mode=opts.echo_mode,
         echo_greeting=ECHO_GREETING if opts.echo_mode == "turns" else None,
         moshi_hf_repo=base.moshi_hf_repo, moshi_quantize=base.moshi_quantize,
@@ -114,56 +104,24 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         from bridge.backends.moshi import MoshiBackend, MoshiConfig
 
         backend = MoshiBackend(MoshiConfig.from_settings(settings, **opts.moshi_paths))
-    emulator = CarrierEmulator(account_sid, token, truth_dir=workdir / "ground_truth")
-    emulator_url = await emulator.start()
-    settings = settings.with_overrides(twilio_api_base_url=emulator_url)
-    server = await start_server(settings, backend=backend, tunnel_health=None)
-    emulator.webhooks.routes[DEMO_PUBLIC_URL] = server.local_url
-    settings = settings.with_overrides(port=server.port)
     faults = Faults(
         jitter_ms=opts.jitter_ms, loss_rate=opts.loss,
         echo=EchoSpec(delay_ms=opts.echo_path_ms, loss_db=opts.echo_loss_db) if opts.echo_loss_db is not None else None,
         hangup_after_stream_s=opts.seconds,
     )
-    emulator.set_defaults(CallOptions(turns=caller_script(opts.seconds), faults=faults, hangup_after_turns=False,
-                                      caller_start_s=CALLER_START_S))
-    click.echo(f"server {server.local_url} (public {DEMO_PUBLIC_URL} via the emulated tunnel), "
-               f"emulator {emulator_url}, work dir {workdir}", err=True)
-    service = CallService(Store(settings.db))
-    try:
-        rows = await asyncio.gather(*[
-            asyncio.to_thread(place, settings, service if i == 0 else CallService(Store(settings.db)), to=DEMO_TO,
-                              from_=DEMO_FROM, run=opts.run, say=opts.say, timeout_s=30, record=False)
-            for i in range(opts.calls)
-        ])
-        click.echo(f"placed {len(rows)} call(s): " + ", ".join(f"{r['id']} ({r['call_sid']})" for r in rows), err=True)
-        truths = await asyncio.gather(*[emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60) for r in rows])
-        await _settled(service, [r["id"] for r in rows], timeout_s=30)
-        docs = [service.document(r["id"]) for r in rows]
-    finally:
-        await server.stop()
-        await emulator.stop()
+    far_end = CallOptions(turns=caller_script(opts.seconds), faults=faults, caller_start_s=CALLER_START_S)
+    async with LocalRig(settings, workdir / "ground_truth", backend=backend) as rig:
+        rig.emulator.set_defaults(far_end)
+        click.echo(f"server {rig.server.local_url} (public {settings.public_url} via the emulated tunnel), "
+                   f"emulator {rig.settings.twilio_api_base_url}, work dir {workdir}", err=True)
+        rows = await asyncio.gather(*[rig.place(to=DEMO_TO, run=opts.run, say=opts.say) for _ in range(opts.calls)])
+        click.echo(f"placed {len(rows)} call(s): " + ", ".join(f"{r['id']} ({r['call_sid']})" for r in rows),
+                   err=True)
+        truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60)
+                                        for r in rows])
+        docs = [await rig.settled(r["id"]) for r in rows]
     return {"report": build_report(docs, opts.run), "docs": docs, "truths": truths, "workdir": str(workdir),
             "backend": backend_name, "why": why}
-
-
-async def _settled(service: Any, call_ids: list[str], timeout_s: float) -> None:
-    """Wait until each call is over and its media analysis and checks are stored."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        done = True
-        for cid in call_ids:
-            doc = service.document(cid)
-            terminal = doc["call"]["state"] in ("completed", "busy", "no-answer", "failed", "canceled")
-            streamed = any(e["source"] == "media" and e["type"] == "start" and e["accepted"] for e in doc["events"])
-            analysed = bool(doc["analysis"]) or not streamed
-            checked = any(c["decided_by"] == "auto" for c in doc["checks"])
-            done = done and terminal and analysed and checked
-        if done:
-            return
-        await asyncio.sleep(0.2)
-    log.warning("demo: calls did not settle within %.0f s; reporting what is stored", timeout_s)
 
 
 def true_latencies(stream: dict[str, Any]) -> list[float]:

@@ -10,8 +10,8 @@ so it runs both when the media ends and when the terminal callback arrives, in w
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import criteria

@@ -211,7 +211,7 @@ _SECRET_KEYS = {"token", "AuthToken", "auth_token"}
 
 
 def _redact(payload: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in payload.items():
         if k in _SECRET_KEYS:
             out[k] = "(redacted)"

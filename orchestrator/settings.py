@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -95,7 +96,8 @@ class Settings:
 
     def with_overrides(self, **kw: object) -> Settings:
         """CLI flags win over the environment; None means 'not given'."""
-        return replace(self, **{k: v for k, v in kw.items() if v is not None}).validated()
+        changes: dict[str, Any] = {k: v for k, v in kw.items() if v is not None}
+        return replace(self, **changes).validated()
 
     def validated(self) -> Settings:
         if self.backend not in BACKENDS:

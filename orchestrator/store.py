@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -151,7 +151,7 @@ class Store:
         row = self.db.execute("SELECT id FROM runs WHERE label = ?", [label]).fetchone()
         if row:
             return int(row[0])
-        return int(self.db["runs"].insert({"label": label, "created_at": iso(utcnow())}).last_pk)
+        return int(self.db.table("runs").insert({"label": label, "created_at": iso(utcnow())}).last_pk or 0)
 
     def create_call(
         self,
@@ -182,16 +182,16 @@ class Store:
             "token": secrets.token_urlsafe(24),
             "facts": json.dumps(facts or {}),
         }
-        self.db["calls"].insert(row)
+        self.db.table("calls").insert(row)
         return self.get_call(str(row["id"]))
 
     def find_call(self, *, call_id: str | None = None, call_sid: str | None = None) -> dict[str, Any] | None:
         if call_id:
-            rows = list(self.db["calls"].rows_where("id = ?", [call_id]))
+            rows = list(self.db.table("calls").rows_where("id = ?", [call_id]))
             if rows:
                 return rows[0]
         if call_sid:
-            rows = list(self.db["calls"].rows_where("call_sid = ?", [call_sid]))
+            rows = list(self.db.table("calls").rows_where("call_sid = ?", [call_sid]))
             if rows:
                 return rows[0]
         return None
@@ -205,7 +205,7 @@ class Store:
 
     def update_call(self, call_id: str, **fields: Any) -> None:
         fields["updated_at"] = iso(utcnow())
-        self.db["calls"].update(call_id, fields)
+        self.db.table("calls").update(call_id, fields)
 
     def list_calls(
         self, *, run: str | None = None, state: str | None = None, since: str | None = None, limit: int = 100
@@ -231,7 +231,7 @@ class Store:
         """Calls a restart must settle: every `streaming` call (its media socket died with the old
         process) and any other unfinished call created before `stale_before` (nothing can still be
         happening to it)."""
-        return list(self.db["calls"].rows_where(
+        return list(self.db.table("calls").rows_where(
             "state = 'streaming' OR (state IN ('queued', 'ringing', 'in-progress') AND created_at < ?)",
             [stale_before]))
 
@@ -255,7 +255,7 @@ class Store:
         dedupe_key: str | None = None,
     ) -> int:
         return int(
-            self.db["events"]
+            self.db.table("events")
             .insert(
                 {
                     "call_id": call_id,
@@ -270,6 +270,7 @@ class Store:
                 }
             )
             .last_pk
+            or 0
         )
 
     def judge_event(self, event_id: int, *, accepted: bool, reason: str | None, call_id: str | None) -> None:
@@ -288,7 +289,7 @@ class Store:
     def record_transition(
         self, call_id: str, *, from_state: str, to_state: str, trigger: str, at: datetime, event_id: int | None
     ) -> None:
-        self.db["transitions"].insert(
+        self.db.table("transitions").insert(
             {
                 "call_id": call_id,
                 "from_state": from_state,
@@ -308,11 +309,11 @@ class Store:
         return [dict(r) for r in self.db.query(sql + " ORDER BY id", args)]
 
     def transitions_for(self, call_id: str) -> list[dict[str, Any]]:
-        return list(self.db["transitions"].rows_where("call_id = ?", [call_id], order_by="id"))
+        return list(self.db.table("transitions").rows_where("call_id = ?", [call_id], order_by="id"))
 
     # -- metrics, checks, analysis ------------------------------------------------------------------
 
-    def put_metrics(self, call_id: str, metrics: dict[str, float | None], units: dict[str, str]) -> None:
+    def put_metrics(self, call_id: str, metrics: Mapping[str, float | None], units: Mapping[str, str]) -> None:
         now = iso(utcnow())
         rows = [
             {"call_id": call_id, "name": k, "value": v, "unit": units.get(k), "at": now}
@@ -320,10 +321,10 @@ class Store:
             if v is not None
         ]
         if rows:
-            self.db["metrics"].upsert_all(rows, pk=("call_id", "name"))
+            self.db.table("metrics").upsert_all(rows, pk=("call_id", "name"))
 
     def metrics_for(self, call_id: str) -> dict[str, float]:
-        return {r["name"]: r["value"] for r in self.db["metrics"].rows_where("call_id = ?", [call_id])}
+        return {r["name"]: r["value"] for r in self.db.table("metrics").rows_where("call_id = ?", [call_id])}
 
     def add_check(
         self, call_id: str, criterion: str, status: str, evidence: str, decided_by: str, note: str | None = None
@@ -331,7 +332,7 @@ class Store:
         if decided_by == "auto":
             self.db.execute("DELETE FROM checks WHERE call_id = ? AND criterion = ? AND decided_by = 'auto'",
                             [call_id, criterion])
-        self.db["checks"].insert(
+        self.db.table("checks").insert(
             {
                 "call_id": call_id,
                 "criterion": criterion,
@@ -344,10 +345,10 @@ class Store:
         )
 
     def checks_for(self, call_id: str) -> list[dict[str, Any]]:
-        return list(self.db["checks"].rows_where("call_id = ?", [call_id], order_by="id"))
+        return list(self.db.table("checks").rows_where("call_id = ?", [call_id], order_by="id"))
 
     def put_analysis(self, call_id: str, data: dict[str, Any]) -> None:
-        self.db["call_analysis"].upsert(
+        self.db.table("call_analysis").upsert(
             {"call_id": call_id, "data": json.dumps(data, default=float), "at": iso(utcnow())}, pk="call_id"
         )
 
@@ -357,10 +358,10 @@ class Store:
 
     def add_transcript(self, call_id: str, pieces: list[tuple[float, str]]) -> None:
         if pieces:
-            self.db["transcript"].insert_all({"call_id": call_id, "at_ms": t, "text": s} for t, s in pieces)
+            self.db.table("transcript").insert_all({"call_id": call_id, "at_ms": t, "text": s} for t, s in pieces)
 
     def transcript_for(self, call_id: str) -> list[dict[str, Any]]:
         return [
             {"at_ms": r["at_ms"], "text": r["text"]}
-            for r in self.db["transcript"].rows_where("call_id = ?", [call_id], order_by="id")
+            for r in self.db.table("transcript").rows_where("call_id = ?", [call_id], order_by="id")
         ]

@@ -108,7 +108,7 @@ class EchoBackend(SpeechBackend):
 
             try:
                 self._greeting_audio = await asyncio.to_thread(speak, self.greeting)
-            except Exception as exc:  # noqa: BLE001 - a greeting is optional; say why it is missing
+            except Exception as exc:
                 log.warning("echo backend: no greeting (%s)", exc)
 
     async def open_session(self, call_id: str, max_seconds: float) -> BackendSession:

@@ -8,9 +8,11 @@ so the first few steps return no audio. Nothing here waits for the codec: output
 codec thread that keeps work pending without producing anything for `tokenizer_dead_after_s` is
 declared dead (rustymimi's threads drop bad input and can end up returning None forever).
 
-Why a thread and not a process: MLX releases the GIL while it computes, the hand-off is a few tens of
-microseconds (see benchmarks/moshi_overhead.py), and the model is loaded once instead of once per
-worker process; a process would add pickling and a second copy of the model for nothing measured.
+Why a thread and not a process, measured by benchmarks/moshi_overhead.py on a loaded 2-core CPU: a
+bare hand-off to the worker costs ~0.07 ms (p50), everything outside model compute ~0.5 ms p50 / ~4 ms
+p99 per frame, and the event loop stays responsive while the model steps (timer lag p99 ~4 ms). A
+process would add pickling on every frame, a second interpreter and a model load per worker, to win
+back at most those few milliseconds.
 
 Each call gets fresh state: cleared KV caches, a new `LmGen` sized from the call's budget (moshi_mlx's
 own server makes one for the whole process), and a fresh `StreamTokenizer` (prepared while idle).
@@ -27,10 +29,11 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bridge.backends.base import (
     FRAME_SAMPLES,
@@ -66,20 +69,20 @@ class CodecStage:
         self._dead_after_s = dead_after_s
         self._last_progress = time.monotonic()
 
-    def submit(self, item: np.ndarray) -> None:
+    def submit(self, item: NDArray[Any]) -> None:
         if self.pending == 0:
             self._last_progress = time.monotonic()
         self._put(item)
         self.pending += 1
 
-    def drain(self) -> Iterator[np.ndarray]:
+    def drain(self) -> Iterator[NDArray[Any]]:
         """Everything the thread has finished so far, without waiting."""
         while (item := self._get()) is not None:
             self.pending = max(0, self.pending - 1)
             self._last_progress = time.monotonic()
             yield item
 
-    def wait_one(self, timeout_s: float) -> np.ndarray:
+    def wait_one(self, timeout_s: float) -> NDArray[Any]:
         """Block (worker thread only, warm-up only) until one output, or BackendError after timeout_s."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -96,7 +99,8 @@ class CodecStage:
 def warm_up(model: LoadedModel, config: MoshiConfig) -> None:
     """Compile the model's kernels and push silence through the whole pipeline once (worker thread)."""
     import mlx.core as mx
-    from moshi_mlx import models, utils
+    from moshi_mlx.models.generate import LmGen
+    from moshi_mlx.utils.sampling import Sampler
 
     try:
         model.lm.warmup(model.ct)
@@ -107,11 +111,11 @@ def warm_up(model: LoadedModel, config: MoshiConfig) -> None:
     tokenizer = new_tokenizer(model)
     encoder = CodecStage("encoder", tokenizer.encode, tokenizer.get_encoded, config.tokenizer_dead_after_s)
     decoder = CodecStage("decoder", tokenizer.decode, tokenizer.get_decoded, config.tokenizer_dead_after_s)
-    gen = models.LmGen(
+    gen = LmGen(
         model.lm,
         max_steps=model.max_delay + 4,
-        text_sampler=utils.Sampler(),
-        audio_sampler=utils.Sampler(),
+        text_sampler=Sampler(),
+        audio_sampler=Sampler(),
         check=False,
     )
     timeout = max(config.tokenizer_dead_after_s, 10.0)  # the first frames allocate; be patient once
@@ -134,7 +138,8 @@ class MoshiSession(BackendSession):
     """One call: its own LmGen, step budget and Mimi tokenizer. Created by `MoshiBackend.open_session`."""
 
     def __init__(self, backend: MoshiBackend, call_id: str, max_seconds: float, tokenizer: Any) -> None:
-        from moshi_mlx import models, utils
+        from moshi_mlx.models.generate import LmGen
+        from moshi_mlx.utils.sampling import Sampler
 
         self.call_id = call_id
         self.ended = None
@@ -145,11 +150,11 @@ class MoshiSession(BackendSession):
         self.budget_steps = max(1, math.ceil(max_seconds * STEPS_PER_SECOND))
         self._end_at_step = self.budget_steps - min(cfg.budget_grace_steps, self.budget_steps // 4)
         self._model.reset_caches()
-        self._gen = models.LmGen(
+        self._gen = LmGen(
             model=self._model.lm,
             max_steps=self.budget_steps + 1,
-            text_sampler=utils.Sampler(),
-            audio_sampler=utils.Sampler(),
+            text_sampler=Sampler(),
+            audio_sampler=Sampler(),
             check=False,
         )
         dead_after = cfg.tokenizer_dead_after_s
@@ -158,7 +163,7 @@ class MoshiSession(BackendSession):
         self._closed = False
         self.steps = 0
 
-    async def process(self, frame: np.ndarray) -> StepOutput:
+    async def process(self, frame: NDArray[Any]) -> StepOutput:
         pcm = np.ascontiguousarray(frame, dtype=np.float32).reshape(-1)
         if pcm.shape != (FRAME_SAMPLES,):
             raise ValueError(
@@ -171,14 +176,14 @@ class MoshiSession(BackendSession):
         timeout = self._backend.config.step_timeout_s
         try:
             return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             self._end(f"worker_timeout: a model step took longer than {timeout:.1f} s")
         except Exception as err:  # an MLX or codec failure ends this call, not the server
             log.exception("call %s: moshi step failed", self.call_id)
             self._end(f"model_error: {type(err).__name__}: {err}")
         return StepOutput()
 
-    def _step(self, pcm: np.ndarray) -> StepOutput:
+    def _step(self, pcm: NDArray[Any]) -> StepOutput:
         """Runs on the worker thread: encode, step the LM for each ready code frame, decode, collect."""
         out = StepOutput()
         self._encoder.submit(pcm)
@@ -214,7 +219,7 @@ class MoshiSession(BackendSession):
                 )
         return out
 
-    def _lm_step(self, codes: np.ndarray) -> tuple[str | None, np.ndarray | None]:
+    def _lm_step(self, codes: NDArray[Any]) -> tuple[str | None, NDArray[Any] | None]:
         import mlx.core as mx
 
         # get_encoded() gives (codebooks, 1); LmGen wants (batch 1, main codebooks).
@@ -253,7 +258,9 @@ class MoshiBackend(SpeechBackend):
         self._model: LoadedModel | None = None
         self._serving: str | None = None  # the call id holding the one-call slot
         self._active: MoshiSession | None = None
-        self._spare_tokenizer: Any = None
+        # The next call's StreamTokenizer, built on the worker while idle (a thread future, so it does
+        # not belong to any one event loop).
+        self._spare: Future[Any] | None = None
         self._closing = False
 
     @property
@@ -271,21 +278,17 @@ class MoshiBackend(SpeechBackend):
         if self._model is not None:
             return
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        try:
-            model = await asyncio.wait_for(
-                loop.run_in_executor(self.worker, self._load_sync), self.config.load_timeout_s
-            )
-        except TimeoutError as err:
-            raise BackendError(f"loading Moshi took longer than {self.config.load_timeout_s:.0f} s") from err
+        model = await self._wait(
+            self.worker.submit(self._load_sync), self.config.load_timeout_s, "loading Moshi"
+        )
         self._model = model
         self.load_seconds = time.perf_counter() - started
+        self._spare = self.worker.submit(new_tokenizer, model)
         log.info("moshi loaded in %.2f s (%s)", self.load_seconds, model.describe())
 
     def _load_sync(self) -> LoadedModel:
         model = load_model(self.config)
         warm_up(model, self.config)
-        self._spare_tokenizer = new_tokenizer(model)
         return model
 
     async def open_session(self, call_id: str, max_seconds: float) -> MoshiSession:
@@ -297,11 +300,14 @@ class MoshiBackend(SpeechBackend):
         # Claim the slot before the first await so two concurrent opens cannot both pass the check.
         self._serving = call_id
         try:
-            tokenizer, self._spare_tokenizer = self._spare_tokenizer, None
-            if tokenizer is None:
-                tokenizer = await self._in_worker(new_tokenizer, model, what="building the Mimi tokenizer")
-            session = await self._in_worker(
-                MoshiSession, self, call_id, max_seconds, tokenizer, what="starting the session"
+            spare, self._spare = self._spare, None
+            if spare is None:
+                spare = self.worker.submit(new_tokenizer, model)
+            tokenizer = await self._wait(spare, self._setup_timeout, "building the Mimi tokenizer")
+            session: MoshiSession = await self._wait(
+                self.worker.submit(MoshiSession, self, call_id, max_seconds, tokenizer),
+                self._setup_timeout,
+                "starting the session",
             )
         except BaseException:
             self._serving = None
@@ -313,18 +319,19 @@ class MoshiBackend(SpeechBackend):
         if self._active is session:
             self._active = None
             self._serving = None
-        if self._spare_tokenizer is None and self._model is not None and not self._closing:
-            try:  # prepare the next call's tokenizer now, while nobody waits for it
-                self._spare_tokenizer = await self._in_worker(new_tokenizer, self._model, what="Mimi spare")
-            except BackendError:
-                log.exception("could not prepare the next Mimi tokenizer; the next call builds one")
+        if self._spare is None and self._model is not None and not self._closing:
+            # Prepare the next call's tokenizer now, while nobody waits for it; not awaited, so a
+            # hung worker cannot hold up the hang-up.
+            self._spare = self.worker.submit(new_tokenizer, self._model)
 
-    async def _in_worker(self, fn: Any, *args: Any, what: str) -> Any:
-        loop = asyncio.get_running_loop()
-        timeout = max(self.config.step_timeout_s, 30.0)
+    @property
+    def _setup_timeout(self) -> float:
+        return max(self.config.step_timeout_s, 30.0)
+
+    async def _wait(self, future: Future[Any], timeout: float, what: str) -> Any:
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.worker, fn, *args), timeout)
-        except TimeoutError as err:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError as err:
             raise BackendError(f"moshi worker: {what} took longer than {timeout:.0f} s") from err
 
     async def aclose(self) -> None:
@@ -332,6 +339,6 @@ class MoshiBackend(SpeechBackend):
         if self._active is not None:
             await self._active.close()
         self._model = None
-        self._spare_tokenizer = None
-        # Never wait for a hung step: the thread is a daemon-like executor worker.
+        self._spare = None
+        # Never wait for a hung step: queued work is cancelled and the thread is left to finish.
         self.worker.shutdown(wait=False, cancel_futures=True)

@@ -5,12 +5,14 @@ lookups; no HTTP client, so neither `HF_ENDPOINT` nor `HF_HUB_ENABLE_HF_TRANSFER
 missing file is one `MissingModelFile` naming the repo, the file, the cache folder searched and the
 command that fetches it (`orchestrator models pull`). Only `orchestrator models pull` downloads.
 
-This module never imports mlx or moshi_mlx, so the CLI and `doctor` can use it on any machine.
+Loading (`load_model`, `new_tokenizer`) imports mlx, moshi_mlx and rustymimi inside the functions, so
+the CLI and `doctor` can import this module on machines without the moshi extra.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.backends.base import BackendError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -57,7 +61,7 @@ class MoshiConfig:
     """
 
     hf_repo: str = DEFAULT_REPO
-    quantize: int | None = 4
+    quantize: int | None = 4  # picks the repo file (model.q4...); the loaded file's own layout wins
     moshi_weight: Path | None = None
     mimi_weight: Path | None = None
     tokenizer: Path | None = None
@@ -68,7 +72,9 @@ class MoshiConfig:
     step_timeout_s: float = 5.0  # one process() hand-off to the worker thread
     tokenizer_dead_after_s: float = 3.0  # pending codec work with no output this long = dead thread
     budget_grace_steps: int = 13  # end the call ~1 s before LmGen's hard max_steps
-    disable_compile: bool = False  # MLX on CPU compiles kernels with g++; set when g++ is missing
+    # MLX on CPU compiles fused kernels with g++ at run time: ~2 s once (cached under $TMPDIR), then
+    # steps are ~35 % faster. Warm-up falls back to no compilation by itself when g++ is missing.
+    disable_compile: bool = False
     seed: int = 299792458
 
     def __post_init__(self) -> None:
@@ -252,13 +258,29 @@ def _weight_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str | N
     return " | ".join(problems) or None
 
 
+def detect_quantize(weights: Mapping[str, Any]) -> int | None:
+    """4, 8 or None from a weights file's tensors (anything with `.shape`).
+
+    A quantized Linear stores `weight` packed into uint32 (in * bits / 32 columns) and one scale per
+    group (in / group_size columns): packed/scales is 4 for q4 (group 32) and 16 for q8 (group 64).
+    """
+    for name, scales in weights.items():
+        if name.endswith(".scales"):
+            packed = weights.get(name[: -len(".scales")] + ".weight")
+            if packed is None:
+                continue
+            ratio = packed.shape[-1] / scales.shape[-1]
+            return {4.0: 4, 16.0: 8}.get(ratio)
+    return None
+
+
 def load_model(config: MoshiConfig) -> LoadedModel:
     """Resolve the files (cache only) and load the LM and text tokenizer. Blocking: run it off the loop."""
     import mlx.core as mx
     import mlx.nn as nn
     import sentencepiece
     from mlx.utils import tree_flatten
-    from moshi_mlx import models
+    from moshi_mlx.models.lm import Lm, LmConfig, config_v0_1
 
     if config.disable_compile:
         mx.disable_compile()
@@ -267,36 +289,45 @@ def load_model(config: MoshiConfig) -> LoadedModel:
         text_tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(files.tokenizer))
     except (OSError, RuntimeError) as err:
         raise BackendError(f"text tokenizer {files.tokenizer}: not a sentencepiece model ({err})") from err
-    lm_config = models.LmConfig.from_config_dict(files.lm_config) if files.lm_config else models.config_v0_1()
+    lm_config = LmConfig.from_config_dict(files.lm_config) if files.lm_config else config_v0_1()
     if text_tokenizer.vocab_size() < lm_config.text_out_vocab_size:
         raise BackendError(
             f"text tokenizer {files.tokenizer} has {text_tokenizer.vocab_size()} pieces but the LM config "
             f"({files.lm_config_source}) emits {lm_config.text_out_vocab_size} text ids"
         )
-    mx.random.seed(config.seed)
-    lm = models.Lm(lm_config)
-    lm.set_dtype(mx.bfloat16)
-    if config.quantize is not None:
-        try:
-            nn.quantize(lm, bits=config.quantize, group_size=32 if config.quantize == 4 else 64)
-        except ValueError as err:
-            raise BackendError(
-                f"Moshi weights {files.moshi_weight}: the LM config ({files.lm_config_source}) cannot be "
-                f"quantized to {config.quantize} bits ({err}); use --quantize none for unquantized weights"
-            ) from err
     try:
         weights = mx.load(str(files.moshi_weight))
     except (OSError, RuntimeError, ValueError) as err:
         raise BackendError(
             f"Moshi weights {files.moshi_weight}: not a readable safetensors file ({err})"
         ) from err
+    # The file says how it was quantized; trusting it makes `--moshi-weight model.q8...` just work.
+    quantize = detect_quantize(weights)
+    if quantize != config.quantize:
+        log.warning(
+            "%s holds %s weights; using that instead of quantize %s",
+            files.moshi_weight,
+            f"{quantize}-bit" if quantize else "unquantized",
+            config.quantize,
+        )
+    mx.random.seed(config.seed)
+    lm = Lm(lm_config)
+    lm.set_dtype(mx.bfloat16)
+    if quantize is not None:
+        try:
+            group_size = 32 if quantize == 4 else 64  # what the released q4 / q8 files use
+            nn.quantize(lm, bits=quantize, group_size=group_size)  # type: ignore[attr-defined]
+        except ValueError as err:
+            raise BackendError(
+                f"Moshi weights {files.moshi_weight} are {quantize}-bit but the LM config "
+                f"({files.lm_config_source}) cannot be quantized to {quantize} bits ({err})"
+            ) from err
     mismatch = _weight_mismatch(dict(tree_flatten(lm.parameters())), weights)
     if mismatch is not None:
-        q = "none" if config.quantize is None else config.quantize
+        q = "none" if quantize is None else quantize
         raise BackendError(
             f"Moshi weights {files.moshi_weight} do not fit the LM config ({files.lm_config_source}) with "
-            f"quantize {q}: {mismatch}. Check that --quantize matches the file (model.q4 -> 4, model.q8 -> 8, "
-            f"model -> none) and that --lm-config describes this model."
+            f"quantize {q}: {mismatch}. Check that --lm-config describes this model."
         )
     try:
         lm.load_weights(list(weights.items()), strict=True)
@@ -305,7 +336,7 @@ def load_model(config: MoshiConfig) -> LoadedModel:
     ct = None
     if lm.condition_provider is not None:
         ct = lm.condition_provider.condition_tensor("description", "very_good")
-    return LoadedModel(lm=lm, text_tokenizer=text_tokenizer, ct=ct, files=files, quantize=config.quantize)
+    return LoadedModel(lm=lm, text_tokenizer=text_tokenizer, ct=ct, files=files, quantize=quantize)
 
 
 def new_tokenizer(model: LoadedModel) -> Any:

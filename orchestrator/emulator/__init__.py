@@ -42,6 +42,7 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -63,14 +64,25 @@ __all__ = [
     "Turn",
 ]
 
-MAGIC_NUMBERS: dict[str, str] = {"+15005550002": "busy", "+15005550003": "no-answer", "+15005550004": "failed"}
+MAGIC_NUMBERS: dict[str, str] = {
+    "+15005550002": "busy",
+    "+15005550003": "no-answer",
+    "+15005550004": "failed",
+}
 
 
 class CarrierEmulator:
     """A Twilio stand-in on its own port. Not thread-safe: use it from one event loop."""
 
-    def __init__(self, account_sid: str, auth_token: str, *, routes: dict[str, str] | None = None,
-                 truth_dir: str | Path | None = None, defaults: CallOptions | None = None) -> None:
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        *,
+        routes: dict[str, str] | None = None,
+        truth_dir: str | Path | None = None,
+        defaults: CallOptions | None = None,
+    ) -> None:
         self.account_sid, self.auth_token = account_sid, auth_token
         self.truth_dir = Path(truth_dir) if truth_dir is not None else None
         if self.truth_dir is not None:
@@ -99,7 +111,10 @@ class CarrierEmulator:
         for call in self.calls.values():
             call.hang_up()
         if self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=5)
+            _, late = await asyncio.wait(list(self._tasks.values()), timeout=5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self.webhooks.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -118,24 +133,61 @@ class CarrierEmulator:
             return dataclasses.replace(self.defaults, answer=MAGIC_NUMBERS[number])
         return self.defaults
 
-    def place_call(self, *, to: str, from_: str, twiml: str | None, url: str | None = None, method: str = "POST",
-                   status_callback: str | None = None, events: list[str] | None = None, timeout_s: float = 60,
-                   time_limit_s: float = 14400, options: CallOptions | None = None) -> EmulatedCall:
+    def place_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        twiml: str | None,
+        url: str | None = None,
+        method: str = "POST",
+        status_callback: str | None = None,
+        events: list[str] | None = None,
+        timeout_s: float = 60,
+        time_limit_s: float = 14400,
+        options: CallOptions | None = None,
+    ) -> EmulatedCall:
         """Create an outbound call and start playing it (what the REST create does)."""
-        return self._start_call(to=to, from_=from_, twiml=twiml, url=url, method=method, direction="outbound-api",
-                                status_callback=status_callback, events=events or [], timeout_s=timeout_s,
-                                time_limit_s=time_limit_s, options=options or self.options_for(to))
+        return self._start_call(
+            to=to,
+            from_=from_,
+            twiml=twiml,
+            url=url,
+            method=method,
+            direction="outbound-api",
+            status_callback=status_callback,
+            events=events or [],
+            timeout_s=timeout_s,
+            time_limit_s=time_limit_s,
+            options=options or self.options_for(to),
+        )
 
     async def dial_in(self, voice_url: str, from_: str, to: str, options: CallOptions | None = None) -> str:
         """An inbound call: POST the voice webhook (signed, Direction=inbound) and run the TwiML it returns."""
-        call = self._start_call(to=to, from_=from_, twiml=None, url=voice_url, method="POST", direction="inbound",
-                                status_callback=None, events=[], timeout_s=60, time_limit_s=14400,
-                                options=options or self.options_for(from_))
+        call = self._start_call(
+            to=to,
+            from_=from_,
+            twiml=None,
+            url=voice_url,
+            method="POST",
+            direction="inbound",
+            status_callback=None,
+            events=[],
+            timeout_s=60,
+            time_limit_s=14400,
+            options=options or self.options_for(from_),
+        )
         return call.sid
 
-    def _start_call(self, *, options: CallOptions, **kwargs: object) -> EmulatedCall:
-        call = EmulatedCall(sid=Webhooks.new_sid("CA"), account_sid=self.account_sid, auth_token=self.auth_token,
-                            options=options, webhooks=self.webhooks, **kwargs)  # type: ignore[arg-type]
+    def _start_call(self, *, options: CallOptions, **kwargs: Any) -> EmulatedCall:
+        call = EmulatedCall(
+            sid=Webhooks.new_sid("CA"),
+            account_sid=self.account_sid,
+            auth_token=self.auth_token,
+            options=options,
+            webhooks=self.webhooks,
+            **kwargs,
+        )
         self.calls[call.sid] = call
         self._tasks[call.sid] = asyncio.create_task(call.play(), name=f"call {call.sid}")
         self._created.put_nowait(call)

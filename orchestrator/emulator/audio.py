@@ -109,7 +109,7 @@ class SpeechDetector:
 
     def __init__(self) -> None:
         self._pos = 0
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self._run_start: int | None = None  # first sample of the current run of loud windows
         self._run_len = 0
         self._quiet = 0
@@ -151,7 +151,9 @@ class SpeechDetector:
         return self.segments
 
 
-def room_impulse_response(rt60_s: float, seed: int = 0, length_s: float | None = None) -> npt.NDArray[np.float32]:
+def room_impulse_response(
+    rt60_s: float, seed: int = 0, length_s: float | None = None
+) -> npt.NDArray[np.float32]:
     """A simple synthetic room: a unit direct path, then exponentially decaying noise (-60 dB at rt60)."""
     n = int(RATE * (length_s if length_s is not None else min(rt60_s, 0.5)))
     rng = np.random.default_rng(seed)
@@ -174,7 +176,7 @@ class EchoPath:
         self.gain = float(10.0 ** (-loss_db / 20.0))
         self._rir = rir if rir is not None else np.ones(1, dtype=np.float32)
         # History long enough for delay + filter tail; starts as silence (nothing played yet).
-        self._hist = np.zeros(self.delay + len(self._rir) + FRAME, dtype=np.float32)
+        self._hist: npt.NDArray[np.float32] = np.zeros(self.delay + len(self._rir) + FRAME, dtype=np.float32)
 
     def feed(self, heard: npt.NDArray[np.generic]) -> None:
         n = len(heard)
@@ -280,7 +282,11 @@ class CallerScript:
                 else:
                     break
             if self._pos + filled < self._wait_until or self._index >= len(self._turns):
-                gap = FRAME - filled if self._index >= len(self._turns) else self._wait_until - self._pos - filled
+                gap = (
+                    FRAME - filled
+                    if self._index >= len(self._turns)
+                    else self._wait_until - self._pos - filled
+                )
                 filled += min(gap, FRAME - filled)
                 continue
             turn, pcm = self._turns[self._index]

@@ -35,7 +35,12 @@ API_VERSION = "2010-04-01"
 TERMINAL = ("completed", "busy", "no-answer", "failed", "canceled")
 SIP_CODES = {"completed": 200, "busy": 486, "no-answer": 487, "failed": 404, "canceled": 487}
 # StatusCallbackEvent name for each CallStatus (answered is delivered as in-progress).
-_SUBSCRIPTION = {"initiated": "initiated", "ringing": "ringing", "in-progress": "answered", **dict.fromkeys(TERMINAL, "completed")}
+_SUBSCRIPTION = {
+    "initiated": "initiated",
+    "ringing": "ringing",
+    "in-progress": "answered",
+    **dict.fromkeys(TERMINAL, "completed"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +106,25 @@ def rfc2822_now() -> str:
 class EmulatedCall:
     """One call, from `queued` to a terminal status. Start it with `asyncio.create_task(call.play())`."""
 
-    def __init__(self, *, sid: str, account_sid: str, auth_token: str, to: str, from_: str, direction: str,
-                 twiml: str | None, url: str | None, method: str, status_callback: str | None,
-                 events: list[str], time_limit_s: float, timeout_s: float, options: CallOptions,
-                 webhooks: Webhooks) -> None:
+    def __init__(
+        self,
+        *,
+        sid: str,
+        account_sid: str,
+        auth_token: str,
+        to: str,
+        from_: str,
+        direction: str,
+        twiml: str | None,
+        url: str | None,
+        method: str,
+        status_callback: str | None,
+        events: list[str],
+        time_limit_s: float,
+        timeout_s: float,
+        options: CallOptions,
+        webhooks: Webhooks,
+    ) -> None:
         self.sid, self.account_sid, self.token = sid, account_sid, auth_token
         self.to, self.from_, self.direction = to, from_, direction
         self.twiml, self.url, self.method = twiml, url, method
@@ -245,24 +265,38 @@ class EmulatedCall:
                 self.hang_up()
                 return
             elif verb.tag == "Redirect" and verb.text:
-                self._next_twiml = await self.webhooks.fetch_twiml(self, url=verb.text.strip(),
-                                                                   method=verb.get("method", "POST"))
+                self._next_twiml = await self.webhooks.fetch_twiml(
+                    self, url=verb.text.strip(), method=verb.get("method", "POST")
+                )
                 return
             else:
                 self.truth.record("twiml-unsupported", verb=verb.tag)
 
     async def _run_stream(self, el: ET.Element) -> str:
         params = {p.get("name", ""): p.get("value", "") for p in el.findall("Parameter")}
-        spec = StreamSpec(el.get("url", ""), params, el.get("name"), el.get("statusCallback"),
-                          el.get("statusCallbackMethod", "POST"))
+        spec = StreamSpec(
+            el.get("url", ""),
+            params,
+            el.get("name"),
+            el.get("statusCallback"),
+            el.get("statusCallbackMethod", "POST"),
+        )
         stream_sid = self.webhooks.new_sid("MZ")
-        self.truth.stream = truth = {}
+        truth: dict[str, Any] = {}  # filled in by the media client
+        self.truth.stream = truth
         client = MediaStreamClient(
-            spec=spec, connect_url=self.webhooks.route(spec.url), auth_token=self.token,
-            account_sid=self.account_sid, call_sid=self.sid, stream_sid=stream_sid,
-            turns=await self._rendered, caller_start_s=self.options.caller_start_s,
-            hangup_after_turns=self.options.hangup_after_turns, faults=self.options.faults,
-            hangup=self._interrupt, truth=truth,
+            spec=spec,
+            connect_url=self.webhooks.route(spec.url),
+            auth_token=self.token,
+            account_sid=self.account_sid,
+            call_sid=self.sid,
+            stream_sid=stream_sid,
+            turns=await self._rendered if self._rendered is not None else [],
+            caller_start_s=self.options.caller_start_s,
+            hangup_after_turns=self.options.hangup_after_turns,
+            faults=self.options.faults,
+            hangup=self._interrupt,
+            truth=truth,
             notify=lambda event, error: self._stream_event(spec, stream_sid, event, error),
         )
         reason = await client.run()
@@ -273,9 +307,14 @@ class EmulatedCall:
     async def _stream_event(self, spec: StreamSpec, stream_sid: str, event: str, error: str | None) -> None:
         self.truth.record(event, stream_sid=stream_sid)
         if spec.status_callback:
-            params = {"AccountSid": self.account_sid, "CallSid": self.sid, "StreamSid": stream_sid,
-                      "StreamName": spec.name or stream_sid, "StreamEvent": event,
-                      "Timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+            params = {
+                "AccountSid": self.account_sid,
+                "CallSid": self.sid,
+                "StreamSid": stream_sid,
+                "StreamName": spec.name or stream_sid,
+                "StreamEvent": event,
+                "Timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            }
             if error is not None:
                 params["StreamError"] = error
             self.webhooks.deliver(self, spec.status_callback, params, kind="stream", event=event, seq=None)
@@ -293,19 +332,40 @@ class EmulatedCall:
         params = self.callback_params(status)
         params.update(CallbackSource="call-progress-events", SequenceNumber=str(seq), Timestamp=rfc2822_now())
         if status in TERMINAL:
-            params.update(CallDuration=str(self.truth.call_duration_s or 0), SipResponseCode=str(SIP_CODES[status]))
+            params.update(
+                CallDuration=str(self.truth.call_duration_s or 0), SipResponseCode=str(SIP_CODES[status])
+            )
             if status == "completed":
                 params["Duration"] = str(math.ceil((self.truth.call_duration_s or 0) / 60))
         self.webhooks.deliver(self, self.status_callback, params, kind="status", event=status, seq=seq)
 
     def callback_params(self, status: str) -> dict[str, str]:
         """The parameters Twilio sends on every webhook of this call."""
-        params = {"AccountSid": self.account_sid, "ApiVersion": API_VERSION, "CallSid": self.sid,
-                  "CallStatus": status, "Called": self.to, "Caller": self.from_,
-                  "Direction": self.direction, "From": self.from_, "To": self.to}
-        for prefix, number in (("Called", self.to), ("To", self.to), ("Caller", self.from_), ("From", self.from_)):
-            params.update({f"{prefix}City": "", f"{prefix}State": "", f"{prefix}Zip": "",
-                           f"{prefix}Country": _country(number)})
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": API_VERSION,
+            "CallSid": self.sid,
+            "CallStatus": status,
+            "Called": self.to,
+            "Caller": self.from_,
+            "Direction": self.direction,
+            "From": self.from_,
+            "To": self.to,
+        }
+        for prefix, number in (
+            ("Called", self.to),
+            ("To", self.to),
+            ("Caller", self.from_),
+            ("From", self.from_),
+        ):
+            params.update(
+                {
+                    f"{prefix}City": "",
+                    f"{prefix}State": "",
+                    f"{prefix}Zip": "",
+                    f"{prefix}Country": _country(number),
+                }
+            )
         return params
 
     async def _end(self, status: str) -> None:

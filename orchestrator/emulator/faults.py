@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Callback statuses a fault may name (the CallStatus values the emulator fires).
-CALL_STATUSES = ("initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "failed", "canceled")
+CALL_STATUSES = (
+    "initiated",
+    "ringing",
+    "in-progress",
+    "completed",
+    "busy",
+    "no-answer",
+    "failed",
+    "canceled",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +119,7 @@ class FramePlan:
         return FrameFate(lost=frame in self._lost or random_loss, delay_s=delay)
 
 
-def shuffled(items: list[object], seed: int) -> list[object]:
+def shuffled(items: list[T], seed: int) -> list[T]:
     """A seeded permutation of `items` that differs from their order whenever that is possible."""
     out = list(items)
     if len(out) < 2:

@@ -25,9 +25,29 @@ from websockets.asyncio.client import connect
 
 from bridge.errors import RemoteProtocolError
 from bridge.g711 import ulaw_decode, ulaw_encode
-from bridge.protocol import Clear, Connected, Mark, Media, OutboundMark, OutboundMedia, Start, Stop, parse_outbound
-from orchestrator.emulator.audio import FRAME, RATE, CallerScript, EchoPath, NoiseSource, SpeechDetector, Turn
-from orchestrator.emulator.audio import room_impulse_response
+from bridge.meters.levels import speech_onset
+from bridge.protocol import (
+    Clear,
+    Connected,
+    Mark,
+    Media,
+    OutboundMark,
+    OutboundMedia,
+    Start,
+    Stop,
+    parse_outbound,
+)
+from orchestrator.emulator.audio import (
+    FRAME,
+    RATE,
+    CallerScript,
+    EchoPath,
+    NoiseSource,
+    Pcm,
+    SpeechDetector,
+    Turn,
+    room_impulse_response,
+)
 from orchestrator.emulator.faults import Faults, FramePlan
 
 logger = logging.getLogger(__name__)
@@ -71,6 +91,8 @@ class PlayoutBuffer:
         return marks
 
     def play(self, n: int = FRAME) -> tuple[bytes, list[str]]:
+        while self._queue and isinstance(self._queue[0], str):  # queued behind audio that has now played
+            self._finished.append(self._queue.popleft())  # type: ignore[arg-type]
         echo_now, self._finished = self._finished, []
         out = bytearray()
         while self._queue and (len(out) < n or isinstance(self._queue[0], str)):
@@ -101,7 +123,11 @@ class StreamSpec:
 
 
 def _stamp(mono: float, origin_mono: float, origin_wall: float) -> dict[str, float]:
-    return {"mono": mono, "wall": origin_wall + (mono - origin_mono), "ms": round((mono - origin_mono) * 1000, 3)}
+    return {
+        "mono": mono,
+        "wall": origin_wall + (mono - origin_mono),
+        "ms": round((mono - origin_mono) * 1000, 3),
+    }
 
 
 class MediaStreamClient:
@@ -120,7 +146,7 @@ class MediaStreamClient:
         account_sid: str,
         call_sid: str,
         stream_sid: str,
-        turns: list[tuple[Turn, np.ndarray]],
+        turns: list[tuple[Turn, Pcm]],
         caller_start_s: float,
         hangup_after_turns: bool,
         faults: Faults,
@@ -141,9 +167,11 @@ class MediaStreamClient:
         self.echo = EchoPath(echo.delay_ms, echo.loss_db, rir) if echo else None
         self.noise = NoiseSource(faults.noise_dbfs, faults.seed) if faults.noise_dbfs is not None else None
         self.heard: list[bytes] = []
-        self.sent_pcm: list[np.ndarray] = []
+        self.sent_pcm: list[Pcm] = []
         self._outbox: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
+        self._unechoed: dict[str, deque[dict[str, Any]]] = {}  # ground-truth entries of marks not echoed yet
         self._seq = 0
+        self._chunk = 0  # media chunks numbered (sent or about to be)
         self._t0 = 0.0
         self._wall0 = 0.0
 
@@ -160,7 +188,9 @@ class MediaStreamClient:
             "x-twilio-signature": RequestValidator(self.token).compute_signature(url, {}),
             "User-Agent": USER_AGENT,
         }
-        self.truth.update(url=url, connect_url=self.connect_url, stream_sid=self.stream_sid, name=self.spec.name)
+        self.truth.update(
+            url=url, connect_url=self.connect_url, stream_sid=self.stream_sid, name=self.spec.name
+        )
         self.truth["custom_parameters"] = dict(self.spec.parameters)
         try:
             ws = await connect(self.connect_url, additional_headers=headers, open_timeout=10, max_size=2**20)
@@ -173,8 +203,13 @@ class MediaStreamClient:
 
     async def _stream(self, ws: Any) -> str:
         await ws.send(Connected().serialize())
-        start = Start(self._next_seq(), self.stream_sid, self.account_sid, self.call_sid,
-                      custom_parameters=dict(self.spec.parameters))
+        start = Start(
+            self._next_seq(),
+            self.stream_sid,
+            self.account_sid,
+            self.call_sid,
+            custom_parameters=dict(self.spec.parameters),
+        )
         self._t0, self._wall0 = time.monotonic(), time.time()
         await ws.send(start.serialize())
         self.truth["start_sent"] = {"mono": self._t0, "wall": self._wall0}
@@ -242,17 +277,16 @@ class MediaStreamClient:
         if fate.lost:
             self.truth["frames_lost"].append({"frame": k + 1, "timestamp_ms": k * 20})
             return
-        self.truth["frames_sent"] += 1
-        chunk = self.truth["frames_sent"]
+        self._chunk += 1
+        chunk = self._chunk
         media = Media(self._next_seq(), self.stream_sid, "inbound", chunk, k * 20, ulaw_encode(pcm))
         self._outbox.put_nowait((deadline + fate.delay_s, media.serialize()))
 
     def _echo_mark(self, name: str, flushed: bool = False) -> None:
         self._outbox.put_nowait((0.0, Mark(self._next_seq(), self.stream_sid, name).serialize()))
-        for entry in self.truth["marks"]:
-            if entry["name"] == name and entry["echoed_ms"] is None:
-                entry.update(echoed_ms=self._now_ms(), flushed=flushed)
-                break
+        pending = self._unechoed.get(name)
+        if pending:
+            pending.popleft().update(echoed_ms=self._now_ms(), flushed=flushed)
 
     async def _sender(self, ws: Any) -> None:
         """Send in order; a jittered frame holds back the ones after it, as on one TCP connection."""
@@ -267,25 +301,35 @@ class MediaStreamClient:
             elif at:
                 max_late = max(max_late, -delay)
             await ws.send(text)
+            if text.startswith('{"event":"media"'):
+                self.truth["frames_sent"] += 1  # written to the socket (a closing peer may still drop it)
         self.truth["max_send_lateness_ms"] = round(max_late * 1000, 3)
 
     async def _receiver(self, ws: Any) -> None:
         try:
             async for text in ws:
                 if isinstance(text, bytes):
-                    self.truth["warnings"].append({"code": 31950, "at_ms": self._now_ms(), "reason": "binary frame"})
+                    self.truth["warnings"].append(
+                        {"code": 31950, "at_ms": self._now_ms(), "reason": "binary frame"}
+                    )
                     continue
                 try:
                     msg = parse_outbound(text)
                 except RemoteProtocolError as exc:
-                    self.truth["warnings"].append({"code": 31951, "at_ms": self._now_ms(), "reason": str(exc)})
+                    self.truth["warnings"].append(
+                        {"code": 31951, "at_ms": self._now_ms(), "reason": str(exc)}
+                    )
                     continue
                 if msg.stream_sid != self.stream_sid:
-                    self.truth["warnings"].append({"code": 31951, "at_ms": self._now_ms(), "reason": "wrong streamSid"})
+                    self.truth["warnings"].append(
+                        {"code": 31951, "at_ms": self._now_ms(), "reason": "wrong streamSid"}
+                    )
                 elif isinstance(msg, OutboundMedia):
                     self.buffer.push_audio(msg.payload)
                 elif isinstance(msg, OutboundMark):
-                    self.truth["marks"].append({"name": msg.name, "received_ms": self._now_ms(), "echoed_ms": None})
+                    entry = {"name": msg.name, "received_ms": self._now_ms(), "echoed_ms": None}
+                    self.truth["marks"].append(entry)
+                    self._unechoed.setdefault(msg.name, deque()).append(entry)
                     for name in self.buffer.push_mark(msg.name):
                         self._echo_mark(name)
                 elif isinstance(msg, Clear):
@@ -300,23 +344,40 @@ class MediaStreamClient:
         t = self.truth
         t["ended"] = {"reason": reason, **_stamp(time.monotonic(), self._t0, self._wall0)}
 
-        def segments(vad: SpeechDetector) -> list[dict[str, float]]:
+        heard = self.heard_pcm()
+
+        def segments(vad: SpeechDetector, pcm: Pcm | None = None) -> list[dict[str, float]]:
             out = []
             for seg in vad.finish():
-                onset_s, end_s = seg.onset / RATE, seg.end / RATE
-                out.append({"onset_ms": onset_s * 1000, "end_ms": end_s * 1000,
-                            "onset_mono": self._t0 + onset_s, "onset_wall": self._wall0 + onset_s})
+                onset = seg.onset
+                if pcm is not None:  # locate the onset to the sample in the real heard audio
+                    lo = max(0, onset - 160)
+                    exact = speech_onset(pcm[lo : onset + 800], RATE)
+                    onset = lo + exact if exact is not None else onset
+                onset_s, end_s = onset / RATE, seg.end / RATE
+                out.append(
+                    {
+                        "onset_ms": onset_s * 1000,
+                        "end_ms": end_s * 1000,
+                        "onset_mono": self._t0 + onset_s,
+                        "onset_wall": self._wall0 + onset_s,
+                    }
+                )
             return out
 
-        t["heard_speech"] = segments(self.heard_vad)
+        t["heard_speech"] = segments(self.heard_vad, heard)
         t["first_heard_speech_onset"] = t["heard_speech"][0] if t["heard_speech"] else None
+        t["first_heard_onset_ms"] = t["heard_speech"][0]["onset_ms"] if t["heard_speech"] else None
+        t["lost_frames"] = t.get("frames_lost", [])  # alias
         t["caller_speech"] = segments(self.caller_vad)
-        t["turns"] = [{"turn": p.index, "start_ms": p.start / RATE * 1000, "end_ms": p.end / RATE * 1000}
-                      for p in self.script.played]
-        t["last_chunk"] = t.get("frames_sent", 0)
+        t["turns"] = [
+            {"turn": p.index, "start_ms": p.start / RATE * 1000, "end_ms": p.end / RATE * 1000}
+            for p in self.script.played
+        ]
+        t["last_chunk"] = self._chunk
 
-    def heard_pcm(self) -> np.ndarray:
+    def heard_pcm(self) -> Pcm:
         return ulaw_decode(b"".join(self.heard)) if self.heard else np.zeros(0, dtype=np.int16)
 
-    def sent(self) -> np.ndarray:
+    def sent(self) -> Pcm:
         return np.concatenate(self.sent_pcm) if self.sent_pcm else np.zeros(0, dtype=np.int16)

@@ -48,8 +48,12 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
     def response(self) -> web.Response:
-        body = {"code": self.code, "message": self.message,
-                "more_info": f"https://www.twilio.com/docs/errors/{self.code}", "status": self.status}
+        body = {
+            "code": self.code,
+            "message": self.message,
+            "more_info": f"https://www.twilio.com/docs/errors/{self.code}",
+            "status": self.status,
+        }
         return web.json_response(body, status=self.status)
 
 
@@ -100,13 +104,22 @@ class Webhooks:
 
     # --- delivery with faults ------------------------------------------------------------------------
 
-    def deliver(self, call: EmulatedCall, url: str, params: dict[str, str], *, kind: str, event: str,
-                seq: int | None) -> None:
+    def deliver(
+        self, call: EmulatedCall, url: str, params: dict[str, str], *, kind: str, event: str, seq: int | None
+    ) -> None:
         """Queue one webhook (status or stream callback) for the call, applying its callback faults."""
         faults = call.options.faults.callbacks
-        item = {"url": url, "params": params, "kind": kind, "event": event, "seq": seq,
-                "token": str(uuid.uuid4()), "delivery": "normal", "signature_valid": True,
-                "fired": {"mono": time.monotonic(), "wall": time.time()}}
+        item = {
+            "url": url,
+            "params": params,
+            "kind": kind,
+            "event": event,
+            "seq": seq,
+            "token": str(uuid.uuid4()),
+            "delivery": "normal",
+            "signature_valid": True,
+            "fired": {"mono": time.monotonic(), "wall": time.time()},
+        }
         items = [item]
         if kind == "status" and faults.duplicates(event):
             items.append({**item, "delivery": "duplicate"})
@@ -115,7 +128,7 @@ class Webhooks:
             held.extend(items)
             if event not in _ANSWERED_OR_OVER:
                 return
-            items = shuffled(held, call.options.faults.seed)  # type: ignore[assignment]
+            items = shuffled(held, call.options.faults.seed)
             held.clear()
         for it in items:
             self._queue(call).put_nowait(it)
@@ -134,9 +147,17 @@ class Webhooks:
         params.update(CallbackSource="call-progress-events", SequenceNumber=str(seq + 1))
         if faults.bad_signature in _ANSWERED_OR_OVER[1:]:
             params.update(CallDuration="0", SipResponseCode="200")
-        item = {"url": call.status_callback, "params": params, "kind": "status", "event": faults.bad_signature,
-                "seq": seq + 1, "token": str(uuid.uuid4()), "delivery": "forged", "signature_valid": False,
-                "fired": {"mono": time.monotonic(), "wall": time.time()}}
+        item = {
+            "url": call.status_callback,
+            "params": params,
+            "kind": "status",
+            "event": faults.bad_signature,
+            "seq": seq + 1,
+            "token": str(uuid.uuid4()),
+            "delivery": "forged",
+            "signature_valid": False,
+            "fired": {"mono": time.monotonic(), "wall": time.time()},
+        }
         self._spawn(call, self._later(call, item, faults.bad_signature_after_s))
 
     def _queue(self, call: EmulatedCall) -> asyncio.Queue[dict[str, Any] | None]:
@@ -170,7 +191,7 @@ class Webhooks:
         """Deliver everything still held or queued for the call (at its end)."""
         held = self._held.pop(call.sid, [])
         for it in shuffled(held, call.options.faults.seed):
-            self._queue(call).put_nowait(it)  # type: ignore[arg-type]
+            self._queue(call).put_nowait(it)
         if call.sid in self._queues:
             self._queues[call.sid].put_nowait(None)
             await self._workers.pop(call.sid)
@@ -182,34 +203,47 @@ class Webhooks:
         url, params = item["url"], item["params"]
         key = self.token if item["signature_valid"] else "not-" + self.token
         method = "POST"
-        headers = {"I-Twilio-Idempotency-Token": item["token"], "User-Agent": USER_AGENT,
-                   "X-Forwarded-Proto": urlsplit(url).scheme, "X-Forwarded-Host": urlsplit(url).netloc}
+        headers = {
+            "I-Twilio-Idempotency-Token": item["token"],
+            "User-Agent": USER_AGENT,
+            "X-Forwarded-Proto": urlsplit(url).scheme,
+            "X-Forwarded-Host": urlsplit(url).netloc,
+        }
         headers["X-Twilio-Signature"] = RequestValidator(key).compute_signature(url, params)
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-        record = {k: item[k] for k in ("kind", "event", "seq", "token", "delivery", "signature_valid", "fired")}
+        record = {
+            k: item[k] for k in ("kind", "event", "seq", "token", "delivery", "signature_valid", "fired")
+        }
         record["url"] = url
         record["sent"] = {"mono": time.monotonic(), "wall": time.time()}
         call.truth.callbacks.append(record)
         try:
-            async with self._session().request(method, self.route(url), data=urlencode(params),
-                                               headers=headers) as resp:
+            async with self._session().request(
+                method, self.route(url), data=urlencode(params), headers=headers
+            ) as resp:
                 record["http_status"] = resp.status
                 await resp.read()
             return True
         except (aiohttp.ClientError, TimeoutError) as exc:
             record["http_status"], record["error"] = None, repr(exc)
             logger.warning("call %s: %s callback to %s failed: %r", call.sid, item["event"], url, exc)
-            return item["delivery"] != "normal"  # only a first attempt is retried
+            return bool(item["delivery"] != "normal")  # only a first attempt is retried
 
-    async def fetch_twiml(self, call: EmulatedCall, url: str | None = None, method: str | None = None) -> str | None:
+    async def fetch_twiml(
+        self, call: EmulatedCall, url: str | None = None, method: str | None = None
+    ) -> str | None:
         """Ask the voice URL for TwiML, as Twilio does on answer (or on an inbound call, or a <Redirect>)."""
         url = url or call.url
         if not url:
             return None
-        params = call.callback_params("ringing" if call.direction == "inbound" and call.status != "in-progress"
-                                      else "in-progress")
-        headers = {"X-Twilio-Signature": RequestValidator(self.token).compute_signature(url, params),
-                   "I-Twilio-Idempotency-Token": str(uuid.uuid4()), "User-Agent": USER_AGENT}
+        params = call.callback_params(
+            "ringing" if call.direction == "inbound" and call.status != "in-progress" else "in-progress"
+        )
+        headers = {
+            "X-Twilio-Signature": RequestValidator(self.token).compute_signature(url, params),
+            "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
+            "User-Agent": USER_AGENT,
+        }
         entry = call.truth.record("twiml-requested", url=url)
         try:
             async with self._session().post(self.route(url), data=params, headers=headers) as resp:
@@ -288,10 +322,14 @@ async def _create(request: web.Request) -> web.Response:
     if bad:
         raise ApiError(400, 21626, f"Invalid StatusCallbackEvent: {bad[0]}")
     call = emu.place_call(
-        to=to, from_=from_, twiml=str(twiml) if twiml is not None and url is None else None,
-        url=str(url) if url is not None else None, method=str(form.get("Method", "POST")),
+        to=to,
+        from_=from_,
+        twiml=str(twiml) if twiml is not None and url is None else None,
+        url=str(url) if url is not None else None,
+        method=str(form.get("Method", "POST")),
         status_callback=str(form["StatusCallback"]) if form.get("StatusCallback") else None,
-        events=events, timeout_s=float(str(form.get("Timeout", "60"))),
+        events=events,
+        timeout_s=float(str(form.get("Timeout", "60"))),
         time_limit_s=float(str(form.get("TimeLimit", "14400"))),
     )
     return web.json_response(call_resource(call), status=201)
@@ -306,7 +344,8 @@ async def _update(request: web.Request) -> web.Response:
     emu = _check_auth(request)
     call = _call_or_404(emu, request)
     form = await request.post()
-    status, twiml = form.get("Status"), form.get("Twiml")
+    status = str(form["Status"]) if "Status" in form else None
+    twiml = str(form["Twiml"]) if "Twiml" in form else None
     if status is not None:
         if status not in ("completed", "canceled"):
             raise ApiError(400, 21218, f"Invalid Status: {status}")
@@ -330,26 +369,54 @@ def call_resource(call: EmulatedCall) -> dict[str, Any]:
     uri = f"/2010-04-01/Accounts/{call.account_sid}/Calls/{call.sid}.json"
     duration = call.duration_s
     return {
-        "sid": call.sid, "account_sid": call.account_sid, "parent_call_sid": None, "api_version": "2010-04-01",
-        "to": call.to, "to_formatted": call.to, "from": call.from_, "from_formatted": call.from_,
-        "phone_number_sid": None, "status": call.status, "direction": call.direction,
-        "date_created": _date(call.created_at), "date_updated": _date(call.end_time or call.created_at),
-        "start_time": _date(call.start_time), "end_time": _date(call.end_time),
-        "duration": str(duration) if duration is not None else None, "price": None, "price_unit": "USD",
-        "answered_by": None, "annotation": None, "forwarded_from": None, "group_sid": None,
-        "caller_name": None, "queue_time": "0", "trunk_sid": None, "uri": uri,
-        "subresource_uris": {k: uri.replace(".json", f"/{v}.json") for k, v in (
-            ("notifications", "Notifications"), ("recordings", "Recordings"), ("payments", "Payments"),
-            ("events", "Events"), ("siprec", "Siprec"), ("streams", "Streams"),
-            ("user_defined_message_subscriptions", "UserDefinedMessageSubscriptions"),
-            ("user_defined_messages", "UserDefinedMessages"), ("transcriptions", "Transcriptions"))},
+        "sid": call.sid,
+        "account_sid": call.account_sid,
+        "parent_call_sid": None,
+        "api_version": "2010-04-01",
+        "to": call.to,
+        "to_formatted": call.to,
+        "from": call.from_,
+        "from_formatted": call.from_,
+        "phone_number_sid": None,
+        "status": call.status,
+        "direction": call.direction,
+        "date_created": _date(call.created_at),
+        "date_updated": _date(call.end_time or call.created_at),
+        "start_time": _date(call.start_time),
+        "end_time": _date(call.end_time),
+        "duration": str(duration) if duration is not None else None,
+        "price": None,
+        "price_unit": "USD",
+        "answered_by": None,
+        "annotation": None,
+        "forwarded_from": None,
+        "group_sid": None,
+        "caller_name": None,
+        "queue_time": "0",
+        "trunk_sid": None,
+        "uri": uri,
+        "subresource_uris": {
+            k: uri.replace(".json", f"/{v}.json")
+            for k, v in (
+                ("notifications", "Notifications"),
+                ("recordings", "Recordings"),
+                ("payments", "Payments"),
+                ("events", "Events"),
+                ("siprec", "Siprec"),
+                ("streams", "Streams"),
+                ("user_defined_message_subscriptions", "UserDefinedMessageSubscriptions"),
+                ("user_defined_messages", "UserDefinedMessages"),
+                ("transcriptions", "Transcriptions"),
+            )
+        },
     }
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except ApiError as exc:
         return exc.response()
 

@@ -55,7 +55,7 @@ def signature_problem(state: AppState, request: web.Request, params: Any) -> str
     return "bad signature"
 
 
-def _dedupe_key(form: MultiDictProxy[str], request: web.Request, *extra: str) -> str | None:
+def _dedupe_key(form: MultiDictProxy[Any], request: web.Request, *extra: str) -> str | None:
     sid = form.get("CallSid")
     seq = form.get("SequenceNumber")
     if sid and seq is not None:
@@ -116,7 +116,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     form = await request.post()
     payload = {k: form[k] for k in form}
     problem = signature_problem(state, request, form)
-    call_sid = form.get("CallSid")
+    call_sid = str(form["CallSid"]) if "CallSid" in form else None
     if problem:
         await state.service.record(source="voice", type="incoming", payload=payload, call_sid=call_sid,
                                    rejected=problem)
@@ -124,10 +124,10 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return web.Response(status=403, text="invalid signature\n")
     settings = state.settings
     public_url = settings.public_url or f"http://{request.host}"
-    busy = state.backend.busy or bool(state.sessions) and state.backend.name == "moshi"
+    busy = state.backend.busy or (bool(state.sessions) and state.backend.name == "moshi")
     facts = dict(state.facts)
 
-    def create(service: Any) -> dict[str, Any]:
+    def create(service: Any) -> Any:
         existing = service.store.find_call(call_sid=call_sid) if call_sid else None
         call = existing or service.store.create_call(
             direction="inbound", to_number=form.get("To"), from_number=form.get("From"), call_sid=call_sid,
@@ -140,7 +140,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
 
     call = await state.service.run(create)
     state.prom.callbacks.labels("voice", "accepted").inc()
-    log.info("inbound call %s from %s", call["id"], mask_number(form.get("From")))
+    log.info("inbound call %s from %s", call["id"], mask_number(str(form.get("From") or "")))
     if busy:
         await state.service.record(source="local", type="refused_busy", call_id=call["id"],
                                    payload={"reason": "model busy with another call"})

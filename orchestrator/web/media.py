@@ -159,7 +159,7 @@ async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStr
     elif call["id"] in state.sessions:
         reason = "a media stream is already open for this call"
     backend_session = None
-    if reason is None:
+    if reason is None and call is not None:
         try:
             backend_session = await state.backend.open_session(call["id"], state.settings.max_call_seconds)
         except BackendBusy as exc:

@@ -119,7 +119,7 @@ async def test_stream_status_callback(app_and_call: Any, settings: Settings) -> 
               "StreamEvent": "stream-started", "Timestamp": "2026-11-24T12:00:00.000Z"}
     assert (await post_signed(client, "/twilio/stream-status", params)).status == 204
     assert (await post_signed(client, "/twilio/stream-status", params)).status == 204  # retry: duplicate
-    state, transitions, events = final(settings, call["id"])
+    state, _, events = final(settings, call["id"])
     assert state == "streaming"
     assert [e["reason"] for e in events if e["source"] == "stream_status"] == [None, "duplicate"]
 

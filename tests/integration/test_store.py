@@ -6,11 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from orchestrator.errors import StoreError
 from orchestrator.store import MigrationFile, Store, build_migrations, migration_files
-
-import sqlite_utils
 
 
 def tables(path: Path) -> set[str]:

@@ -5,8 +5,8 @@ The files go into a temporary Hugging Face cache layout (`models--ORG--NAME/refs
 - a tiny `models.Lm` (dim 32, 2 heads, 1 layer) built from a config dict of the released config.json
   form, keeping n_q 16, dep_q 8, card 2048 and the released delays;
 - a sentencepiece model trained in-process (bpe; unk 0, bos 1, eos 2, pad 3);
-- a full-size random Mimi file (rustymimi hard-codes the architecture), f16, per the reference manifest,
-  with non-zero codebook `embedding_sum` (all-zero codebooks make every code 0).
+- a full-size random Mimi file (rustymimi hard-codes the architecture), f16, in the released layout
+  (`mimi_layout()`), with non-zero codebook `embedding_sum` (all-zero codebooks make every code 0).
 
 `write_tiny_repo()` is plain code so the benchmark can generate the same files outside pytest.
 """
@@ -16,9 +16,11 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +30,6 @@ SNAPSHOT_SHA = "0123456789abcdef0123456789abcdef01234567"
 LM_FILE = "model.safetensors"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
-MANIFEST = Path(__file__).resolve().parents[3] / "shared" / "reference" / "mimi_manifest.json"
 # The released delays: text, then 8 generated (model) codebooks, then 8 codebooks of the caller.
 RELEASED_DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
 
@@ -43,13 +44,13 @@ class TinyRepo:
     cache_dir: Path  # the HF hub cache root (what HF_HUB_CACHE would point at)
     repo: str
     snapshot: Path  # the folder holding the files
-    lm_config: dict
+    lm_config: dict[str, Any]
 
     def file(self, name: str) -> Path:
         return self.snapshot / name
 
 
-def tiny_lm_config(text_card: int) -> dict:
+def tiny_lm_config(text_card: int) -> dict[str, Any]:
     """A config dict in the form of the released config.json, shrunk to dim 32 / 2 heads / 1 layer."""
     return {
         "dim": 32,
@@ -107,23 +108,82 @@ def train_sentencepiece(vocab_size: int = 200) -> bytes:
     return model.getvalue()
 
 
-def write_tiny_lm(path: Path, config: dict, seed: int = 0) -> None:
+def write_tiny_lm(path: Path, config: dict[str, Any], seed: int = 0) -> None:
     import mlx.core as mx
-    from moshi_mlx import models
+    from moshi_mlx.models.lm import Lm, LmConfig
 
     mx.random.seed(seed)
-    model = models.Lm(models.LmConfig.from_config_dict(config))
+    model = Lm(LmConfig.from_config_dict(config))
     model.set_dtype(mx.bfloat16)  # as released, and what the loader casts to
     model.save_weights(str(path))
+
+
+def mimi_layout() -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor names and shapes of the released Mimi file (rustymimi hard-codes this architecture).
+
+    Built from the architecture rather than read from ../shared/reference/mimi_manifest.json, which is
+    not part of the repository; a test checks the two agree wherever the manifest is present.
+    """
+    out: list[tuple[str, tuple[int, ...]]] = []
+
+    def conv(prefix: str, kind: str, shape: tuple[int, ...], bias: bool = True) -> None:
+        if bias:
+            out.append((f"{prefix}.{kind}.{kind}.bias", (shape[1] if kind == "convtr" else shape[0],)))
+        out.append((f"{prefix}.{kind}.{kind}.weight", shape))
+
+    def resblock(prefix: str, ch: int) -> None:
+        conv(f"{prefix}.block.1", "conv", (ch // 2, ch, 3))
+        conv(f"{prefix}.block.3", "conv", (ch, ch // 2, 1))
+
+    conv("encoder.model.0", "conv", (64, 1, 7))
+    ch = 64
+    for i, ratio in enumerate((4, 5, 6, 8)):  # residual block, then a strided conv doubling channels
+        resblock(f"encoder.model.{3 * i + 1}", ch)
+        conv(f"encoder.model.{3 * i + 3}", "conv", (2 * ch, ch, 2 * ratio))
+        ch *= 2
+    conv("encoder.model.14", "conv", (512, 1024, 3))
+    conv("decoder.model.0", "conv", (1024, 512, 7))
+    for i, ratio in enumerate((8, 6, 5, 4)):  # transposed conv halving channels, then a residual block
+        conv(f"decoder.model.{3 * i + 2}", "convtr", (ch, ch // 2, 2 * ratio))
+        ch //= 2
+        resblock(f"decoder.model.{3 * i + 3}", ch)
+    conv("decoder.model.14", "conv", (1, 64, 3))
+    for side in ("encoder", "decoder"):
+        for layer in range(8):
+            p = f"{side}_transformer.transformer.layers.{layer}"
+            out += [
+                (f"{p}.layer_scale_1.scale", (512,)),
+                (f"{p}.layer_scale_2.scale", (512,)),
+                (f"{p}.linear1.weight", (2048, 512)),
+                (f"{p}.linear2.weight", (512, 2048)),
+                (f"{p}.norm1.bias", (512,)),
+                (f"{p}.norm1.weight", (512,)),
+                (f"{p}.norm2.bias", (512,)),
+                (f"{p}.norm2.weight", (512,)),
+                (f"{p}.self_attn.in_proj_weight", (1536, 512)),
+                (f"{p}.self_attn.out_proj.weight", (512, 512)),
+            ]
+    out.append(("downsample.conv.conv.conv.weight", (512, 512, 4)))
+    out.append(("upsample.convtr.convtr.convtr.weight", (512, 1, 4)))
+    for rvq, layers in (("rvq_first", 1), ("rvq_rest", 31)):
+        q = f"quantizer.{rvq}"
+        out += [(f"{q}.input_proj.weight", (256, 512, 1)), (f"{q}.output_proj.weight", (512, 256, 1))]
+        for layer in range(layers):
+            cb = f"{q}.vq.layers.{layer}._codebook"
+            out += [
+                (f"{cb}._initialized", (1,)),
+                (f"{cb}.cluster_usage", (2048,)),
+                (f"{cb}.embedding_sum", (2048, 256)),
+            ]
+    return out
 
 
 def write_random_mimi(path: Path, seed: int = 0) -> None:
     from safetensors.numpy import save_file
 
-    manifest = json.loads(MANIFEST.read_text())
     rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = {}
-    for name, shape in manifest:
+    tensors: dict[str, Any] = {}
+    for name, shape in mimi_layout():
         leaf = name.rsplit(".", 1)[-1]
         if leaf == "embedding_sum":
             arr = rng.standard_normal(shape, dtype=np.float32)
@@ -171,3 +231,4 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyRepo]:
     pytest.importorskip("sentencepiece")
     cache_dir = tmp_path_factory.mktemp("hf-cache")
     yield write_tiny_repo(cache_dir)
+    shutil.rmtree(cache_dir, ignore_errors=True)  # ~200 MB: don't leave it to pytest's tmp retention

@@ -68,7 +68,7 @@ def burst_with_mark(clock: PlayoutClock) -> None:
         clock.on_send(0.0, CHUNK)
 
 
-def test_late_mark_echo_shifts_later_estimates_by_the_lateness() -> None:
+def test_late_mark_echo_shifts_the_whole_run_by_the_lateness() -> None:
     clock = PlayoutClock()
     burst_with_mark(clock)
     before = [c.playout_start for c in clock.chunks]
@@ -82,8 +82,8 @@ def test_late_mark_echo_shifts_later_estimates_by_the_lateness() -> None:
     assert echo.expected_at == pytest.approx(0.1) and echo.error == pytest.approx(0.03)
     assert clock.echoes == [echo]
     after = [c.playout_start for c in clock.chunks]
-    assert after[:5] == before[:5]  # history before the mark is left alone
-    assert after[5:] == pytest.approx([b + 0.03 for b in before[5:]])
+    # contiguous audio that ended 30 ms later also started 30 ms later: the whole run moves
+    assert after == pytest.approx([b + 0.03 for b in before])
     assert clock.playout_time_of_sample(5 * CHUNK) == pytest.approx(0.13)
     assert clock.playout_time_of_sample(5 * CHUNK + 80) == pytest.approx(0.14)
     # 100 ms still queued after the mark, but a chunk sent now lands 30 ms later: 70 ms ahead of it
@@ -91,6 +91,20 @@ def test_late_mark_echo_shifts_later_estimates_by_the_lateness() -> None:
     assert clock.delay == pytest.approx(0.03)
     start, _ = clock.on_send(1.0, CHUNK)  # long after the queue drained: the learned delay stays
     assert start == pytest.approx(1.03)
+
+
+def test_the_run_offset_is_the_minimum_lateness_so_noise_does_not_move_it() -> None:
+    clock = PlayoutClock()
+    for _ in range(20):
+        clock.on_send(0.0, CHUNK)
+        clock.mark_sent(f"m{len(clock.chunks)}", 0.0)
+    # true offset 25 ms; echoes come 0-19 ms later still (return path, Twilio's 20 ms packet clock)
+    noise = [0.013, 0.0, 0.019, 0.007, 0.011, 0.002]
+    for k, extra in enumerate(noise, start=1):
+        clock.on_mark_echo(f"m{k}", k * D + 0.025 + extra)
+        assert clock.delay == pytest.approx(0.025 + min(noise[:k]))
+    starts = [c.playout_start for c in clock.chunks]
+    assert starts == pytest.approx([0.025 + k * D for k in range(20)])  # a clean shift, history included
 
 
 def test_on_time_echo_changes_nothing_and_early_echo_pulls_estimates_in() -> None:
@@ -103,8 +117,15 @@ def test_on_time_echo_changes_nothing_and_early_echo_pulls_estimates_in() -> Non
     clock = PlayoutClock()
     burst_with_mark(clock)
     clock.on_mark_echo("m", 0.09)
-    assert clock.delay == 0.0  # clamped: playout cannot precede sending
-    assert clock.chunks[5].playout_start == pytest.approx(0.09)
+    assert clock.delay == 0.0  # clamped: playout cannot precede sending; an earlier echo is clock noise
+    assert clock.chunks[5].playout_start == pytest.approx(0.1)
+    clock = PlayoutClock()
+    burst_with_mark(clock)
+    clock.mark_sent("n", 0.0)  # after all 10 chunks: expected at 0.2
+    clock.on_mark_echo("m", 0.13)
+    clock.on_mark_echo("n", 0.21)  # 10 ms late where the first said 30: the run moves in
+    assert clock.delay == pytest.approx(0.01)
+    assert clock.chunks[0].playout_start == pytest.approx(0.01)
 
 
 def test_estimates_match_a_simulated_twilio_after_the_first_echo() -> None:
