@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import logging
+
 from transitions import Machine
 
 from orchestrator.errors import LifecycleError
@@ -166,6 +168,10 @@ class _CallModel:
 
     state: CallState
 
+
+# Ignored triggers are normal here (late callbacks) and are recorded with a reason by the service;
+# the library's own warning for each would only be noise.
+logging.getLogger("transitions.core").setLevel(logging.ERROR)
 
 _MACHINE = Machine(
     model=None,

@@ -281,7 +281,8 @@ class Store:
 
     def dedupe_seen(self, key: str, before_id: int) -> bool:
         row = self.db.execute(
-            "SELECT 1 FROM events WHERE dedupe_key = ? AND id < ? AND reason IS NOT 'bad signature' LIMIT 1",
+            "SELECT 1 FROM events WHERE dedupe_key = ? AND id < ? "
+            "AND (reason IS NULL OR reason NOT LIKE 'bad signature%') LIMIT 1",
             [key, before_id],
         ).fetchone()
         return row is not None

@@ -74,7 +74,9 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
         await state.service.record(source="media", type="handshake", rejected=problem,
                                    payload={"peer": request.remote, "path": request.path})
         return web.Response(status=403, text="invalid signature\n")
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
+    # compress=False: never negotiate permessage-deflate (Twilio does not use it; base64 mu-law does not
+    # compress), else zlib runs on every frame both ways when a client offers it.
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True, compress=False)
     await ws.prepare(request)
     state.websockets.add(ws)
     stream = MediaStream(max_frame_bytes=MAX_FRAME)

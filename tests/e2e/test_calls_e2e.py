@@ -1,0 +1,203 @@
+"""Whole calls: the real server, the real `twilio` client and the carrier emulator playing Twilio.
+
+One batch of calls with different far ends runs concurrently (real time is the cost of an e2e test),
+then each test checks one scenario's final state, transitions and events against the emulator's
+ground truth: what it fired, what it broke on purpose, what the phone really heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from orchestrator.emulator import CallbackFaults, CallOptions, EchoSpec, Faults, Turn
+from orchestrator.rig import LocalRig, rig_settings
+from tests.e2e.conftest import needs_espeak
+
+pytestmark = [needs_espeak, pytest.mark.slow]
+
+LINES = (Turn(text="Hello, can you hear me?", answer_timeout_s=5.0, pause_s=0.5),
+         Turn(text="Tell me about the weather.", answer_timeout_s=5.0, pause_s=0.5))
+GREETING = "Hi, I repeat what you say."
+SCENARIOS: dict[str, tuple[str, CallOptions]] = {
+    "normal": ("+15005550101", CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2,
+                                           faults=Faults(hangup_after_stream_s=9.0))),
+    "busy": ("+15005550002", CallOptions(answer="busy", ring_s=0.3)),
+    "no-answer": ("+15005550003", CallOptions(answer="no-answer", ring_s=0.5)),
+    "hangup-mid-stream": ("+15005550102", CallOptions(
+        ring_s=0.3, turns=(Turn(text="I am going to hang up in the middle of this sentence now.",
+                                wait_for_answer=False),),
+        caller_start_s=0.2, faults=Faults(hangup_after_stream_s=1.5))),
+    "shuffled-duplicated": ("+15005550103", CallOptions(ring_s=0.3, faults=Faults(
+        hangup_after_stream_s=2.0, callbacks=CallbackFaults(shuffle=True, duplicate=("*",), retry=("completed",))))),
+    "bad-signature": ("+15005550104", CallOptions(ring_s=0.3, faults=Faults(
+        hangup_after_stream_s=2.5, callbacks=CallbackFaults(bad_signature="completed", bad_signature_after_s=0.5)))),
+    "lost-frames": ("+15005550105", CallOptions(ring_s=0.3, turns=(Turn(text="Counting one two three four.",
+                                                                        wait_for_answer=False),),
+                                                faults=Faults(lost_frames=(20, 21, 22, 60, 100),
+                                                              hangup_after_stream_s=3.0))),
+    "echo-path": ("+15005550106", CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2,
+                                              faults=Faults(echo=EchoSpec(delay_ms=150, loss_db=12),
+                                                            hangup_after_stream_s=9.0))),
+}
+
+
+async def _run_batch(workdir: Path) -> dict[str, tuple[dict[str, Any], Any]]:
+    settings = rig_settings(workdir, backend="echo", echo_mode="turns", echo_greeting=GREETING,
+                            greeting="Hello there.")
+    async with LocalRig(settings, workdir / "truth") as rig:
+        rows = {name: await rig.place(opts, to=to, run="e2e") for name, (to, opts) in SCENARIOS.items()}
+        truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=60) for r in rows.values()])
+        docs = [await rig.settled(r["id"]) for r in rows.values()]
+    return {name: (doc, truth) for name, doc, truth in zip(rows, docs, truths, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], Any]]:
+    return asyncio.run(_run_batch(tmp_path_factory.mktemp("e2e")))
+
+
+def transitions(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(t["from"], t["to"]) for t in doc["transitions"]]
+
+
+def events(doc: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    return [e for e in doc["events"] if e["source"] == source]
+
+
+def delivered(truth: Any, kind: str = "status") -> list[dict[str, Any]]:
+    return [c for c in truth.callbacks if c["kind"] == kind and c.get("http_status") is not None]
+
+
+ANSWERED = [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "streaming"),
+            ("streaming", "in-progress"), ("in-progress", "completed")]
+
+
+def test_normal_call_to_completion(batch: dict[str, Any]) -> None:
+    doc, truth = batch["normal"]
+    assert truth.status == "completed" and doc["call"]["state"] == "completed"
+    assert transitions(doc) == ANSWERED
+    # every status callback the emulator delivered is stored, in order, each accepted once
+    stored = events(doc, "status_callback")
+    assert [e["payload"]["SequenceNumber"] for e in stored] == [str(c["seq"]) for c in delivered(truth)]
+    assert all(e["accepted"] for e in stored)
+    checks = {c["criterion"]: c["status"] for c in doc["checks"] if c["decided_by"] == "auto"}
+    for criterion in ("call_initiated", "answered_ivr_heard", "websocket_connected", "caller_hears_model",
+                      "model_hears_caller", "conversation_interactive", "audio_quality_ok",
+                      "no_latency_echo_issues"):
+        assert checks[criterion] == "pass", (criterion, doc["checks"])
+    assert checks["tunnel_exposed"] == "unknown"  # offline: no tunnel exists to judge
+
+
+def test_first_audio_and_response_latency_match_ground_truth(batch: dict[str, Any]) -> None:
+    doc, truth = batch["normal"]
+    stream = truth.stream
+    truth_first = stream["first_heard_speech_onset"]["onset_ms"]
+    assert doc["metrics"]["first_audio_heard_ms"] == pytest.approx(truth_first, abs=20)
+    heard = [h["onset_ms"] for h in stream["heard_speech"]]
+    true_latency = []
+    for seg in stream["caller_speech"]:
+        after = [h for h in heard if h > seg["end_ms"]]
+        true_latency.append(after[0] - seg["end_ms"])
+    measured = [t[2] for t in doc["analysis"]["turns"]]
+    assert len(measured) == len(true_latency) == 2
+    assert measured == pytest.approx(true_latency, abs=20)
+
+
+def test_busy(batch: dict[str, Any]) -> None:
+    doc, truth = batch["busy"]
+    assert truth.status == "busy" and doc["call"]["state"] == "busy"
+    assert transitions(doc) == [("queued", "ringing"), ("ringing", "busy")]
+    assert not events(doc, "media")
+    checks = {c["criterion"]: c["status"] for c in doc["checks"]}
+    assert checks["call_initiated"] == "pass" and checks["answered_ivr_heard"] == "fail"
+    assert checks["caller_hears_model"] == "unknown"
+
+
+def test_no_answer(batch: dict[str, Any]) -> None:
+    doc, truth = batch["no-answer"]
+    assert truth.status == "no-answer" and doc["call"]["state"] == "no-answer"
+    assert transitions(doc) == [("queued", "ringing"), ("ringing", "no-answer")]
+    completed = [e for e in events(doc, "status_callback") if e["type"] == "no-answer"]
+    assert completed and completed[0]["payload"]["SipResponseCode"] == "487"
+
+
+def test_hangup_mid_stream(batch: dict[str, Any]) -> None:
+    doc, truth = batch["hangup-mid-stream"]
+    assert truth.stream["ended"]["reason"] == "hangup"
+    assert doc["call"]["state"] == "completed" and transitions(doc) == ANSWERED
+    stop = [e for e in events(doc, "media") if e["type"] in ("stop", "ws_closed")]
+    assert len(stop) == 1
+    # the caller was cut off mid-sentence: the call lasted about as long as the fault said
+    assert doc["metrics"]["call_duration_s"] == pytest.approx(1.5 + 1.2, abs=1.5)
+
+
+def test_shuffled_and_duplicated_callbacks(batch: dict[str, Any]) -> None:
+    doc, truth = batch["shuffled-duplicated"]
+    assert doc["call"]["state"] == "completed"
+    # out of order, a late `ringing` changes nothing: the call only ever moves forward
+    rank = {"queued": 0, "ringing": 1, "in-progress": 2, "streaming": 3, "completed": 4}
+    moves = transitions(doc)
+    assert moves[-3:] == ANSWERED[-3:]
+    assert all(rank[b] > rank[a] for a, b in moves if (a, b) != ("streaming", "in-progress"))
+    sent = delivered(truth)
+    stored = events(doc, "status_callback")
+    assert len(stored) == len(sent)  # nothing lost, nothing invented
+    extra = sum(1 for c in sent if c["delivery"] in ("duplicate", "retry"))
+    assert extra >= 4
+    assert sum(1 for e in stored if e["reason"] == "duplicate") == extra
+    fired_order = sorted(sent, key=lambda c: c["seq"])
+    assert [c["seq"] for c in sent] != [c["seq"] for c in fired_order]  # they really were shuffled
+
+
+def test_bad_signature_callback_is_rejected_stored_and_harmless(batch: dict[str, Any]) -> None:
+    doc, truth = batch["bad-signature"]
+    forged = [c for c in truth.callbacks if c["delivery"] == "forged"]
+    assert len(forged) == 1 and forged[0]["http_status"] == 403
+    rejected = [e for e in events(doc, "status_callback") if e["reason"] == "bad signature"]
+    assert len(rejected) == 1 and rejected[0]["accepted"] is False
+    assert doc["call"]["state"] == "completed" and transitions(doc) == ANSWERED
+    # the forged "completed" did not end the call: the real one did, after the stream
+    ended = next(t for t in doc["transitions"] if t["to"] == "completed")
+    assert ended["trigger"] == "status_callback:completed" and ended["at"] > rejected[0]["at"]
+
+
+def test_lost_frames_counted_exactly(batch: dict[str, Any]) -> None:
+    doc, truth = batch["lost-frames"]
+    lost = truth.stream["frames_lost"]
+    assert len(lost) == 5
+    assert doc["metrics"]["lost_frames"] == 5
+    assert doc["metrics"]["inbound_gap_ms_total"] == 5 * 20
+
+
+def test_echo_path_is_flagged_with_delay_and_loss(batch: dict[str, Any]) -> None:
+    doc, truth = batch["echo-path"]
+    m = doc["metrics"]
+    assert m["echo_detected"] == 1
+    assert m["echo_delay_ms"] == pytest.approx(150, abs=5)
+    assert m["echo_return_loss_db"] == pytest.approx(12, abs=2)
+    checks = {c["criterion"]: c for c in doc["checks"] if c["decided_by"] == "auto"}
+    assert checks["no_latency_echo_issues"]["status"] == "fail"
+    assert "echo" in checks["no_latency_echo_issues"]["evidence"]
+
+
+def test_clean_calls_have_no_echo_flag(batch: dict[str, Any]) -> None:
+    for name in ("normal", "lost-frames"):
+        doc, _ = batch[name]
+        assert doc["metrics"]["echo_detected"] == 0, name
+
+
+def test_recording_holds_both_channels(batch: dict[str, Any]) -> None:
+    import wave
+
+    doc, _ = batch["normal"]
+    path = Path(doc["call"]["recording_path"])
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    rms = np.sqrt(np.mean(pcm.astype(np.float64) ** 2, axis=0))
+    assert rms[0] > 100 and rms[1] > 100  # the caller spoke (left) and the model spoke (right)
