@@ -30,11 +30,10 @@ after the events, ``ignore_invalid_triggers`` because late events are normal her
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-import logging
 
 from transitions import Machine
 

@@ -56,7 +56,7 @@ class LocalRig:
         emulator_url = await self.emulator.start()
         s = s.with_overrides(twilio_api_base_url=emulator_url)
         self.server = await start_server(s, backend=self.backend)
-        self.emulator.webhooks.routes[s.public_url] = self.server.local_url  # the emulated tunnel
+        self.emulator.webhooks.routes[s.require_public_url()] = self.server.local_url  # the emulated tunnel
         self.settings = s.with_overrides(port=self.server.port)
         self.service = CallService(Store(self.settings.db))
         return self

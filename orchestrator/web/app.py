@@ -94,18 +94,35 @@ def create_app(
         yield
         await state.backend.aclose()
 
-    async def sessions_ctx(app: web.Application) -> Any:
-        yield
-        # shutdown: end open media sessions first (they record what happened), then the sockets
+    async def interrupt_sessions(app: web.Application) -> None:
+        # on_shutdown runs before aiohttp closes open connections: end open media sessions first
+        # (each records that it was interrupted), then the sockets
         for session in list(state.sessions.values()):
             await session.interrupt("interrupted: server shutting down")
         for ws in list(state.websockets):
             await ws.close(code=1001, message=b"server shutting down")
-        if state.background:
-            await asyncio.wait(state.background, timeout=5)
 
+    async def sessions_ctx(app: web.Application) -> Any:
+        state.spawn(_warm_imports(), "warm-imports")
+        yield
+        if state.background:  # follow-up work (analysis, evaluation) finishes before the store closes
+            await asyncio.wait(state.background, timeout=10)
+
+    app.on_shutdown.append(interrupt_sessions)  # type: ignore[arg-type]
     app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx])
     return app
+
+
+async def _warm_imports() -> None:
+    """Load what startup leaves out (scipy.signal/stats for the end-of-call analysis, ~0.6 s) once the
+    server is up, off the event loop, so neither readiness nor the first call waits for it."""
+    await asyncio.sleep(0.5)
+
+    def load() -> None:
+        import bridge.analysis  # noqa: F401
+        import orchestrator.evaluation  # noqa: F401
+
+    await asyncio.to_thread(load)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -62,7 +62,10 @@ class LiveCall:
         await self.ws.close(code=1000, message=reason.encode()[:120])
 
     async def interrupt(self, reason: str) -> None:
+        """Our side is going away (shutdown): record it on the call, then stop media and the socket."""
         self.hangup_reason = reason
+        await self.state.service.record(source="local", type="interrupted", call_id=self.call["id"],
+                                        payload={"reason": reason}, detail=reason)
         await self.session.finish(reason)
         await self.ws.close(code=1001, message=b"server shutting down")
 
