@@ -27,16 +27,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bridge.analysis import MediaEvidence
 from bridge.backends.base import BackendSession
 from bridge.framing import CHUNK_SAMPLES_8K, InboundPipeline, OutboundPipeline
 from bridge.g711 import ulaw_decode
 from bridge.playout import PlayoutClock
 from bridge.protocol import Media, MediaStream
 from bridge.recorder import DualWavWriter
+
+if TYPE_CHECKING:  # bridge.analysis pulls in scipy.signal/stats (~0.6 s): only evidence() needs it
+    from bridge.analysis import MediaEvidence
 
 log = logging.getLogger(__name__)
 RATE = 8000
@@ -100,7 +103,9 @@ class MediaSession:
         self.step_ms: list[float] = []
         self.end_reason: str | None = None
         self._next_ts: int | None = None
-        self._inq: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue(self.config.max_queue_frames)
+        self._inq: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue(
+            self.config.max_queue_frames
+        )
         self._outq: deque[tuple[bytes, float, bool]] = deque()
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
@@ -109,7 +114,9 @@ class MediaSession:
         self._first_send_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._played_local = np.zeros(RATE * 10, dtype=np.int16)  # right channel, on the local clock
-        self._rec: DualWavWriter | None = DualWavWriter(self.config.recording) if self.config.recording else None
+        self._rec: DualWavWriter | None = (
+            DualWavWriter(self.config.recording) if self.config.recording else None
+        )
         self._rec_pos = 0
         self._inbound_offset: float | None = None  # local s - media s, for the recording
 
@@ -301,6 +308,8 @@ class MediaSession:
     # -- evidence --------------------------------------------------------------------------------------
 
     def evidence(self) -> MediaEvidence:
+        from bridge.analysis import MediaEvidence
+
         chunks = self.playout.chunks
         sends = np.array([(c.send_time, c.playout_start, float(c.flushed)) for c in chunks], dtype=np.float64)
         return MediaEvidence(
