@@ -10,6 +10,7 @@ so it runs both when the media ends and when the terminal callback arrives, in w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -55,15 +56,28 @@ def call_level_metrics(doc: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def thresholds() -> criteria.Thresholds:
+    """The CHECK_* thresholds from the environment, parsed once per distinct setting."""
+    return _thresholds(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("CHECK_"))))
+
+
+@functools.lru_cache(maxsize=4)
+def _thresholds(items: tuple[tuple[str, str], ...]) -> criteria.Thresholds:
+    return criteria.Thresholds.from_env(dict(items))
+
+
 def evaluate_call(service: CallService, ref: str) -> list[criteria.Verdict]:
-    call = service.store.get_call(ref)
-    doc = service.document(call["id"])
-    service.store.put_metrics(call["id"], call_level_metrics(doc), UNITS)  # type: ignore[arg-type]
-    doc = service.document(call["id"])
-    verdicts = criteria.evaluate(doc, criteria.Thresholds.from_env(os.environ))
-    with service.store.transaction():
+    """Derive the call-level metrics, decide every criterion, replace the automatic checks."""
+    store = service.store
+    doc = service.document(ref)
+    call_id = doc["call"]["id"]
+    derived = call_level_metrics(doc)
+    doc["metrics"] = {**doc["metrics"], **derived}
+    verdicts = criteria.evaluate(doc, thresholds())
+    with store.transaction():
+        store.put_metrics(call_id, derived, UNITS)
         for v in verdicts:
-            service.store.add_check(call["id"], v.criterion, v.status, v.evidence, "auto")
+            store.add_check(call_id, v.criterion, v.status, v.evidence, "auto")
     return verdicts
 
 

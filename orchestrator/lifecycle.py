@@ -195,15 +195,9 @@ def handle(state: CallState, event: CallEvent) -> Outcome:
     # second report of a fact already applied is confirmation, not a stale event.
     if (state, event.type) in _CONFIRMATIONS:
         return Outcome(True, state, state, _CONFIRMATIONS[(state, event.type)])
-    model = _CallModel()
-    _MACHINE.add_model(model, initial=state)
-    try:
-        moved = bool(getattr(model, event.type.value)())
-    finally:
-        _MACHINE.remove_model(model)
-    if not moved:
+    new_state = _TABLE[(state, event.type)]
+    if new_state is None:
         return Outcome(False, state, state, _why_ignored(state, event.type))
-    new_state = model.state
     effects: list[str] = []
     note = None
     if event.type is EventType.STREAM_STARTED and state in _PRE_ANSWER:
@@ -213,6 +207,28 @@ def handle(state: CallState, event: CallEvent) -> Outcome:
     if new_state is CallState.STREAMING:
         effects.append("stream_live")
     return Outcome(True, new_state, state, note, tuple(effects))
+
+
+def _run_machine(state: CallState, kind: EventType) -> CallState | None:
+    """Where the transitions machine takes a call in `state` on `kind` (None: no such transition)."""
+    model = _CallModel()
+    _MACHINE.add_model(model, initial=state)
+    try:
+        moved = bool(getattr(model, kind.value)())
+    finally:
+        _MACHINE.remove_model(model)
+    return model.state if moved else None
+
+
+# The machine is deterministic and has no guards, so its answer for every (state, event) pair is
+# computed once here; `handle` then costs a dict lookup (callbacks arrive by the thousand).
+_TABLE: dict[tuple[CallState, EventType], CallState | None] = {
+    (st, kind): _run_machine(st, kind)
+    for st in CallState
+    if not st.terminal
+    for kind in EventType
+    if kind not in INFORMATIVE
+}
 
 
 def _why_ignored(state: CallState, kind: EventType) -> str:

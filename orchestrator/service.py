@@ -72,6 +72,7 @@ class Recorded:
 class CallService:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._facts_cache: tuple[int, dict[str, Any]] | None = None
 
     def record(
         self,
@@ -86,14 +87,39 @@ class CallService:
         rejected: str | None = None,
         detail: str | None = None,
     ) -> Recorded:
-        """Store one raw event, then judge and apply it. `rejected` stores it as refused (bad signature)."""
+        """Store one raw event, then judge and apply it. `rejected` stores it as refused (bad signature).
+
+        One transaction: the raw row first, then the judgement inside a savepoint. If judging fails
+        (a bug), the savepoint is rolled back, the raw event is kept with the error as its reason and
+        committed, and the error is raised. The caller answers only after the commit, so a callback
+        that got its 2xx is on disk; one that did not is retried by Twilio.
+        """
         at = at or utcnow()
         payload = payload or {}
         store = self.store
-        event_id = store.insert_event(
-            source=source, type=type, at=at, payload=payload, call_id=call_id, call_sid=call_sid,
-            dedupe_key=dedupe_key,
-        )
+        with store.transaction():
+            event_id = store.insert_event(
+                source=source, type=type, at=at, payload=payload, call_id=call_id, call_sid=call_sid,
+                dedupe_key=dedupe_key,
+            )
+            try:
+                with store.savepoint():
+                    recorded = self._judge(event_id, source=source, type=type, call_id=call_id,
+                                           call_sid=call_sid, dedupe_key=dedupe_key, at=at, rejected=rejected,
+                                           detail=detail)
+            except Exception as exc:  # keep the raw event (committed below), then let the error out
+                store.judge_event(event_id, accepted=False, reason=f"error: {exc.__class__.__name__}: {exc}"[:500],
+                                  call_id=None)
+                failure: Exception | None = exc
+            else:
+                failure = None
+        if failure is not None:
+            raise failure
+        return recorded
+
+    def _judge(self, event_id: int, *, source: str, type: str, call_id: str | None, call_sid: str | None,
+               dedupe_key: str | None, at: datetime, rejected: str | None, detail: str | None) -> Recorded:
+        store = self.store
         if source == "server" and not rejected:  # facts about the server itself, not about a call
             store.judge_event(event_id, accepted=True, reason=None, call_id=None)
             return Recorded(event_id, True, None, None)
@@ -117,24 +143,24 @@ class CallService:
             return Recorded(event_id, False, reason, call)
         state = CallState(call["state"])
         outcome = lifecycle.handle(state, CallEvent(kind, at, source, detail))
-        with store.transaction():
-            updates: dict[str, Any] = {}
-            if call_sid and not call.get("call_sid"):
-                updates["call_sid"] = call_sid
-            if outcome.changed:
-                updates["state"] = outcome.state.value
-                store.record_transition(
-                    call["id"], from_state=state.value, to_state=outcome.state.value,
-                    trigger=f"{source}:{type}", at=at, event_id=event_id,
-                )
-                if outcome.state.terminal:
-                    updates["ended_at"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-                    if detail or not call.get("end_reason"):
-                        updates["end_reason"] = detail or f"{source}:{type}"
-            if updates:
-                store.update_call(call["id"], **updates)
-            store.judge_event(event_id, accepted=outcome.accepted, reason=outcome.reason, call_id=cid)
-        return Recorded(event_id, outcome.accepted, outcome.reason, store.get_call(call["id"]), outcome)
+        updates: dict[str, Any] = {}
+        if call_sid and not call.get("call_sid"):
+            updates["call_sid"] = call_sid
+        if outcome.changed:
+            updates["state"] = outcome.state.value
+            store.record_transition(
+                call["id"], from_state=state.value, to_state=outcome.state.value,
+                trigger=f"{source}:{type}", at=at, event_id=event_id,
+            )
+            if outcome.state.terminal:
+                updates["ended_at"] = iso(at)
+                if detail or not call.get("end_reason"):
+                    updates["end_reason"] = detail or f"{source}:{type}"
+        if updates:
+            store.update_call(call["id"], **updates)
+            call = {**call, **updates}
+        store.judge_event(event_id, accepted=outcome.accepted, reason=outcome.reason, call_id=cid)
+        return Recorded(event_id, outcome.accepted, outcome.reason, call, outcome)
 
     def reconcile_after_restart(self, max_call_seconds: float = 3600.0) -> list[Recorded]:
         """Calls left live by a dead process must not stay 'streaming' forever: record why they ended.
@@ -162,10 +188,14 @@ class CallService:
 
     def server_facts(self) -> dict[str, Any]:
         """What the last server start recorded (bound address, public URL, tunnel health, model load)."""
-        row = self.store.db.execute(
-            "SELECT payload FROM events WHERE source = 'server' AND type = 'listening' ORDER BY id DESC LIMIT 1"
+        row = self.store.conn.execute(
+            "SELECT id, payload FROM events WHERE source = 'server' AND type = 'listening' ORDER BY id DESC LIMIT 1"
         ).fetchone()
-        return json.loads(row[0]) if row else {}
+        if row is None:
+            return {}
+        if self._facts_cache is None or self._facts_cache[0] != row[0]:
+            self._facts_cache = (row[0], json.loads(row[1]))
+        return dict(self._facts_cache[1])
 
     def document(self, ref: str) -> dict[str, Any]:
         """The `orchestrator show CALL --json` document."""

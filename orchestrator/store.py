@@ -29,6 +29,10 @@ from sqlite_utils.migrations import Migrations
 from orchestrator.errors import StoreError, UnknownCall
 
 MIGRATION_SET = "orchestrator"
+_CALL_COLUMNS = frozenset({
+    "call_sid", "run_id", "direction", "to_number", "from_number", "state", "created_at", "updated_at",
+    "ended_at", "end_reason", "backend", "say_text", "token", "stream_sid", "recording_path", "facts",
+})
 
 
 def utcnow() -> datetime:
@@ -139,11 +143,40 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.db.atomic():
+        """One write transaction, taken IMMEDIATE: a deferred one that reads first and writes later
+        cannot wait for another writer (SQLite answers 'database is locked' at once to avoid a
+        deadlock), and other processes (`orchestrator call`, the CLI) write to this file too.
+        Nested use joins the outer transaction."""
+        if self.conn.in_transaction:
             yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested part of the current transaction that can fail alone."""
+        self.conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO part")
+            self.conn.execute("RELEASE part")
+            raise
+        self.conn.execute("RELEASE part")
 
     def close(self) -> None:
         self.conn.close()
+
+    def _rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     # -- runs and calls -----------------------------------------------------------------------------
 
@@ -186,14 +219,12 @@ class Store:
         return self.get_call(str(row["id"]))
 
     def find_call(self, *, call_id: str | None = None, call_sid: str | None = None) -> dict[str, Any] | None:
-        if call_id:
-            rows = list(self.db.table("calls").rows_where("id = ?", [call_id]))
-            if rows:
-                return rows[0]
-        if call_sid:
-            rows = list(self.db.table("calls").rows_where("call_sid = ?", [call_sid]))
-            if rows:
-                return rows[0]
+        for column, value in (("id", call_id), ("call_sid", call_sid)):
+            if value:
+                cur = self.conn.execute(f"SELECT * FROM calls WHERE {column} = ?", [value])
+                row = cur.fetchone()
+                if row is not None:
+                    return dict(zip([d[0] for d in cur.description], row, strict=True))
         return None
 
     def get_call(self, ref: str) -> dict[str, Any]:
@@ -205,7 +236,12 @@ class Store:
 
     def update_call(self, call_id: str, **fields: Any) -> None:
         fields["updated_at"] = iso(utcnow())
-        self.db.table("calls").update(call_id, fields)
+        unknown = set(fields) - _CALL_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown call column(s): {', '.join(sorted(unknown))}")
+        names = list(fields)
+        self.conn.execute(f"UPDATE calls SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
+                          [*(fields[n] for n in names), call_id])
 
     def list_calls(
         self, *, run: str | None = None, state: str | None = None, since: str | None = None, limit: int = 100
@@ -254,24 +290,12 @@ class Store:
         call_sid: str | None = None,
         dedupe_key: str | None = None,
     ) -> int:
-        return int(
-            self.db.table("events")
-            .insert(
-                {
-                    "call_id": call_id,
-                    "call_sid": call_sid,
-                    "source": source,
-                    "type": type,
-                    "at": iso(at),
-                    "dedupe_key": dedupe_key,
-                    "accepted": None,
-                    "reason": None,
-                    "payload": json.dumps(payload, default=str),
-                }
-            )
-            .last_pk
-            or 0
+        # plain SQL on the hot path: sqlite-utils' insert re-reads the table schema on every call
+        cur = self.conn.execute(
+            "INSERT INTO events (call_id, call_sid, source, type, at, dedupe_key, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [call_id, call_sid, source, type, iso(at), dedupe_key, json.dumps(payload, default=str)],
         )
+        return int(cur.lastrowid or 0)
 
     def judge_event(self, event_id: int, *, accepted: bool, reason: str | None, call_id: str | None) -> None:
         self.db.execute(
@@ -282,7 +306,7 @@ class Store:
     def dedupe_seen(self, key: str, before_id: int) -> bool:
         row = self.db.execute(
             "SELECT 1 FROM events WHERE dedupe_key = ? AND id < ? "
-            "AND (reason IS NULL OR reason NOT LIKE 'bad signature%') LIMIT 1",
+            "AND (reason IS NULL OR (reason NOT LIKE 'bad signature%' AND reason NOT LIKE 'error:%')) LIMIT 1",
             [key, before_id],
         ).fetchone()
         return row is not None
@@ -290,15 +314,9 @@ class Store:
     def record_transition(
         self, call_id: str, *, from_state: str, to_state: str, trigger: str, at: datetime, event_id: int | None
     ) -> None:
-        self.db.table("transitions").insert(
-            {
-                "call_id": call_id,
-                "from_state": from_state,
-                "to_state": to_state,
-                "trigger": trigger,
-                "at": iso(at),
-                "event_id": event_id,
-            }
+        self.conn.execute(
+            "INSERT INTO transitions (call_id, from_state, to_state, trigger, at, event_id) VALUES (?, ?, ?, ?, ?, ?)",
+            [call_id, from_state, to_state, trigger, iso(at), event_id],
         )
 
     def events_for(self, call: dict[str, Any]) -> list[dict[str, Any]]:
@@ -307,25 +325,24 @@ class Store:
         if call.get("call_sid"):
             sql += " OR (call_id IS NULL AND call_sid = ?)"
             args.append(call["call_sid"])
-        return [dict(r) for r in self.db.query(sql + " ORDER BY id", args)]
+        return self._rows(sql + " ORDER BY id", args)
 
     def transitions_for(self, call_id: str) -> list[dict[str, Any]]:
-        return list(self.db.table("transitions").rows_where("call_id = ?", [call_id], order_by="id"))
+        return self._rows("SELECT * FROM transitions WHERE call_id = ? ORDER BY id", [call_id])
 
     # -- metrics, checks, analysis ------------------------------------------------------------------
 
     def put_metrics(self, call_id: str, metrics: Mapping[str, float | None], units: Mapping[str, str]) -> None:
         now = iso(utcnow())
-        rows = [
-            {"call_id": call_id, "name": k, "value": v, "unit": units.get(k), "at": now}
-            for k, v in metrics.items()
-            if v is not None
-        ]
+        rows = [(call_id, k, v, units.get(k), now) for k, v in metrics.items() if v is not None]
         if rows:
-            self.db.table("metrics").upsert_all(rows, pk=("call_id", "name"))
+            self.conn.executemany(
+                "INSERT INTO metrics (call_id, name, value, unit, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (call_id, name) DO UPDATE SET value = excluded.value, unit = excluded.unit, "
+                "at = excluded.at", rows)
 
     def metrics_for(self, call_id: str) -> dict[str, float]:
-        return {r["name"]: r["value"] for r in self.db.table("metrics").rows_where("call_id = ?", [call_id])}
+        return {r["name"]: r["value"] for r in self._rows("SELECT name, value FROM metrics WHERE call_id = ?", [call_id])}
 
     def add_check(
         self, call_id: str, criterion: str, status: str, evidence: str, decided_by: str, note: str | None = None
@@ -333,20 +350,13 @@ class Store:
         if decided_by == "auto":
             self.db.execute("DELETE FROM checks WHERE call_id = ? AND criterion = ? AND decided_by = 'auto'",
                             [call_id, criterion])
-        self.db.table("checks").insert(
-            {
-                "call_id": call_id,
-                "criterion": criterion,
-                "status": status,
-                "evidence": evidence,
-                "decided_by": decided_by,
-                "note": note,
-                "at": iso(utcnow()),
-            }
+        self.conn.execute(
+            "INSERT INTO checks (call_id, criterion, status, evidence, decided_by, note, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [call_id, criterion, status, evidence, decided_by, note, iso(utcnow())],
         )
 
     def checks_for(self, call_id: str) -> list[dict[str, Any]]:
-        return list(self.db.table("checks").rows_where("call_id = ?", [call_id], order_by="id"))
+        return self._rows("SELECT * FROM checks WHERE call_id = ? ORDER BY id", [call_id])
 
     def put_analysis(self, call_id: str, data: dict[str, Any]) -> None:
         self.db.table("call_analysis").upsert(
@@ -364,5 +374,5 @@ class Store:
     def transcript_for(self, call_id: str) -> list[dict[str, Any]]:
         return [
             {"at_ms": r["at_ms"], "text": r["text"]}
-            for r in self.db.table("transcript").rows_where("call_id = ?", [call_id], order_by="id")
+            for r in self._rows("SELECT at_ms, text FROM transcript WHERE call_id = ? ORDER BY id", [call_id])
         ]

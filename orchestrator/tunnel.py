@@ -8,6 +8,7 @@ line. We read the program's output until such a URL appears, or fail with one cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
@@ -64,7 +65,8 @@ async def start_tunnel(program: str, local_url: str, *, timeout_s: float = 30.0,
     try:
         url = await asyncio.wait_for(_find_url(proc.stdout, pattern), timeout_s)
     except (asyncio.TimeoutError, EOFError):
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            proc.kill()
         await proc.wait()
         raise SettingsError(
             f"--tunnel {program}: no public https URL in its output within {timeout_s:.0f} s "

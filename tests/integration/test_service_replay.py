@@ -120,3 +120,26 @@ def test_restart_reconciles_live_calls(tmp_path: Path) -> None:
     # a late real callback is still kept, but changes nothing
     late = restarted.record(**cb("completed", 3))
     assert not late.accepted and late.reason == "terminal: call already failed"
+
+
+def test_a_failing_judgement_keeps_the_raw_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import lifecycle
+
+    service = CallService(Store(tmp_path / "e.db"))
+    call = service.store.create_call(direction="outbound-api", to_number=None, from_number=None)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("judge exploded")
+
+    monkeypatch.setattr(lifecycle, "handle", broken)
+    with pytest.raises(RuntimeError):
+        service.record(source="status_callback", type="ringing", call_id=call["id"], call_sid=SID,
+                       dedupe_key=f"{SID}:1", payload={"CallStatus": "ringing"})
+    rows = service.store.events_for(service.store.get_call(call["id"]))
+    assert [(r["type"], r["accepted"], r["reason"]) for r in rows] == [
+        ("ringing", 0, "error: RuntimeError: judge exploded")]
+    assert service.store.get_call(call["id"])["state"] == "queued"  # nothing half-applied
+    monkeypatch.undo()
+    retry = service.record(source="status_callback", type="ringing", call_id=call["id"], call_sid=SID,
+                           dedupe_key=f"{SID}:1", payload={"CallStatus": "ringing"})
+    assert retry.accepted  # Twilio's retry of the failed one is not taken for a duplicate
