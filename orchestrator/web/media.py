@@ -8,7 +8,6 @@ frames are counted by the sans-I/O `MediaStream` and never reach another call.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
@@ -97,28 +96,24 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_loop(state: AppState, ws: web.WebSocketResponse, stream: MediaStream) -> tuple[LiveCall | None, str]:
+    """Feed every frame to the protocol and dispatch its events until the stream ends.
+
+    One plain `receive()` per frame (this runs 50 times a second per call). When the session ends on
+    our side (budget, dead backend, the carrier hung up), its watcher closes the socket, which ends
+    the pending `receive()`.
+    """
     live: LiveCall | None = None
-    done_waiter: asyncio.Task[Any] | None = None
+    errors_seen = 0
     while True:
-        receive = asyncio.ensure_future(ws.receive())
-        waiters: set[asyncio.Future[Any]] = {receive}
-        if live is not None:
-            done_waiter = done_waiter or asyncio.ensure_future(live.session.done.wait())
-            waiters.add(done_waiter)
-        finished, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if receive not in finished:  # the session ended (budget, dead backend, remote hang-up)
-            receive.cancel()
-            return live, "session_ended"
-        msg = receive.result()
+        msg = await ws.receive()
         now = time.monotonic()
         if msg.type == WSMsgType.TEXT:
             stream.receive_text(msg.data)
         elif msg.type == WSMsgType.BINARY:
             stream.receive_bytes(msg.data)
         else:  # CLOSE, CLOSING, CLOSED, ERROR
-            if done_waiter:
-                done_waiter.cancel()
-            return live, "ws_closed"
+            ended_here = live is not None and live.session.done.is_set()
+            return live, "session_ended" if ended_here else "ws_closed"
         for ev in stream.events_received():
             if isinstance(ev, Media):
                 if live is not None:
@@ -134,11 +129,10 @@ async def _read_loop(state: AppState, ws: web.WebSocketResponse, stream: MediaSt
                 await state.service.record(source="media", type="dtmf", call_id=live.call["id"],
                                            payload={"digit": ev.digit, "track": ev.track})
             elif isinstance(ev, Stop):
-                if done_waiter:
-                    done_waiter.cancel()
                 return live, "stop"
-        if stream.errors:
-            state.prom.media_errors.inc(0)  # keep the series present
+        if stream.errors > errors_seen:
+            state.prom.media_errors.inc(stream.errors - errors_seen)
+            errors_seen = stream.errors
         if stream.close_reason:
             log.warning("closing media stream: %s", stream.close_reason)
             if live is None:
@@ -146,6 +140,14 @@ async def _read_loop(state: AppState, ws: web.WebSocketResponse, stream: MediaSt
                                            payload={"errors": [e.reason for e in stream.error_log]})
             await ws.close(code=1008, message=stream.close_reason.encode()[:120])
             return live, "protocol_errors"
+
+
+async def _close_when_done(live: LiveCall) -> None:
+    """The session ended on our side: close the socket (the TwiML's <Hangup/> then ends the call)."""
+    await live.session.done.wait()
+    if not live.ws.closed:
+        reason = live.hangup_reason or live.session.backend.ended or "session ended"
+        await live.ws.close(code=1000, message=reason.encode()[:120])
 
 
 async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStream, start: Start) -> LiveCall | None:
@@ -204,6 +206,7 @@ async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStr
     live_ref.append(live)
     state.sessions[call["id"]] = live
     session.start()
+    state.spawn(_close_when_done(live), f"watch-{call['id']}")
     return live
 
 
