@@ -6,15 +6,16 @@ status 2, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from orchestrator.commands import LazyGroup
 from orchestrator.errors import OrchestratorError
 from orchestrator.service import CallService, relative_ms
 from orchestrator.settings import Settings, mask_number
@@ -55,7 +56,7 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(out)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="moshi-call-orchestrator")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -194,8 +195,7 @@ def check(call: str | None, criterion: str | None, verdict: str | None, note: st
         from orchestrator.evaluation import evaluate_call
 
         refs = [call] if call else [r["id"] for r in store.list_calls(limit=100000)]
-        results = {ref: [v.__dict__ if hasattr(v, "__dict__") else v for v in evaluate_call(service, ref)]
-                   for ref in refs}
+        results = {ref: [dataclasses.asdict(v) for v in evaluate_call(service, ref)] for ref in refs}
         if as_json:
             emit({"recomputed": results})
         else:
@@ -211,18 +211,14 @@ def check(call: str | None, criterion: str | None, verdict: str | None, note: st
         click.echo(f"{row['id']}: {criterion} = {verdict} (manual)")
 
 
-COMMAND_MODULES: list[Callable[[click.Group], None]] = []
-
-
 def _register_optional() -> None:
-    """Commands that live in their own modules register here (keeps this file readable)."""
+    """Load every lazily registered command (for tests that inspect them all)."""
     from orchestrator import commands
 
     commands.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register_optional()
     try:
         cli.main(args=argv, prog_name="orchestrator", standalone_mode=False)
     except click.exceptions.Abort:

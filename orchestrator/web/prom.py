@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+_TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 _LATENCY_BUCKETS = (50, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000, 5000, 10000)
 _STEP_BUCKETS = (5, 10, 20, 40, 60, 80, 100, 150, 250, 500)
 
@@ -27,15 +30,23 @@ class Prom:
         self.step_ms = Histogram("orchestrator_model_step_ms", "Model step time (ms)", buckets=_STEP_BUCKETS,
                                  registry=r)
         self._states: dict[str, str] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
 
     def call_state(self, call_id: str, state: str) -> None:
         old = self._states.get(call_id)
-        if old == state:
+        if old == state or call_id in self._ended:
             return
         if old is not None:
             self.calls_by_state.labels(old).dec()
         self.calls_by_state.labels(state).inc()
-        self._states[call_id] = state
+        if state in _TERMINAL:
+            # its last state stays counted; only a bounded memory of ended calls is kept
+            self._states.pop(call_id, None)
+            self._ended[call_id] = None
+            if len(self._ended) > 10_000:
+                self._ended.popitem(last=False)
+        else:
+            self._states[call_id] = state
 
     def render(self, *, active_streams: int) -> tuple[bytes, str]:
         self.active_streams.set(active_streams)

@@ -101,3 +101,34 @@ def test_migrate_list_json(tmp_path: Path) -> None:
     out = run("migrate", "--list", "--json", db=tmp_path / "n.db")
     doc = json.loads(out.stdout)
     assert [m["name"] for m in doc["migrations"]][:2] == ["0001_initial", "0002_analysis_transcript"]
+
+
+def test_recompute_decides_every_criterion_from_stored_evidence(tmp_path: Path) -> None:
+    from orchestrator.service import CallService
+    from orchestrator.store import Store
+
+    db = tmp_path / "r.db"
+    service = CallService(Store(db))
+    call = service.store.create_call(direction="outbound-api", to_number="+14155550100", from_number=None)
+    service.record(source="rest", type="queued", call_id=call["id"], call_sid="CA" + "7" * 32)
+    service.record(source="status_callback", type="busy", call_sid="CA" + "7" * 32, dedupe_key="x:2")
+    service.store.close()
+    out = run("check", "--recompute", "--json", db=db)
+    assert out.returncode == 0, out.stderr
+    verdicts = {v["criterion"]: v for v in json.loads(out.stdout)["recomputed"][call["id"]]}
+    assert len(verdicts) == 11
+    assert verdicts["call_initiated"]["status"] == "pass"
+    assert verdicts["answered_ivr_heard"]["status"] == "fail" and "busy" in verdicts["answered_ivr_heard"]["evidence"]
+    doc = json.loads(run("show", call["id"], "--json", db=db).stdout)
+    assert {c["criterion"] for c in doc["checks"] if c["decided_by"] == "auto"} == set(verdicts)
+
+
+def test_doctor_names_what_to_fix(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "ORCHESTRATOR_DB": str(tmp_path / "d.db")}
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "doctor", "--json"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=60)
+    findings = {f["check"]: f for f in json.loads(out.stdout)["findings"]}
+    assert findings["twilio credentials"]["ok"] is False
+    assert "TWILIO_ACCOUNT_SID" in findings["twilio credentials"]["detail"]
+    assert findings["public url"]["ok"] is False and "PUBLIC_URL" in findings["public url"]["detail"]
+    assert findings["database"]["ok"] is True
