@@ -7,8 +7,6 @@ spoken with espeak-ng when no WAV is given; audio is resampled once with soxr (o
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import wave
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from bridge.backends.base import (
     SpeechBackend,
     StepOutput,
 )
+from bridge.speech import SpeechUnavailable, synthesize
 
 DEFAULT_PROMPT = "Hello, this is the playback backend. I can hear you. Goodbye for now."
 
@@ -40,17 +39,11 @@ def read_wav_float(path: Path) -> tuple[np.ndarray, int]:
 
 def speak(text: str, rate: int = SAMPLE_RATE) -> np.ndarray:
     """Text to float32 speech at `rate` with espeak-ng (blocking: call it off the event loop)."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise BackendError("espeak-ng is not installed: `apt-get install espeak-ng` (or give a WAV file)")
-    proc = subprocess.run([exe, "--stdout", "-s", "160", text], capture_output=True, check=True, timeout=30)
-    raw = proc.stdout
-    # espeak-ng writes a WAV with an unknown-length header; parse the fmt chunk for the rate
-    src_rate = int.from_bytes(raw[24:28], "little")
-    data_at = raw.find(b"data") + 8
-    pcm = np.frombuffer(raw[data_at : data_at + (len(raw) - data_at) // 2 * 2], dtype="<i2")
-    x = pcm.astype(np.float32) / 32768.0
-    return soxr.resample(x, src_rate, rate).astype(np.float32) if src_rate != rate else x
+    try:
+        pcm = synthesize(text, rate)
+    except SpeechUnavailable as exc:
+        raise BackendError(f"{exc} (or give a WAV file)") from exc
+    return pcm.astype(np.float32) / 32768.0
 
 
 class PlaybackSession(BackendSession):

@@ -8,9 +8,6 @@ phone's clock. `load_wav`, `synthesize` and `write_wav` do file/process I/O; eve
 from __future__ import annotations
 
 import functools
-import shutil
-import struct
-import subprocess
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import soxr
+
+from bridge.speech import synthesize as speech_synthesize
 
 RATE = 8000
 FRAME = 160  # samples per 20 ms media frame
@@ -43,17 +42,7 @@ def load_wav(path: str | Path) -> Pcm:
 
 def synthesize(text: str, voice: str = "en-us", words_per_minute: int = 165) -> Pcm:
     """Speak `text` with espeak-ng and return it as int16 at 8 kHz."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng) — or give a WAV instead")
-    out = subprocess.run(
-        [exe, "-v", voice, "-s", str(words_per_minute), "--stdout", text],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    ).stdout
-    rate, samples = _parse_streamed_wav(out)
-    return _to_8k(samples.astype(np.float32), rate)
+    return speech_synthesize(text, RATE, voice=voice, words_per_minute=words_per_minute)
 
 
 def write_wav(path: str | Path, pcm: Pcm, rate: int = RATE) -> None:
@@ -62,23 +51,6 @@ def write_wav(path: str | Path, pcm: Pcm, rate: int = RATE) -> None:
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
-
-
-def _parse_streamed_wav(data: bytes) -> tuple[int, npt.NDArray[np.int16]]:
-    # espeak-ng --stdout writes placeholder chunk sizes (it streams), so walk the chunks and take
-    # everything after the data header instead of trusting the sizes.
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("espeak-ng did not produce a WAV stream")
-    pos, rate = 12, 0
-    while pos + 8 <= len(data):
-        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        if tag == b"fmt ":
-            rate = struct.unpack("<I", data[pos + 12 : pos + 16])[0]
-        elif tag == b"data":
-            body = data[pos + 8 :]
-            return rate, np.frombuffer(body[: len(body) // 2 * 2], dtype="<i2")
-        pos += 8 + size
-    raise ValueError("no data chunk in espeak-ng output")
 
 
 def _to_8k(samples: npt.NDArray[np.float32], rate: int) -> Pcm:
