@@ -27,6 +27,8 @@ This module does no I/O and keeps no clock: it sees only samples.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -128,6 +130,7 @@ def _up_matrix(gain: float) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(padded.reshape(_BRANCH_TAPS, _FACTOR)[::-1], dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=16)
 def _block_matrices(up: bool, gain: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     # The same filter as two dense (B, B * out/in) matrices over non-overlapping rows of B input samples,
     # B being the history length (20 samples up, 60 down): output row j is prev @ P + cur @ C, where
@@ -155,7 +158,11 @@ def _block_matrices(up: bool, gain: float) -> tuple[npt.NDArray[np.float32], npt
             for k in range(NUM_TAPS):
                 idx = b + _FACTOR * r - k
                 (cur if idx >= b else prev)[idx % b, r] += h[k]
-    return prev.astype(np.float32), cur.astype(np.float32)
+    # built once per (direction, gain) and shared read-only by every call's resampler
+    prev32, cur32 = prev.astype(np.float32), cur.astype(np.float32)
+    prev32.setflags(write=False)
+    cur32.setflags(write=False)
+    return prev32, cur32
 
 
 def _down_vector(gain: float) -> npt.NDArray[np.float32]:
