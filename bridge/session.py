@@ -145,7 +145,10 @@ class MediaSession:
             except Exception:
                 log.exception("call %s: media task failed", self.call_id)
         self._tasks = []
-        await self.backend.close()
+        try:  # a backend that cannot close must not keep the call's evidence from being analysed
+            await asyncio.wait_for(self.backend.close(), timeout=5.0)
+        except (asyncio.TimeoutError, Exception):
+            log.exception("call %s: backend did not close cleanly", self.call_id)
         if self._rec is not None:
             self._flush_recording(final=True)
             self._rec.close()

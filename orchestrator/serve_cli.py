@@ -73,7 +73,7 @@ async def probe_health(public_url: str, timeout_s: float = 3.0) -> bool | None:
         return None
 
 
-async def serve_forever(settings: Settings, tunnel: str | None) -> None:
+async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = None) -> None:
     async with AsyncExitStack() as stack:
         if tunnel:
             from orchestrator.tunnel import start_tunnel
@@ -82,7 +82,7 @@ async def serve_forever(settings: Settings, tunnel: str | None) -> None:
             stack.push_async_callback(t.stop)
             settings = settings.with_overrides(public_url=t.public_url)
             click.echo(f"tunnel: {t.public_url}")
-        server = await start_server(settings)
+        server = await start_server(settings, backend=backend)
         stack.push_async_callback(server.stop)
         click.echo(f"listening on {server.local_url}  public URL: {settings.public_url or '(not set)'}")
         stop = asyncio.Event()
@@ -102,9 +102,18 @@ async def serve_forever(settings: Settings, tunnel: str | None) -> None:
               help="Speech backend (default $BACKEND or echo).")
 @click.option("--tunnel", type=click.Choice(["cloudflared", "ngrok"]), default=None,
               help="Start this tunnel program and use its https URL as PUBLIC_URL.")
+@click.option("--moshi-weight", type=click.Path(exists=True, path_type=Path), default=None,
+              help="moshi backend: LM weights file (instead of the Hugging Face cache).")
+@click.option("--mimi-weight", type=click.Path(exists=True, path_type=Path), default=None,
+              help="moshi backend: Mimi codec weights file.")
+@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None,
+              help="moshi backend: text tokenizer (sentencepiece .model).")
+@click.option("--lm-config", type=click.Path(exists=True, path_type=Path), default=None,
+              help="moshi backend: LM config.json.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(host: str | None, port: int | None, public_url: str | None, db: Path | None, backend: str | None,
-          tunnel: str | None, verbose: bool) -> None:
+          tunnel: str | None, moshi_weight: Path | None, mimi_weight: Path | None, tokenizer: Path | None,
+          lm_config: Path | None, verbose: bool) -> None:
     """Run the server: Twilio callbacks, TwiML, the media WebSocket, /healthz and /metrics on one port.
 
     Example: orchestrator serve --port 8080 --tunnel cloudflared
@@ -113,4 +122,19 @@ def serve(host: str | None, port: int | None, public_url: str | None, db: Path |
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env().with_overrides(host=host, port=port, public_url=public_url, db=db, backend=backend)
     settings.require_auth_token()
-    asyncio.run(serve_forever(settings, tunnel))
+    paths = {"moshi_weight": moshi_weight, "mimi_weight": mimi_weight, "tokenizer": tokenizer,
+             "lm_config": lm_config}
+    speech = None
+    if any(paths.values()):
+        if settings.backend != "moshi":
+            raise click.UsageError("--moshi-weight/--mimi-weight/--tokenizer/--lm-config need --backend moshi")
+        from bridge.backends.registry import create
+
+        speech = create(settings, moshi_config=_moshi_config(settings, paths))
+    asyncio.run(serve_forever(settings, tunnel, speech))
+
+
+def _moshi_config(settings: Settings, paths: dict[str, Path | None]) -> Any:
+    from bridge.backends.moshi import MoshiConfig
+
+    return MoshiConfig.from_settings(settings, **{k: v for k, v in paths.items() if v is not None})

@@ -50,6 +50,7 @@ class Settings:
     echo_mode: str = "delay"  # delay | turns
     echo_greeting: str | None = None
     max_lead_ms: float = 100.0
+    jitter_buffer_ms: float | None = None  # None: 20 ms (echo, playback) or 60 ms (moshi)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -86,6 +87,7 @@ class Settings:
             ("MAX_CALL_SECONDS", "max_call_seconds", float),
             ("ECHO_DELAY_MS", "echo_delay_ms", float),
             ("MAX_LEAD_MS", "max_lead_ms", float),
+            ("JITTER_BUFFER_MS", "jitter_buffer_ms", float),
         ):
             if name in env:
                 try:

@@ -193,7 +193,11 @@ async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStr
         if not ws.closed:
             await ws.send_str(text)
 
-    config = SessionConfig(max_lead_s=state.settings.max_lead_ms / 1000.0, recording=recording)
+    jitter_ms = state.settings.jitter_buffer_ms
+    if jitter_ms is None:  # a model's output comes in bursts; the echo backend's does not
+        jitter_ms = 60.0 if state.backend.name == "moshi" else 20.0
+    config = SessionConfig(max_lead_s=max(state.settings.max_lead_ms, jitter_ms + 80.0) / 1000.0,
+                           jitter_buffer_s=jitter_ms / 1000.0, recording=recording)
     live_ref: list[LiveCall] = []
 
     def on_long_gap(ts: int, missing: int) -> None:
