@@ -74,6 +74,11 @@ async def probe_health(public_url: str, timeout_s: float = 3.0) -> bool | None:
 
 
 async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = None) -> None:
+    # handlers first: a signal that arrives while starting must stop us cleanly too, not as a traceback
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         if tunnel:
             from orchestrator.tunnel import start_tunnel
@@ -85,10 +90,6 @@ async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = N
         server = await start_server(settings, backend=backend)
         stack.push_async_callback(server.stop)
         click.echo(f"listening on {server.local_url}  public URL: {settings.public_url or '(not set)'}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         click.echo("shutting down: closing open calls")
 
