@@ -110,6 +110,8 @@ TRANSITIONS: list[dict[str, Any]] = [
 #: (state, event) pairs that confirm what the state already says: accepted, no transition.
 _CONFIRMATIONS = {
     (_S.STREAMING, EventType.STREAM_STARTED): "confirms: already streaming",
+    # an inbound call is created ringing by the voice webhook; its status callback then says so too
+    (_S.RINGING, EventType.RINGING): "confirms: already ringing",
     (_S.IN_PROGRESS, EventType.STREAM_STOPPED): "confirms: stream already stopped",
 }
 

@@ -162,8 +162,13 @@ class CarrierEmulator:
             options=options or self.options_for(to),
         )
 
-    async def dial_in(self, voice_url: str, from_: str, to: str, options: CallOptions | None = None) -> str:
-        """An inbound call: POST the voice webhook (signed, Direction=inbound) and run the TwiML it returns."""
+    async def dial_in(self, voice_url: str, from_: str, to: str, options: CallOptions | None = None,
+                      status_callback: str | None = None) -> str:
+        """An inbound call: POST the voice webhook (signed, Direction=inbound) and run the TwiML it returns.
+
+        `status_callback` plays the number's configured "call status changes" webhook (Twilio sends
+        status callbacks for inbound calls only when the number has one).
+        """
         call = self._start_call(
             to=to,
             from_=from_,
@@ -171,8 +176,8 @@ class CarrierEmulator:
             url=voice_url,
             method="POST",
             direction="inbound",
-            status_callback=None,
-            events=[],
+            status_callback=status_callback,
+            events=["initiated", "ringing", "answered", "completed"] if status_callback else [],
             timeout_s=60,
             time_limit_s=14400,
             options=options or self.options_for(from_),

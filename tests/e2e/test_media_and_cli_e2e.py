@@ -65,11 +65,12 @@ async def test_inbound_call_gets_twiml_and_streams(tmp_path: Path) -> None:
                       faults=Faults(hangup_after_stream_s=2.5))
     async with LocalRig(settings, tmp_path / "truth") as rig:
         sid = await rig.emulator.dial_in(f"{settings.public_url}/twilio/voice", "+14155550177", "+15005550006",
-                                         options=far)
+                                         options=far, status_callback=f"{settings.public_url}/twilio/status")
         await rig.emulator.wait_call(sid, timeout=30)
         row = rig.service.store.get_call(sid)
-        doc = await rig.settled(row["id"], timeout_s=5)
+        doc = await rig.settled(row["id"], timeout_s=10)
     assert doc["call"]["direction"] == "inbound"
+    assert doc["call"]["state"] == "completed"  # the number's status callback reported the end
     states = [t["to"] for t in doc["transitions"]]
     assert "streaming" in states  # the voice webhook's TwiML led the carrier to our media stream
     assert any(e["source"] == "media" and e["type"] == "start" and e["accepted"] for e in doc["events"])

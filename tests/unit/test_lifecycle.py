@@ -34,7 +34,7 @@ EXPECTED: dict[CallState, dict[EventType, object]] = {
     S.RINGING: {
         E.QUEUED: STAY,
         E.INITIATED: STAY,
-        E.RINGING: X,
+        E.RINGING: STAY,
         E.ANSWERED: S.IN_PROGRESS,
         E.STREAM_STARTED: S.STREAMING,
         E.STREAM_STOPPED: X,
