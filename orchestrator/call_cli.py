@@ -32,8 +32,12 @@ def server_health(settings: Settings) -> dict[str, Any] | None:
 
 def place(settings: Settings, service: CallService, *, to: str, from_: str | None, run: str | None,
           say: str | None, timeout_s: int, record: bool, check_server: bool = True) -> dict[str, Any]:
-    """Create the call row, dial, record the outcome. Returns the call row. Raises on refusal."""
-    public_url = settings.require_public_url()
+    """Create the call row, dial, record the outcome. Returns the call row. Raises on refusal.
+
+    The running server is asked first: it must be up, not busy, and it knows the public URL it serves
+    (with `serve --tunnel`, a fresh one each start), which wins over PUBLIC_URL in the settings so the
+    TwiML always points at the tunnel that is really there.
+    """
     settings.require_twilio()
     to = check_e164(to, "TO")
     from_ = check_e164(from_ or settings.twilio_from_number or "", "TWILIO_FROM_NUMBER (or --from)")
@@ -47,6 +51,9 @@ def place(settings: Settings, service: CallService, *, to: str, from_: str | Non
         if health.get("busy"):
             raise OrchestratorError("the model is busy with another call; try again when it ends")
         backend = health.get("backend", backend)
+        if health.get("public_url"):
+            settings = settings.with_overrides(public_url=health["public_url"])
+    public_url = settings.require_public_url()
     say_text = settings.greeting if say is None else say
     store = service.store
     call = store.create_call(direction="outbound-api", to_number=to, from_number=from_, run=run, backend=backend,

@@ -98,8 +98,9 @@ async def test_orchestrator_call_sends_what_twilio_expects(tmp_path: Path) -> No
     settings = rig_settings(tmp_path, backend="echo")
     async with LocalRig(settings, tmp_path / "truth") as rig:
         rig.emulator.set_defaults(CallOptions(ring_s=0.2, faults=Faults(hangup_after_answer_s=2.0)))
+        # no PUBLIC_URL here: the running server says which public URL it serves
         code, out, err = await _cli(["call", "+14155550123", "--run", "cli", "--say", "Hi there", "--json"],
-                                    _env(rig.settings))
+                                    _env(rig.settings, PUBLIC_URL=""))
         assert code == 0, err
         placed = json.loads(out)
         call = rig.emulator.calls[placed["call_sid"]]

@@ -72,14 +72,14 @@ def test_bad_criterion_is_rejected(tmp_path: Path) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr and "not_a_criterion" in out.stderr
 
 
-def test_call_without_public_url_names_the_setting(tmp_path: Path) -> None:
+def test_call_without_settings_names_the_setting(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("")  # no .env settings
     out = subprocess.run(
         [sys.executable, "-m", "orchestrator", "call", "+14155550100"], capture_output=True, text=True,
         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "ORCHESTRATOR_DB": str(tmp_path / "x.db")},
         cwd=tmp_path, timeout=60)
-    assert out.returncode == 2 and "PUBLIC_URL is not set" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "TWILIO_ACCOUNT_SID is not set" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_manual_verdict_is_kept_beside_automatic(tmp_path: Path) -> None:
