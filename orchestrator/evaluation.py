@@ -82,7 +82,7 @@ def evaluate_call(service: CallService, ref: str) -> list[criteria.Verdict]:
 
 
 async def evaluate_call_async(state: AppState, call_id: str) -> None:
-    await state.service.run(lambda s: evaluate_call(s, call_id))
+    await state.service.run(lambda s: evaluate_call(s, call_id), background=True)
 
 
 def _levels_track(pcm: Any, offset_s: float, rate: int = 8000, win_s: float = 0.1) -> list[list[float]]:
@@ -143,6 +143,6 @@ async def finalize_media(state: AppState, call_id: str, session: MediaSession,
             service.store.add_transcript(call_id, transcript)
         evaluate_call(service, call_id)
 
-    await state.service.run(save)
+    await state.service.run(save, background=True)
     log.info("call %s: media analysed (%s)", call_id,
              ", ".join(f"{k}={v:.0f}" for k, v in metrics.items() if k in ("first_audio_heard_ms", "turns")))

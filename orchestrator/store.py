@@ -106,6 +106,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         self.conn = conn
+        self._savepoints = 0
         self.db = sqlite_utils.Database(conn)
         self._check_version()
         if migrate:
@@ -143,12 +144,17 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction, taken IMMEDIATE: a deferred one that reads first and writes later
-        cannot wait for another writer (SQLite answers 'database is locked' at once to avoid a
-        deadlock), and other processes (`orchestrator call`, the CLI) write to this file too.
-        Nested use joins the outer transaction."""
+        """One atomic unit of writes.
+
+        At the top level it is a write transaction taken IMMEDIATE: a deferred one that reads first and
+        writes later cannot wait for another writer (SQLite answers 'database is locked' at once to avoid
+        a deadlock), and other processes (`orchestrator call`, the CLI) write to this file too. Inside an
+        open transaction (the server's writer thread commits several units together) it is a savepoint:
+        still all-or-nothing, committed with the batch.
+        """
         if self.conn.in_transaction:
-            yield
+            with self.savepoint():
+                yield
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -161,14 +167,16 @@ class Store:
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested part of the current transaction that can fail alone."""
-        self.conn.execute("SAVEPOINT part")
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK TO part")
-            self.conn.execute("RELEASE part")
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
             raise
-        self.conn.execute("RELEASE part")
+        self.conn.execute(f"RELEASE {name}")
 
     def close(self) -> None:
         self.conn.close()
