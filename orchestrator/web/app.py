@@ -33,6 +33,7 @@ class AppState:
     sessions: dict[str, Any] = field(default_factory=dict)  # call id -> live MediaSession
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    analysis: Any = None  # orchestrator.evaluation.AnalysisPool, started on first use
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run slow follow-up work off the request path, keeping a reference so it is not lost."""
@@ -103,10 +104,15 @@ def create_app(
             await ws.close(code=1001, message=b"server shutting down")
 
     async def sessions_ctx(app: web.Application) -> Any:
+        from orchestrator.evaluation import AnalysisPool
+
+        state.analysis = AnalysisPool()
         state.spawn(_warm_imports(), "warm-imports")
+        state.spawn(state.analysis.warm(), "warm-analysis")
         yield
         if state.background:  # follow-up work (analysis, evaluation) finishes before the store closes
             await asyncio.wait(state.background, timeout=10)
+        await asyncio.to_thread(state.analysis.shutdown)
 
     app.on_shutdown.append(interrupt_sessions)  # type: ignore[arg-type]
     app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx])
