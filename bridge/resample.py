@@ -165,6 +165,15 @@ def _block_matrices(up: bool, gain: float) -> tuple[npt.NDArray[np.float32], npt
     return prev32, cur32
 
 
+@functools.lru_cache(maxsize=16)
+def _stacked_matrix(up: bool, gain: float) -> npt.NDArray[np.float32]:
+    """[prev; cur] as one (2B, width) matrix, shared read-only like the blocks."""
+    prev, cur = _block_matrices(up, gain)
+    stacked = np.ascontiguousarray(np.vstack((prev, cur)), dtype=np.float32)
+    stacked.setflags(write=False)
+    return stacked
+
+
 def _down_vector(gain: float) -> npt.NDArray[np.float32]:
     # y[m] = sum_k h[k] * x[3m - k]. Over xx = history(N-1) + x, with W[m, j] = xx[3m + j], this is
     # W @ h[::-1].
@@ -183,7 +192,7 @@ class StreamResampler:
     ``gain`` scales the output; the pipelines use it to fold int16 scaling into the filter for free.
     """
 
-    __slots__ = ("_coef", "_cur", "_hist", "_hist_len", "_prev", "_up", "gain", "in_rate", "out_rate")
+    __slots__ = ("_coef", "_hist", "_hist_len", "_stacked", "_up", "gain", "in_rate", "out_rate")
 
     def __init__(self, in_rate: int, out_rate: int, *, gain: float = 1.0) -> None:
         if (in_rate, out_rate) == (_RATE_LO, _RATE_HI):
@@ -196,7 +205,7 @@ class StreamResampler:
             self._hist_len = NUM_TAPS - 1
         else:
             raise ValueError(f"only 8000 <-> 24000 Hz is supported, not {in_rate} -> {out_rate}")
-        self._prev, self._cur = _block_matrices(self._up, gain)
+        self._stacked = _stacked_matrix(self._up, gain)
         self.in_rate, self.out_rate, self.gain = in_rate, out_rate, gain
         self._hist: npt.NDArray[np.float32] = np.zeros(self._hist_len, np.float32)
 
@@ -221,9 +230,10 @@ class StreamResampler:
         out: npt.NDArray[np.float32]
         b = self._hist_len
         if n % b == 0:  # whole rows (every 20 ms chunk and 80 ms frame): the block form
-            rows = xx.reshape(-1, b)
-            out = np.dot(rows[:-1], self._prev)
-            out += np.dot(rows[1:], self._cur)
+            # row j of the output = [row j-1 | row j] @ [prev; cur]: one BLAS product over an
+            # overlapping (m, 2b) view of the buffer
+            win2: npt.NDArray[np.float32] = np.ndarray((n // b, 2 * b), np.float32, xx, 0, (4 * b, 4))
+            out = np.dot(win2, self._stacked)
             return out.reshape(-1)
         if self._up:
             win: npt.NDArray[np.float32] = np.ndarray((n, _BRANCH_TAPS), np.float32, xx, 0, (4, 4))
