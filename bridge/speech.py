@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import wave
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +39,16 @@ def synthesize(text: str, rate: int = 8000, *, voice: str | None = "en-us", word
     if src_rate == rate:
         return pcm.copy()
     return np.asarray(soxr.resample(pcm, src_rate, rate, quality="HQ"), dtype=np.int16)  # int16 in, int16 out
+
+
+def read_wav_mono(path: str | Path) -> tuple[npt.NDArray[np.float32], int]:
+    """A 16-bit PCM WAV file as mono float32 samples in int16 units (channels averaged), and its rate."""
+    with wave.open(str(path), "rb") as w:
+        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        raw = w.readframes(w.getnframes())
+    if width != 2:
+        raise ValueError(f"{path}: only 16-bit PCM WAV is supported (sample width {width} bytes)")
+    return np.frombuffer(raw, dtype="<i2").reshape(-1, channels).astype(np.float32).mean(axis=1), rate
 
 
 def parse_streamed_wav(data: bytes) -> tuple[int, npt.NDArray[np.int16]]:

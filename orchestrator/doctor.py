@@ -84,7 +84,8 @@ def doctor(db: Path | None, as_json: bool) -> None:
     """
     findings = run_checks(Settings.from_env().with_overrides(db=db))
     if as_json:
-        click.echo(json.dumps({"findings": [asdict(f) for f in findings],
+        settings = Settings.from_env().with_overrides(db=db)
+        click.echo(json.dumps({"findings": [asdict(f) for f in findings], "settings": settings.redacted(),
                                "ok": all(f.ok is not False for f in findings)}, indent=2))
         return
     for f in findings:

@@ -157,10 +157,7 @@ class AnalysisPool:
     async def run(self, evidence: Any) -> tuple[dict[str, float], dict[str, Any]]:
         loop = asyncio.get_running_loop()
         try:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_lower_priority)
-            return await loop.run_in_executor(self._pool, analyse_call, evidence)
+            return await loop.run_in_executor(self._ensure(), analyse_call, evidence)
         except (BrokenProcessPool, OSError, RuntimeError) as exc:
             log.warning("analysis process unavailable (%s); analysing in a thread", exc)
             self._pool = None
@@ -169,10 +166,13 @@ class AnalysisPool:
     async def warm(self) -> None:
         """Start the process and its imports now, so the first call's end does not wait for them."""
         with contextlib.suppress(Exception):
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_lower_priority)
-            await asyncio.get_running_loop().run_in_executor(self._pool, _import_analysis)
+            await asyncio.get_running_loop().run_in_executor(self._ensure(), _import_analysis)
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_lower_priority)
+        return self._pool
 
     def shutdown(self) -> None:
         if self._pool is not None:

@@ -55,11 +55,6 @@ class CallState(str, enum.Enum):
     def terminal(self) -> bool:
         return self in TERMINAL_STATES
 
-    @property
-    def live(self) -> bool:
-        """Answered and not yet ended: a restart must reconcile such a call."""
-        return self in (CallState.IN_PROGRESS, CallState.STREAMING)
-
 
 TERMINAL_STATES = frozenset(
     {CallState.COMPLETED, CallState.BUSY, CallState.NO_ANSWER, CallState.FAILED, CallState.CANCELED}
@@ -246,6 +241,3 @@ def _destination(kind: EventType) -> CallState | None:
             return row["dest"]  # type: ignore[no-any-return]
     return None
 
-
-def is_live(state: CallState) -> bool:
-    return state.live

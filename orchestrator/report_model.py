@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.criteria import CRITERIA, Thresholds, evaluate
+from orchestrator.settings import mask_number as _mask
 
 TERMINAL_STATES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 
@@ -172,9 +173,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def mask_number(number: object) -> str:
-    """Phone numbers are personal: keep the last four digits."""
-    text = str(number or "")
-    return "…" + text[-4:] if len(text) > 4 else text
+    return _mask(number, empty="")
 
 
 def _number(value: object) -> float | None:

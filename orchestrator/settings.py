@@ -162,11 +162,12 @@ def check_e164(number: str, setting: str) -> str:
     return number
 
 
-def mask_number(number: str | None) -> str:
-    """Phone numbers at info level: keep the country code and last two digits."""
-    if not number:
-        return "-"
-    return number[:2] + "*" * max(0, len(number) - 4) + number[-2:]
+def mask_number(number: object, empty: str = "-") -> str:
+    """Phone numbers are personal: in logs, tables and reports keep only the last four digits."""
+    text = str(number or "")
+    if not text:
+        return empty
+    return "…" + text[-4:] if len(text) > 4 else text
 
 
 def _load_dotenv() -> None:

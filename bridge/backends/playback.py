@@ -7,7 +7,6 @@ spoken with espeak-ng when no WAV is given; audio is resampled once with soxr (o
 from __future__ import annotations
 
 import asyncio
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,18 @@ from bridge.backends.base import (
     SpeechBackend,
     StepOutput,
 )
-from bridge.speech import SpeechUnavailable, synthesize
+from bridge.speech import SpeechUnavailable, read_wav_mono, synthesize
 
 DEFAULT_PROMPT = "Hello, this is the playback backend. I can hear you. Goodbye for now."
 
 
 def read_wav_float(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise BackendError(f"{path}: only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit)")
-        rate, channels = w.getframerate(), w.getnchannels()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
-    if channels > 1:
-        data = data.reshape(-1, channels).mean(axis=1)
-    return data, rate
+    """The WAV as mono float32 in [-1, 1], and its rate."""
+    try:
+        samples, rate = read_wav_mono(path)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from exc
+    return samples / 32768.0, rate
 
 
 def speak(text: str, rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from bridge.speech import read_wav_mono
 from bridge.speech import synthesize as speech_synthesize
 
 RATE = 8000
@@ -31,12 +32,7 @@ Pcm = npt.NDArray[np.int16]
 
 def load_wav(path: str | Path) -> Pcm:
     """Read a PCM WAV file as mono int16 at 8 kHz (channels averaged, resampled one-shot with soxr)."""
-    with wave.open(str(path), "rb") as w:
-        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(w.getnframes())
-    if width != 2:
-        raise ValueError(f"{path}: only 16-bit PCM WAV is supported (sample width {width} bytes)")
-    samples = np.frombuffer(raw, dtype="<i2").reshape(-1, channels).astype(np.float32).mean(axis=1)
+    samples, rate = read_wav_mono(path)
     return _to_8k(samples, rate)
 
 

@@ -124,7 +124,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return web.Response(status=403, text="invalid signature\n")
     settings = state.settings
     public_url = settings.public_url or f"http://{request.host}"
-    busy = state.backend.busy or (bool(state.sessions) and state.backend.name == "moshi")
+    busy = state.backend.busy
     facts = dict(state.facts)
 
     def create(service: Any) -> Any:
