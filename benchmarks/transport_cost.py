@@ -141,9 +141,10 @@ async def _ours_full(frames: list[bytes]) -> tuple[float, list[bytes]]:
     stream.events_received()
     wire: list[bytes] = []
 
-    async def send(text: str) -> None:
-        ws.send_text(text.encode())
-        wire.extend(ws.data_to_send())
+    async def send(texts: list[str]) -> None:  # the server writes a burst's frames as one buffer
+        for text in texts:
+            ws.send_text(text.encode())
+        wire.append(b"".join(ws.data_to_send()))
 
     # No pacing hold (the lead limit is real time; this measures CPU): everything else is the real session.
     config = SessionConfig(max_lead_s=1e9, jitter_buffer_s=0.0)

@@ -59,6 +59,9 @@ def dbfs_to_rms(dbfs: float) -> float:
     return float(32768.0 * 10.0 ** (dbfs / 20.0))
 
 
+_LOUD_SUMSQ = dbfs_to_rms(_ONSET_DBFS) ** 2 * _WINDOW  # a window is loud above this sum of squares
+
+
 @dataclass(frozen=True, slots=True)
 class SpeechSegment:
     """Speech found in a stream, in samples on that stream's clock ([onset, end))."""
@@ -87,12 +90,20 @@ class SpeechDetector:
 
     def feed(self, frame: npt.NDArray[np.generic]) -> int | None:
         """Consume samples; return the onset sample index if a segment started in them."""
-        self._pending = np.concatenate([self._pending, np.asarray(frame, dtype=np.float32)])
+        x = np.asarray(frame, dtype=np.float32)
+        if len(self._pending):
+            x = np.concatenate((self._pending, x))
+        whole = len(x) - len(x) % _WINDOW
+        self._pending = x[whole:]
+        if not whole:
+            return None
+        # Every complete window's energy in one product (the caller feeds 2 windows per 20 ms frame;
+        # np.mean per window was a fifth of an emulated caller's CPU). Compared as sums of squares:
+        # RMS > threshold  <=>  sum(x^2) > threshold^2 * window.
+        w = x[:whole].reshape(-1, _WINDOW)
+        loud_flags = (np.einsum("ij,ij->i", w, w) > _LOUD_SUMSQ).tolist()
         started = None
-        threshold = dbfs_to_rms(_ONSET_DBFS)
-        while len(self._pending) >= _WINDOW:
-            window, self._pending = self._pending[:_WINDOW], self._pending[_WINDOW:]
-            loud = float(np.sqrt(np.mean(window * window))) > threshold
+        for loud in loud_flags:
             start, self._pos = self._pos, self._pos + _WINDOW
             if loud:
                 self._quiet = 0

@@ -21,6 +21,7 @@ from bridge.protocol import Dtmf, Mark, Media, MediaStream, Start, Stop
 from bridge.session import MediaSession, SessionConfig
 from orchestrator.twiml import media_url
 from orchestrator.web.app import STATE, AppState
+from orchestrator.web.wswrite import BatchSender
 
 log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
@@ -85,7 +86,7 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
     live: LiveCall | None = None
     end = "ws_closed"
     try:
-        live, end = await _read_loop(state, ws, stream)
+        live, end = await _read_loop(state, ws, stream, BatchSender(ws, request.transport))
     finally:
         state.websockets.discard(ws)
         if live is not None:
@@ -95,7 +96,9 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _read_loop(state: AppState, ws: web.WebSocketResponse, stream: MediaStream) -> tuple[LiveCall | None, str]:
+async def _read_loop(
+    state: AppState, ws: web.WebSocketResponse, stream: MediaStream, sender: BatchSender
+) -> tuple[LiveCall | None, str]:
     """Feed every frame to the protocol and dispatch its events until the stream ends.
 
     One plain `receive()` per frame (this runs 50 times a second per call). When the session ends on
@@ -122,7 +125,7 @@ async def _read_loop(state: AppState, ws: web.WebSocketResponse, stream: MediaSt
                 if live is not None:
                     live.session.on_mark(ev.name, now)
             elif isinstance(ev, Start):
-                live = await _on_start(state, ws, stream, ev)
+                live = await _on_start(state, ws, stream, ev, sender)
                 if live is None:
                     return None, "start_rejected"
             elif isinstance(ev, Dtmf) and live is not None:
@@ -150,7 +153,9 @@ async def _close_when_done(live: LiveCall) -> None:
         await live.ws.close(code=1000, message=reason.encode()[:120])
 
 
-async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStream, start: Start) -> LiveCall | None:
+async def _on_start(
+    state: AppState, ws: web.WebSocketResponse, stream: MediaStream, start: Start, sender: BatchSender
+) -> LiveCall | None:
     params = start.custom_parameters
     call_id, token = params.get("call_id"), params.get("token")
     payload = {"streamSid": start.stream_sid, "callSid": start.call_sid, "tracks": list(start.tracks),
@@ -189,10 +194,6 @@ async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStr
     if rec.call:
         state.prom.call_state(call["id"], rec.call["state"])
 
-    async def send(text: str) -> None:
-        if not ws.closed:
-            await ws.send_str(text)
-
     jitter_ms = state.settings.jitter_buffer_ms
     if jitter_ms is None:  # a model's output comes in bursts; the echo backend's does not
         jitter_ms = 60.0 if state.backend.name == "moshi" else 20.0
@@ -204,7 +205,7 @@ async def _on_start(state: AppState, ws: web.WebSocketResponse, stream: MediaStr
         state.spawn(state.service.record(source="media", type="long_gap", call_id=call["id"],
                                          payload={"timestamp_ms": ts, "missing_ms": missing}), "gap")
 
-    session = MediaSession(call_id=call["id"], stream=stream, backend=backend_session, send=send, config=config,
+    session = MediaSession(call_id=call["id"], stream=stream, backend=backend_session, send=sender.send, config=config,
                            on_text=lambda at, s: live_ref[0].transcript.append((at, s)), on_long_gap=on_long_gap)
     live = LiveCall(state, ws, call, session, start)
     live_ref.append(live)
