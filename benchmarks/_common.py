@@ -54,6 +54,25 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def proc_cpu_split_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+def steal_s() -> float:
+    """CPU seconds the hypervisor gave to other guests, summed over every CPU, since boot (0 if unknown).
+
+    On a shared virtual machine this is the noise in every latency figure: time our processes were
+    runnable and a CPU was not ours to run them on.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / _TICKS if len(fields) > 8 else 0.0
+    except (OSError, ValueError):
+        return 0.0
+
+
 def proc_rss_mb(pid: int) -> float:
     """Resident memory of a process in MiB (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, header, pct, proc_cpu_s, proc_rss_mb
+from _common import ROOT, header, pct, proc_cpu_s, proc_cpu_split_s, proc_rss_mb, steal_s
 
 ACCOUNT = "AC" + "b" * 32
 TOKEN = "bench-token-" + "0" * 20
@@ -208,10 +208,25 @@ def run_round(
             )
         )
         children.append((subprocess.Popen(_py("--role", "call", str(spec), str(out)), env=_env()), out))
-    samples = []  # (t, cpu s, rss MiB)
+    samples = []  # (t, server cpu s, rss MiB, server (user, sys) s, callers' cpu s, steal s)
     deadline = started + seconds + 90
     while any(p.poll() is None for p, _ in children) and time.monotonic() < deadline:
-        samples.append((time.monotonic() - started, proc_cpu_s(server_pid), proc_rss_mb(server_pid)))
+        callers = 0.0
+        for p, _ in children:
+            try:
+                callers += proc_cpu_s(p.pid)
+            except (OSError, IndexError):  # exited between poll and read: its last reading is lost
+                pass
+        samples.append(
+            (
+                time.monotonic() - started,
+                proc_cpu_s(server_pid),
+                proc_rss_mb(server_pid),
+                proc_cpu_split_s(server_pid),
+                callers,
+                steal_s(),
+            )
+        )
         time.sleep(0.5)
     for p, _ in children:
         if p.poll() is None:
@@ -227,7 +242,13 @@ def run_round(
     # steady window: every call streaming (after ring + stagger), before the first hang-up
     lo, hi = 0.2 + min(2.0, 0.04 * n) + 1.0, 0.2 + seconds - 0.5
     win = [s for s in samples if lo <= s[0] <= hi]
-    cpu_pct = 100 * (win[-1][1] - win[0][1]) / (win[-1][0] - win[0][0]) if len(win) > 1 else float("nan")
+    nan = float("nan")
+    span = win[-1][0] - win[0][0] if len(win) > 1 else nan
+    cpu_pct = 100 * (win[-1][1] - win[0][1]) / span if len(win) > 1 else nan
+    sys_pct = 100 * (win[-1][3][1] - win[0][3][1]) / span if len(win) > 1 else nan
+    callers_pct = 100 * (win[-1][4] - win[0][4]) / span if len(win) > 1 else nan
+    # steal over the machine's CPUs: the share of the box other guests took while we measured
+    steal_pct = 100 * (win[-1][5] - win[0][5]) / span / (os.cpu_count() or 1) if len(win) > 1 else nan
     peak_rss = max((s[2] for s in win), default=float("nan"))
     time.sleep(3.0)  # let the post-call analysis finish before the idle reading
     return {
@@ -235,6 +256,9 @@ def run_round(
         "truths": truths,
         "sessions": sessions,
         "cpu_pct": cpu_pct,
+        "sys_pct": sys_pct,
+        "callers_pct": callers_pct,
+        "steal_pct": steal_pct,
         "idle_rss": idle_rss,
         "peak_rss": peak_rss,
         "after_rss": proc_rss_mb(server_pid),
@@ -288,6 +312,12 @@ def report(r: dict[str, Any], seconds: float) -> dict[str, float]:
         f"{row['after_rss']:6.1f} {row['per_call_mb']:5.2f}  {row['caller_late_max']:6.1f}"
         + (f"  {len(errors)} calls not completed cleanly" if errors else "")
     )
+    print(
+        f"      server CPU {r['cpu_pct']:.1f} % of a core ({r['sys_pct']:.1f} % in the kernel); "
+        f"caller processes {r['callers_pct']:.1f} % ({10 * r['callers_pct'] / n:.2f} ms per call-second); "
+        f"steal {r['steal_pct']:.1f} % of the machine (other guests' time: noise in every latency here)"
+    )
+    row.update(callers_pct=r["callers_pct"], steal_pct=r["steal_pct"], sys_pct=r["sys_pct"])
     return row
 
 
