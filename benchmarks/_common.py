@@ -81,6 +81,23 @@ def proc_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def calibration_ms() -> float:
+    """CPU ms for a fixed pure-Python loop (best of 5): this machine's speed right now, for comparing runs.
+
+    Absolute figures from different days or machines are comparable only scaled by this: the shared
+    dev boxes have varied by 4x (an idle EPYC vs a Xeon with a busy hypervisor).
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        x = 0
+        for i in range(200_000):
+            x += i
+        best = min(best, time.process_time() - started)
+    return best * 1e3
+
+
 def header(title: str, quick: bool) -> None:
     print(f"{title}{' (--quick)' if quick else ''}")
-    print(f"  {time.strftime('%Y-%m-%d %H:%M')}; {machine()}\n")
+    print(f"  {time.strftime('%Y-%m-%d %H:%M')}; {machine()}")
+    print(f"  calibration: a 200k-iteration Python loop takes {calibration_ms():.1f} ms CPU (best of 5)\n")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, TypeAlias
 
+import orjson
+
 from bridge.errors import INVALID_MESSAGE, RemoteProtocolError
 
 _Obj: TypeAlias = dict[str, Any]
@@ -337,9 +339,12 @@ _OUTBOUND: dict[str, Callable[[_Obj], OutboundMessage]] = {
 
 
 def _load(text: str) -> tuple[_Obj, str]:
+    # orjson: 50 frames a second per call each way, and its parse is ~3x cheaper than json.loads
+    # (6.0 -> 1.9 us for a media frame, benchmarks/README.md). It is also stricter, which suits a
+    # validator: NaN, Infinity and lone surrogates are errors, and deep nesting is a ValueError.
     try:
-        d = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested thousands deep
+        d = orjson.loads(text)
+    except (ValueError, RecursionError):
         raise _invalid(None, "not JSON") from None
     if not isinstance(d, dict):
         raise _invalid(None, "not a JSON object")
