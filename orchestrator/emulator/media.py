@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
@@ -48,12 +49,13 @@ from orchestrator.emulator.audio import (
     Turn,
     room_impulse_response,
 )
+from orchestrator.emulator.clock import FRAME_S, FrameClock, grid_index, grid_time
 from orchestrator.emulator.faults import Faults, FramePlan
 
 logger = logging.getLogger(__name__)
 
-FRAME_S = FRAME / RATE
 _SILENCE = b"\xff" * FRAME
+_CALLER_VAD_BATCH = 25  # frames (0.5 s)
 USER_AGENT = "Twilio.TmeWs/1.0"
 
 
@@ -162,6 +164,7 @@ class MediaStreamClient:
         self.buffer = PlayoutBuffer()
         self.plan = FramePlan(faults)
         self.heard_vad, self.caller_vad = SpeechDetector(), SpeechDetector()
+        self._caller_frames: list[npt.NDArray[np.float32]] = []  # not yet through caller_vad
         echo = faults.echo
         rir = room_impulse_response(echo.rt60_s, faults.seed) if echo and echo.room else None
         self.echo = EchoPath(echo.delay_ms, echo.loss_db, rir) if echo else None
@@ -174,6 +177,8 @@ class MediaStreamClient:
         self._chunk = 0  # media chunks numbered (sent or about to be)
         self._t0 = 0.0
         self._wall0 = 0.0
+        self._n0 = 0  # the media clock's origin on the shared grid (clock.py)
+        self._k = 0  # the next frame to play
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -210,7 +215,12 @@ class MediaStreamClient:
             self.call_sid,
             custom_parameters=dict(self.spec.parameters),
         )
-        self._t0, self._wall0 = time.monotonic(), time.time()
+        # The phone's media clock starts on the next instant of the shared 20 ms grid (clock.py).
+        self._n0 = grid_index(time.monotonic())
+        self._t0 = grid_time(self._n0)
+        if (wait := self._t0 - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        self._wall0 = time.time() - (time.monotonic() - self._t0)
         await ws.send(start.serialize())
         self.truth["start_sent"] = {"mono": self._t0, "wall": self._wall0}
         self.truth.update(frames=0, frames_sent=0, frames_lost=[], marks=[], clears=[], warnings=[])
@@ -239,22 +249,25 @@ class MediaStreamClient:
         return reason
 
     async def _ticker(self) -> str:
-        """The phone's clock: one frame every 20 ms on absolute deadlines (no drift from sleep overshoot)."""
-        k = 0
-        while True:
-            deadline = self._t0 + k * FRAME_S
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._tick(k, deadline)
-            k += 1
-            elapsed = k * FRAME_S
+        """The phone's clock: one frame every 20 ms on absolute deadlines, driven by the shared grid."""
+        self._k = 0
+        reason = self._due(self._n0)  # frame 0 is due now, with the start
+        return reason if reason is not None else await FrameClock.current().run(self._due)
+
+    def _due(self, n: int) -> str | None:
+        """Play every frame due by grid instant `n` (a late clock catches up in order); why it ended, if so."""
+        while self._k <= n - self._n0:
+            k = self._k
+            self._tick(k, self._t0 + k * FRAME_S)
+            self._k = k + 1
+            elapsed = self._k * FRAME_S
             limit = self.faults.hangup_after_stream_s
             if limit is not None and elapsed >= limit:
                 self.truth["hangup_fault_at_ms"] = round(elapsed * 1000, 3)
                 return "hangup"
             if self.hangup_after_turns and self.script.done:
                 return "caller-done"
+        return None
 
     def _tick(self, k: int, deadline: float) -> None:
         heard, finished = self.buffer.play(FRAME)
@@ -264,7 +277,11 @@ class MediaStreamClient:
         heard_pcm = ulaw_decode(heard)
         self.heard_vad.feed(heard_pcm)
         mic = self.script.next_frame(self.heard_vad.current_onset is not None)
-        self.caller_vad.feed(mic)
+        # Nothing reads the caller's own speech segments until the call ends (the script follows what
+        # the phone *heard*), so they are found in batches: one detector pass per half second.
+        self._caller_frames.append(mic)
+        if len(self._caller_frames) >= _CALLER_VAD_BATCH:
+            self._feed_caller_vad()
         if self.echo is not None:
             self.echo.feed(heard_pcm)
             mic = mic + self.echo.take(FRAME)
@@ -281,6 +298,11 @@ class MediaStreamClient:
         chunk = self._chunk
         media = Media(self._next_seq(), self.stream_sid, "inbound", chunk, k * 20, ulaw_encode(pcm))
         self._outbox.put_nowait((deadline + fate.delay_s, media.serialize()))
+
+    def _feed_caller_vad(self) -> None:
+        if self._caller_frames:
+            self.caller_vad.feed(np.concatenate(self._caller_frames))
+            self._caller_frames.clear()
 
     def _echo_mark(self, name: str, flushed: bool = False) -> None:
         self._outbox.put_nowait((0.0, Mark(self._next_seq(), self.stream_sid, name).serialize()))
@@ -345,6 +367,7 @@ class MediaStreamClient:
         t["ended"] = {"reason": reason, **_stamp(time.monotonic(), self._t0, self._wall0)}
 
         heard = self.heard_pcm()
+        self._feed_caller_vad()
 
         def segments(vad: SpeechDetector, pcm: Pcm | None = None) -> list[dict[str, float]]:
             out = []
