@@ -49,11 +49,11 @@ from orchestrator.emulator.audio import (
     Turn,
     room_impulse_response,
 )
-from orchestrator.emulator.clock import FRAME_S, FrameClock, grid_index, grid_time
 from orchestrator.emulator.faults import Faults, FramePlan
 
 logger = logging.getLogger(__name__)
 
+FRAME_S = FRAME / RATE
 _SILENCE = b"\xff" * FRAME
 _CALLER_VAD_BATCH = 25  # frames (0.5 s)
 USER_AGENT = "Twilio.TmeWs/1.0"
@@ -177,8 +177,6 @@ class MediaStreamClient:
         self._chunk = 0  # media chunks numbered (sent or about to be)
         self._t0 = 0.0
         self._wall0 = 0.0
-        self._n0 = 0  # the media clock's origin on the shared grid (clock.py)
-        self._k = 0  # the next frame to play
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -215,12 +213,7 @@ class MediaStreamClient:
             self.call_sid,
             custom_parameters=dict(self.spec.parameters),
         )
-        # The phone's media clock starts on the next instant of the shared 20 ms grid (clock.py).
-        self._n0 = grid_index(time.monotonic())
-        self._t0 = grid_time(self._n0)
-        if (wait := self._t0 - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-        self._wall0 = time.time() - (time.monotonic() - self._t0)
+        self._t0, self._wall0 = time.monotonic(), time.time()
         await ws.send(start.serialize())
         self.truth["start_sent"] = {"mono": self._t0, "wall": self._wall0}
         self.truth.update(frames=0, frames_sent=0, frames_lost=[], marks=[], clears=[], warnings=[])
@@ -249,25 +242,22 @@ class MediaStreamClient:
         return reason
 
     async def _ticker(self) -> str:
-        """The phone's clock: one frame every 20 ms on absolute deadlines, driven by the shared grid."""
-        self._k = 0
-        reason = self._due(self._n0)  # frame 0 is due now, with the start
-        return reason if reason is not None else await FrameClock.current().run(self._due)
-
-    def _due(self, n: int) -> str | None:
-        """Play every frame due by grid instant `n` (a late clock catches up in order); why it ended, if so."""
-        while self._k <= n - self._n0:
-            k = self._k
-            self._tick(k, self._t0 + k * FRAME_S)
-            self._k = k + 1
-            elapsed = self._k * FRAME_S
+        """The phone's clock: one frame every 20 ms on absolute deadlines (no drift from sleep overshoot)."""
+        k = 0
+        while True:
+            deadline = self._t0 + k * FRAME_S
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._tick(k, deadline)
+            k += 1
+            elapsed = k * FRAME_S
             limit = self.faults.hangup_after_stream_s
             if limit is not None and elapsed >= limit:
                 self.truth["hangup_fault_at_ms"] = round(elapsed * 1000, 3)
                 return "hangup"
             if self.hangup_after_turns and self.script.done:
                 return "caller-done"
-        return None
 
     def _tick(self, k: int, deadline: float) -> None:
         heard, finished = self.buffer.play(FRAME)
