@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 FRAME_S = FRAME / RATE
 _SILENCE = b"\xff" * FRAME
 _CALLER_VAD_BATCH = 25  # frames (0.5 s)
+_ZEROS: Pcm = np.zeros(FRAME, np.int16)
+_ZEROS.setflags(write=False)
 USER_AGENT = "Twilio.TmeWs/1.0"
 
 
@@ -264,8 +266,13 @@ class MediaStreamClient:
         for name in finished:
             self._echo_mark(name)
         self.heard.append(heard)
-        heard_pcm = ulaw_decode(heard)
-        self.heard_vad.feed(heard_pcm)
+        heard_pcm: Pcm
+        if heard == _SILENCE:  # nothing queued to play (half of a call): no decode, no detector arithmetic
+            heard_pcm = _ZEROS
+            self.heard_vad.feed_quiet(FRAME)
+        else:
+            heard_pcm = ulaw_decode(heard)
+            self.heard_vad.feed(heard_pcm)
         mic = self.script.next_frame(self.heard_vad.current_onset is not None)
         # Nothing reads the caller's own speech segments until the call ends (the script follows what
         # the phone *heard*), so they are found in batches: one detector pass per half second.
@@ -277,7 +284,10 @@ class MediaStreamClient:
             mic = mic + self.echo.take(FRAME)
         if self.noise is not None:
             mic = mic + self.noise.take(FRAME)
-        pcm = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
+        if self.echo is None and self.noise is None:  # the script's int16 samples, exactly
+            pcm = mic.astype(np.int16)
+        else:
+            pcm = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
         self.sent_pcm.append(pcm)
         self.truth["frames"] = k + 1
         fate = self.plan.fate(k + 1)

@@ -99,3 +99,23 @@ def test_caller_script_times_out_without_an_answer() -> None:
 def test_cli_help_has_an_example() -> None:
     result = CliRunner().invoke(emulator, ["--help"])
     assert result.exit_code == 0 and "Example:" in result.output and "--route" in result.output
+
+
+def test_feeding_silence_the_quick_way_leaves_the_detector_as_feeding_zeros_does() -> None:
+    rng = np.random.default_rng(7)
+    quick, slow = SpeechDetector(), SpeechDetector()
+    for step in range(300):
+        if rng.random() < 0.5:  # speech-like noise of random length (partial windows included)
+            x = (rng.standard_normal(int(rng.integers(1, 1200))) * 3000).astype(np.int16)
+            assert quick.feed(x) == slow.feed(x)
+        else:  # a run of silent frames, sometimes after a partial window (the quick way then falls back)
+            for _ in range(int(rng.integers(1, 40))):
+                assert quick.feed_quiet(FRAME) == slow.feed(np.zeros(FRAME, np.int16))
+        assert quick.current_onset == slow.current_onset, step
+        assert vars_of(quick) == vars_of(slow), step
+    assert quick.finish() == slow.finish() and len(slow.segments) > 3
+
+
+def vars_of(d: SpeechDetector) -> tuple[object, ...]:
+    return (d._pos, len(d._pending), d._run_start if d._run_len else None, d._run_len, d._quiet,
+            d._last_loud_end, d.current_onset, list(d.segments))
