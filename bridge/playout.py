@@ -21,6 +21,11 @@ Theory of operation:
   whole run in, history included: contiguous audio that ended earlier also started earlier. This keeps
   the played track a clean time shift of what was sent, which the echo meter depends on.
 - A new run inherits the last offset as its first guess and refines it with its own echoes.
+- The path is the same for every run; only Twilio's 20 ms packet phase differs between them. So no
+  run's offset can be more than one packet later than the best offset any echo has shown: read back,
+  a run's offset is capped at (the call's minimum measured offset + 20 ms). This matters for short runs
+  whose only echo came late (a loaded box: an early run cut by an underrun, its one mark echoed 80 ms
+  late), which would otherwise shift all of that run's audio, first audio included, by the lateness.
 - `lead(now)` = audio queued ahead of playout = raw end of the run - now (the offset cancels: a chunk
   sent now would also land `offset` later). The session paces sending to keep it under a small
   maximum: more lead is more latency, none risks underruns.
@@ -38,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 
 _EPS = 1e-9  # float slack, seconds: contiguous chunks must not count as underruns
+PACKET_S = 0.02  # Twilio's packet clock: how far apart two runs' playout phases can be
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +218,18 @@ class PlayoutClock:
 
     # -- what the metrics read --
 
+    def run_offsets(self) -> list[float]:
+        """Each run's offset as the metrics read it: its own estimate, capped at the best measured + 1 packet."""
+        measured = [o for o, m in zip(self._offsets, self._measured, strict=True) if m]
+        if not measured:
+            return list(self._offsets)
+        cap = min(measured) + PACKET_S
+        return [min(o, cap) for o in self._offsets]
+
     @property
     def chunks(self) -> list[ChunkRecord]:
         """Every chunk sent, in order, with its current playout estimate."""
-        offsets = self._offsets
+        offsets = self.run_offsets()
         return [
             ChunkRecord(s, raw + offsets[run], n, rate, played)
             for s, raw, run, n, rate, played in zip(
@@ -238,4 +252,4 @@ class PlayoutClock:
         offset = index - self._first[k]
         if offset >= self._played[k]:
             return None
-        return self._raw[k] + self._offsets[self._run[k]] + offset / self._rate[k]
+        return self._raw[k] + self.run_offsets()[self._run[k]] + offset / self._rate[k]

@@ -242,3 +242,29 @@ def test_playout_never_overlaps_and_each_gap_is_one_underrun(sends: list[tuple[f
         assert cur.playout_start >= prev.playout_end - 1e-12  # never two chunks at once
         gaps += cur.playout_start > prev.playout_end + 1e-9
     assert clock.underruns == gaps
+
+
+def test_a_short_run_whose_only_echo_came_late_is_held_within_a_packet_of_the_path() -> None:
+    # true path offset 10 ms for every run (Twilio's packet phase may add up to 20 ms to a run)
+    clock = PlayoutClock()
+    for _ in range(3):  # run 0: 60 ms of audio, then the sender stalls (an underrun)
+        clock.on_send(0.0, CHUNK)
+    clock.mark_sent("a", 0.0)
+    clock.on_mark_echo("a", 0.06 + 0.010 + 0.080)  # its one echo came 80 ms late (a loaded box)
+    assert clock.chunks[0].playout_start == pytest.approx(0.09)  # alone, the run believes it
+    for k in range(20):  # run 1, after the underrun: contiguous audio, echoes on time
+        clock.on_send(0.2 + k * D, CHUNK)
+        if k % 5 == 4:
+            clock.mark_sent(f"b{k}", 0.2 + k * D)
+            clock.on_mark_echo(f"b{k}", 0.2 + (k + 1) * D + 0.010)
+    assert clock.underruns == 1
+    starts = [c.playout_start for c in clock.chunks]
+    assert starts[0] == pytest.approx(0.030)  # capped: the path's 10 ms plus at most one packet
+    assert starts[3] == pytest.approx(0.2 + 0.010)  # run 1 is its own measurement
+    assert clock.playout_time_of_sample(0) == pytest.approx(0.030)
+    # with one run only there is nothing to cap against: the estimate is the run's own
+    alone = PlayoutClock()
+    alone.on_send(0.0, CHUNK)
+    alone.mark_sent("x", 0.0)
+    alone.on_mark_echo("x", 0.1)
+    assert alone.chunks[0].playout_start == pytest.approx(0.08)
