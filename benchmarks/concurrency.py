@@ -87,6 +87,7 @@ async def serve(db: Path, port_file: Path, stats_file: Path, recordings: Path) -
     )
     server = await start_server(settings)
     state = server.app[STATE]
+    await asyncio.wait_for(state.warmed.wait(), 60)  # the first round must not share the GIL with imports
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     port_file.write_text(str(server.port))  # noqa: ASYNC240 - once, at start

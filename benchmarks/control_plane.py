@@ -59,6 +59,9 @@ async def serve_real(db: Path, port_file: Path) -> None:
         greeting="",
     )
     server = await start_server(settings)
+    from orchestrator.web.app import STATE
+
+    await asyncio.wait_for(server.app[STATE].warmed.wait(), 60)  # load only once the import thread is done
     await _until_term(server.port, port_file)
     await server.stop()
 

@@ -12,6 +12,7 @@ reaches the server through a route, as a tunnel would. Used by `orchestrator dem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from pathlib import Path
@@ -59,6 +60,13 @@ class LocalRig:
         self.emulator.webhooks.routes[s.require_public_url()] = self.server.local_url  # the emulated tunnel
         self.settings = s.with_overrides(port=self.server.port)
         self.service = CallService(Store(self.settings.db))
+        # The server imports its analysis modules in a thread just after start; a call timed through that
+        # import shares the GIL with it (the same process holds the emulator's phones here), so the rig
+        # dials only once the server is warm.
+        from orchestrator.web.app import STATE
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.server.app[STATE].warmed.wait(), timeout=60)
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

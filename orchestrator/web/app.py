@@ -34,6 +34,9 @@ class AppState:
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     analysis: Any = None  # orchestrator.evaluation.AnalysisPool, started on first use
+    # set once the post-start warm-up (analysis imports, analysis process) is over: until then a thread
+    # importing scipy holds the GIL in bursts. Harnesses that time calls (the rig, the benchmarks) wait.
+    warmed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run slow follow-up work off the request path, keeping a reference so it is not lost."""
@@ -107,8 +110,7 @@ def create_app(
         from orchestrator.evaluation import AnalysisPool
 
         state.analysis = AnalysisPool()
-        state.spawn(_warm_imports(), "warm-imports")
-        state.spawn(state.analysis.warm(), "warm-analysis")
+        state.spawn(_warm_up(state), "warm-up")
         yield
         if state.background:  # follow-up work (analysis, evaluation) finishes before the store closes
             await asyncio.wait(state.background, timeout=10)
@@ -119,16 +121,21 @@ def create_app(
     return app
 
 
-async def _warm_imports() -> None:
+async def _warm_up(state: AppState) -> None:
     """Load what startup leaves out (scipy.signal/stats for the end-of-call analysis, ~0.6 s) once the
-    server is up, off the event loop, so neither readiness nor the first call waits for it."""
-    await asyncio.sleep(0.5)
+    server is up, off the event loop, so neither readiness nor the first call waits for it; start the
+    analysis process meanwhile. `state.warmed` is set when both are done (or failed: nothing waits on
+    the warm-up for correctness, only for quiet timing)."""
+    try:
+        await asyncio.sleep(0.5)
 
-    def load() -> None:
-        import bridge.analysis  # noqa: F401
-        import orchestrator.evaluation  # noqa: F401
+        def load() -> None:
+            import bridge.analysis  # noqa: F401
+            import orchestrator.evaluation  # noqa: F401
 
-    await asyncio.to_thread(load)
+        await asyncio.gather(asyncio.to_thread(load), state.analysis.warm())
+    finally:
+        state.warmed.set()
 
 
 async def healthz(request: web.Request) -> web.Response:
