@@ -144,8 +144,13 @@ def truth_lines(docs: list[dict[str, Any]], truths: list[Any]) -> list[str]:
         lost = stream.get("frames_lost")
         lines.append(f"  {doc['call']['id']}: state {doc['call']['state']} (carrier: {getattr(truth, 'status', '?')})")
         if first.get("onset_ms") is not None and m.get("first_audio_heard_ms") is not None:
-            lines.append(f"    first audio heard: truth {first['onset_ms']:.0f} ms, "
-                         f"measured {m['first_audio_heard_ms']:.0f} ms")
+            # the metric counts from our receipt of `start`, the truth from the phone's: put both on the
+            # phone's clock with the server's own inbound clock offset (the start's transit)
+            transit = -(m.get("inbound_media_offset_ms") or 0.0)
+            lines.append(f"    first audio heard (from the phone's stream start): truth {first['onset_ms']:.0f} ms, "
+                         f"measured {m['first_audio_heard_ms'] + transit:.0f} ms "
+                         f"({m['first_audio_heard_ms']:.0f} ms after the server received start, "
+                         f"which came {transit:.0f} ms after the phone's)")
         latencies = true_latencies(stream)
         measured = [t[2] for t in (doc.get("analysis") or {}).get("turns", [])]
         if latencies or measured:
