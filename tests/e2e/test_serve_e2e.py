@@ -20,6 +20,7 @@ from orchestrator.emulator import CallOptions, Faults
 from orchestrator.rig import LocalRig, rig_settings
 from orchestrator.service import CallService
 from orchestrator.store import Store
+from orchestrator.web.app import STATE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,10 +67,13 @@ async def test_server_stopped_mid_call_records_it_as_interrupted(tmp_path: Path)
     async with LocalRig(settings, tmp_path / "truth") as rig:
         rig.emulator.set_defaults(CallOptions(ring_s=0.1, faults=Faults(hangup_after_stream_s=30)))
         row = await rig.place()
-        for _ in range(200):
-            if rig.service.store.get_call(row["id"])["state"] == "streaming":
+        live = rig.server.app[STATE].sessions
+        for _ in range(400):  # mid-call: streaming, and the media session is up (the stream-started
+            # callback can arrive before the WebSocket's `start` has been handled)
+            if row["id"] in live and rig.service.store.get_call(row["id"])["state"] == "streaming":
                 break
             await asyncio.sleep(0.05)
+        assert row["id"] in live
         await rig.server.stop()  # what SIGTERM does in `orchestrator serve`
         call = rig.service.store.get_call(row["id"])
         assert call["state"] == "failed"
