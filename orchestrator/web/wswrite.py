@@ -6,19 +6,20 @@ media session sends its 20 ms chunks and marks in bursts (an 80 ms model frame i
 mark), so this writes each burst as one buffer of complete frames instead: at 50 echo calls on the 2-core
 dev box the per-message writes were about a tenth of the server's event loop (py-spy, benchmarks/README.md).
 
-The frames are RFC 6455 section 5.2 server frames: FIN set, opcode 1 (text), no mask (a server never
-masks), no extension bits (the media socket never negotiates permessage-deflate). Every write holds whole
-frames, so they interleave safely with aiohttp's own writes on the same transport (pongs, the close frame).
+The frames are serialized by the `websockets` package's own frame codec as RFC 6455 server frames: FIN
+set, opcode text, no mask (a server never masks), no extensions (the media socket never negotiates
+permessage-deflate). Every write holds whole frames, so they interleave safely with aiohttp's own writes on
+the same transport (pongs, the close frame).
 Nothing is written once aiohttp considers the socket closed, since a close frame may already be out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Iterable
 
 from aiohttp import web
+from websockets.frames import Frame, Opcode
 
 #: Above this many bytes waiting in the transport, the peer is reading slower than we send: wait for it.
 WRITE_BUFFER_LIMIT = 64 * 1024
@@ -27,29 +28,17 @@ _DRAIN_POLL_S = 0.01
 
 def text_frames(texts: Iterable[str]) -> bytes:
     """The wire bytes of one unmasked, unfragmented text frame per message, in order."""
-    parts: list[bytes] = []
-    for text in texts:
-        payload = text.encode("utf-8")
-        n = len(payload)
-        if n < 126:
-            parts.append(bytes((0x81, n)))
-        elif n < 1 << 16:
-            parts.append(struct.pack("!BBH", 0x81, 126, n))
-        else:
-            parts.append(struct.pack("!BBQ", 0x81, 127, n))
-        parts.append(payload)
-    return b"".join(parts)
+    return b"".join(Frame(Opcode.TEXT, t.encode("utf-8")).serialize(mask=False, extensions=[]) for t in texts)
 
 
 class BatchSender:
     """`await send(texts)` writes the messages to `ws` as one buffer (see the module docstring)."""
 
-    __slots__ = ("_transport", "_ws", "writes")
+    __slots__ = ("_transport", "_ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
         self._ws = ws
         self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
-        self.writes = 0
 
     async def send(self, texts: list[str]) -> None:
         ws, transport = self._ws, self._transport
@@ -62,7 +51,6 @@ class BatchSender:
         if transport.is_closing():
             return
         transport.write(text_frames(texts))
-        self.writes += 1
         # Paced audio keeps the buffer near empty; if it grows, the peer has stopped reading: hold the
         # sender until the kernel takes it (or the socket goes), rather than queueing without bound.
         # (Polled: the transport has no public event to await, and aiohttp's drain is private.)
