@@ -48,16 +48,15 @@ def load() -> str:
     return f"load avg {one:.2f} (1 min) {five:.2f} (5 min)"
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
 def proc_cpu_split_s(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    return sum(proc_cpu_split_s(pid))
 
 
 def steal_s() -> float:
