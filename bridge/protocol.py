@@ -45,13 +45,41 @@ from bridge.messages import (
 )
 
 __all__ = [
-    "MULAW_8K_MONO", "Clear", "Connected", "Dtmf", "ErrorRecord", "InboundMessage", "Mark", "Media",
-    "MediaFormat", "MediaStream", "OutboundMark", "OutboundMedia", "OutboundMessage", "Start", "Stop",
-    "StreamState", "parse_inbound", "parse_outbound",
+    "MAX_COUNTER",
+    "MAX_GAP_MS",
+    "MAX_TIMESTAMP_MS",
+    "MULAW_8K_MONO",
+    "Clear",
+    "Connected",
+    "Dtmf",
+    "ErrorRecord",
+    "InboundMessage",
+    "Mark",
+    "Media",
+    "MediaFormat",
+    "MediaStream",
+    "OutboundMark",
+    "OutboundMedia",
+    "OutboundMessage",
+    "Start",
+    "Stop",
+    "StreamState",
+    "parse_inbound",
+    "parse_outbound",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: A media frame's timestamp may run at most this far past the end of the audio before it (or past 0
+#: for the first frame). Lost audio shows as such a jump (20 ms per lost frame) and is filled with
+#: silence so the model's clock keeps running; a jump beyond this is not a lossy line but a broken or
+#: hostile peer (one frame saying 10^8 ms would ask for 800 MB of silence): a protocol error that ends
+#: the stream. Five seconds is far beyond any gap a live call survives (Twilio plays nothing meanwhile).
+MAX_GAP_MS = 5_000
+#: Twilio ends a call after 24 hours at most: no stream timestamp can be later than this.
+MAX_TIMESTAMP_MS = 24 * 3600 * 1000
+#: sequenceNumber and media.chunk count messages (50 a second): a signed 32-bit range is ~500 days.
+MAX_COUNTER = 2**31 - 1
 
 
 # --- the server side of one stream --------------------------------------------------------------------
@@ -77,6 +105,12 @@ _TRANSITIONS: dict[tuple[StreamState, type[InboundMessage]], StreamState] = {
 }
 
 
+def _check_range(field: str, value: int, limit: int) -> int:
+    if value > limit:
+        raise _invalid(field, f"{value} is out of range (at most {limit})")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorRecord:
     code: int
@@ -99,6 +133,8 @@ class MediaStream:
     valid `start` - Twilio sends `connected` and `start` first thing, so a peer that cannot is not
     Twilio; `max_consecutive_errors` (default 50, one second of 20 ms frames) invalid frames in a row
     with no valid one between. A bad `mediaFormat` in `start` closes at once: we only speak mu-law/8000.
+    So does a media `timestamp` that jumps more than `MAX_GAP_MS` past the audio before it. Every
+    number is range-checked (`MAX_COUNTER`, `MAX_TIMESTAMP_MS`): a frame out of range is dropped.
     """
 
     ERROR_LOG_SIZE = 16
@@ -127,6 +163,7 @@ class MediaStream:
         self.frames_sent = 0
         self.sequence_gaps = 0  # discontinuities in sequenceNumber: skipped, repeated or reordered
         self._last_seq: int | None = None
+        self._media_end_ms = 0  # end of the latest inbound audio, on the stream's media clock
         self._consecutive_errors = 0
         self._errors_before_start = 0
         self._events: list[InboundMessage] = []
@@ -178,10 +215,24 @@ class MediaStream:
         elif msg.stream_sid != self.stream_sid:
             raise _invalid("streamSid", "not this stream's SID")
         if not isinstance(msg, Connected):
+            _check_range("sequenceNumber", msg.sequence_number, MAX_COUNTER)
+            if isinstance(msg, Media):
+                self._check_media(msg)
             self._track_sequence(msg.sequence_number)
         self.state = nxt
         self._consecutive_errors = 0
         self._events.append(msg)
+
+    def _check_media(self, msg: Media) -> None:
+        _check_range("media.chunk", msg.chunk, MAX_COUNTER)
+        ts = msg.timestamp_ms
+        jump = ts - self._media_end_ms
+        if jump > MAX_GAP_MS:
+            reason = f"media.timestamp jumped {jump} ms past the audio before it (limit {MAX_GAP_MS} ms)"
+            self.close_reason = self.close_reason or reason
+            raise _invalid("media.timestamp", reason)
+        _check_range("media.timestamp", ts, MAX_TIMESTAMP_MS)
+        self._media_end_ms = max(self._media_end_ms, ts + len(msg.payload) * 1000 // 8000)
 
     def _track_sequence(self, seq: int) -> None:
         last = self._last_seq

@@ -21,6 +21,7 @@ the moment `start` was received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -32,10 +33,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bridge.backends.base import BackendSession
+from bridge.errors import RemoteProtocolError
 from bridge.framing import CHUNK_SAMPLES_8K, InboundPipeline, OutboundPipeline
 from bridge.g711 import ulaw_decode
 from bridge.playout import PlayoutClock
-from bridge.protocol import Media, MediaStream
+from bridge.protocol import MAX_GAP_MS, Media, MediaStream
 from bridge.recorder import DualWavWriter
 
 if TYPE_CHECKING:  # bridge.analysis pulls in scipy.signal/stats (~0.6 s): only evidence() needs it
@@ -55,6 +57,10 @@ class SessionConfig:
     max_queue_frames: int = 25  # 2 s of 80 ms frames waiting for the backend
     recording: Path | None = None
     record_lag_s: float = 0.5  # write the recording this far behind now (playout estimates settle)
+    # A line is causal: audio cannot arrive before it was spoken, so a timestamp this far ahead of the
+    # time since `start` is a broken or hostile peer, not jitter (None: unchecked, for replays that feed
+    # recorded audio faster than real time). The server sets it to MAX_GAP_MS.
+    max_media_ahead_s: float | None = None
 
 
 @dataclass
@@ -102,6 +108,7 @@ class MediaSession:
         self.late_frames = 0
         self.step_ms: list[float] = []
         self.end_reason: str | None = None
+        self.failure: str | None = None  # why a media task died, when one did
         self._next_ts: int | None = None
         self._inq: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue(
             self.config.max_queue_frames
@@ -130,6 +137,24 @@ class MediaSession:
             loop.create_task(self._worker(), name=f"backend-{self.call_id}"),
             loop.create_task(self._sender(), name=f"sender-{self.call_id}"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        # A direction that dies (a write to a reset socket, a backend that raised, MemoryError) must not
+        # leave the call half-alive: the whole session ends, and the socket's watcher closes the stream,
+        # so the reader takes the normal end-of-stream path.
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.failure = (
+            self.failure or f"{task.get_name().split('-')[0]} failed: {exc.__class__.__name__}: {exc}"[:300]
+        )
+        if self.end_reason is None:
+            self.end_reason = self.failure
+        log.error("call %s: %s", self.call_id, self.failure, exc_info=exc)
+        self._done.set()
+        self._wake.set()
 
     async def finish(self, reason: str) -> None:
         """Stop both directions, close the backend and the recording. Safe to call twice."""
@@ -145,16 +170,24 @@ class MediaSession:
             except asyncio.CancelledError:
                 pass
             except Exception:
-                log.exception("call %s: media task failed", self.call_id)
+                pass  # logged and recorded in `failure` by _task_ended
         self._tasks = []
         try:  # a backend that cannot close must not keep the call's evidence from being analysed
             await asyncio.wait_for(self.backend.close(), timeout=5.0)
         except (asyncio.TimeoutError, Exception):
             log.exception("call %s: backend did not close cleanly", self.call_id)
         if self._rec is not None:
-            self._flush_recording(final=True)
-            self._rec.close()
-            self._rec = None
+            rec, self._rec = self._rec, None
+            try:  # a full disk loses the recording, not the call's evidence
+                self._rec = rec
+                self._flush_recording(final=True)
+            except Exception as exc:
+                self.failure = self.failure or f"recording failed: {exc.__class__.__name__}: {exc}"[:300]
+                log.exception("call %s: recording not finished", self.call_id)
+            finally:
+                self._rec = None
+                with contextlib.suppress(Exception):
+                    rec.close()
 
     @property
     def done(self) -> asyncio.Event:
@@ -163,8 +196,23 @@ class MediaSession:
     # -- inbound (called by the socket reader for each message, in order) ---------------------------
 
     def on_media(self, msg: Media, now: float) -> None:
+        """Take one inbound media message. Raises `RemoteProtocolError` for a timestamp that cannot be
+        real (ahead of the wall clock, or a jump past `MAX_GAP_MS`): the caller ends the stream."""
         rel = now - self.t0
         ts = msg.timestamp_ms
+        ahead = self.config.max_media_ahead_s
+        if ahead is not None and ts > (rel + ahead) * 1000.0:
+            raise RemoteProtocolError(
+                f"media.timestamp {ts} ms is {ts - rel * 1000.0:.0f} ms ahead of the "
+                f"time since start (limit {ahead * 1000.0:.0f} ms)",
+                field="media.timestamp",
+            )
+        if (
+            ts - (self._next_ts or 0) > MAX_GAP_MS
+        ):  # MediaStream refuses these first; a guard for other feeders
+            raise RemoteProtocolError(
+                f"media.timestamp jumped past the limit of {MAX_GAP_MS} ms", field="media.timestamp"
+            )
         self.arrivals.append((rel, ts))
         payload = msg.payload
         if self._next_ts is not None and ts < self._next_ts:
@@ -183,7 +231,7 @@ class MediaSession:
         self.inbound_codes[pos : pos + len(payload)] = payload
         self._next_ts = ts + len(payload) * 1000 // RATE
         if self._inbound_offset is None:
-            self._inbound_offset = rel - ts / 1000
+            self._inbound_offset = rel - ts / 1000 - len(payload) / RATE  # sent after its last sample
         frames += self.inbound.push(payload)
         for frame in frames:
             self._enqueue(frame, now)

@@ -45,6 +45,8 @@ _OTHER_EVENTS: dict[tuple[str, str], EventType] = {
     ("local", "refused_busy"): EventType.INITIATED,
     ("local", "backend_ended"): EventType.INITIATED,
     ("media", "long_gap"): EventType.INITIATED,
+    ("media", "protocol_error"): EventType.INITIATED,  # the stream is then ended (ws_closed)
+    ("local", "media_error"): EventType.INITIATED,
 }
 
 
@@ -101,17 +103,34 @@ class CallService:
         store = self.store
         with store.transaction():
             event_id = store.insert_event(
-                source=source, type=type, at=at, payload=payload, call_id=call_id, call_sid=call_sid,
+                source=source,
+                type=type,
+                at=at,
+                payload=payload,
+                call_id=call_id,
+                call_sid=call_sid,
                 dedupe_key=dedupe_key,
             )
             try:
                 with store.savepoint():
-                    recorded = self._judge(event_id, source=source, type=type, call_id=call_id,
-                                           call_sid=call_sid, dedupe_key=dedupe_key, at=at, rejected=rejected,
-                                           detail=detail)
+                    recorded = self._judge(
+                        event_id,
+                        source=source,
+                        type=type,
+                        call_id=call_id,
+                        call_sid=call_sid,
+                        dedupe_key=dedupe_key,
+                        at=at,
+                        rejected=rejected,
+                        detail=detail,
+                    )
             except Exception as exc:  # keep the raw event (committed below), then let the error out
-                store.judge_event(event_id, accepted=False, reason=f"error: {exc.__class__.__name__}: {exc}"[:500],
-                                  call_id=None)
+                store.judge_event(
+                    event_id,
+                    accepted=False,
+                    reason=f"error: {exc.__class__.__name__}: {exc}"[:500],
+                    call_id=None,
+                )
                 failure: Exception | None = exc
             else:
                 failure = None
@@ -119,8 +138,19 @@ class CallService:
             raise failure
         return recorded
 
-    def _judge(self, event_id: int, *, source: str, type: str, call_id: str | None, call_sid: str | None,
-               dedupe_key: str | None, at: datetime, rejected: str | None, detail: str | None) -> Recorded:
+    def _judge(
+        self,
+        event_id: int,
+        *,
+        source: str,
+        type: str,
+        call_id: str | None,
+        call_sid: str | None,
+        dedupe_key: str | None,
+        at: datetime,
+        rejected: str | None,
+        detail: str | None,
+    ) -> Recorded:
         store = self.store
         if source == "server" and not rejected:  # facts about the server itself, not about a call
             store.judge_event(event_id, accepted=True, reason=None, call_id=None)
@@ -151,8 +181,12 @@ class CallService:
         if outcome.changed:
             updates["state"] = outcome.state.value
             store.record_transition(
-                call["id"], from_state=state.value, to_state=outcome.state.value,
-                trigger=f"{source}:{type}", at=at, event_id=event_id,
+                call["id"],
+                from_state=state.value,
+                to_state=outcome.state.value,
+                trigger=f"{source}:{type}",
+                at=at,
+                event_id=event_id,
             )
             if outcome.state.terminal:
                 updates["ended_at"] = iso(at)
@@ -178,7 +212,9 @@ class CallService:
         for call in self.store.calls_to_reconcile(cutoff):
             done.append(
                 self.record(
-                    source="local", type="interrupted", call_id=call["id"],
+                    source="local",
+                    type="interrupted",
+                    call_id=call["id"],
                     payload={"found_state": call["state"]},
                     detail=f"interrupted: found {call['state']} at server start; the media stream was lost "
                     "when the previous server process stopped",
@@ -205,18 +241,30 @@ class CallService:
         call = store.get_call(ref)
         facts = {**self.server_facts(), **json.loads(call.get("facts") or "{}")}
         doc_call = {
-            "id": call["id"], "call_sid": call["call_sid"], "direction": call["direction"],
-            "to": call["to_number"], "from": call["from_number"], "state": call["state"],
-            "run": store.run_label(call["run_id"]), "created_at": call["created_at"],
-            "ended_at": call["ended_at"], "end_reason": call["end_reason"], "backend": call["backend"],
-            "say_text": call["say_text"], "recording_path": call["recording_path"],
+            "id": call["id"],
+            "call_sid": call["call_sid"],
+            "direction": call["direction"],
+            "to": call["to_number"],
+            "from": call["from_number"],
+            "state": call["state"],
+            "run": store.run_label(call["run_id"]),
+            "created_at": call["created_at"],
+            "ended_at": call["ended_at"],
+            "end_reason": call["end_reason"],
+            "backend": call["backend"],
+            "say_text": call["say_text"],
+            "recording_path": call["recording_path"],
             "stream_sid": call["stream_sid"],
         }
         events = [
             {
-                "id": e["id"], "source": e["source"], "type": e["type"], "at": e["at"],
+                "id": e["id"],
+                "source": e["source"],
+                "type": e["type"],
+                "at": e["at"],
                 "accepted": None if e["accepted"] is None else bool(e["accepted"]),
-                "reason": e["reason"], "payload": _redact(json.loads(e["payload"] or "{}")),
+                "reason": e["reason"],
+                "payload": _redact(json.loads(e["payload"] or "{}")),
             }
             for e in store.events_for(call)
         ]
@@ -229,8 +277,14 @@ class CallService:
             "events": events,
             "metrics": store.metrics_for(call["id"]),
             "checks": [
-                {"criterion": c["criterion"], "status": c["status"], "evidence": c["evidence"],
-                 "decided_by": c["decided_by"], "note": c["note"], "at": c["at"]}
+                {
+                    "criterion": c["criterion"],
+                    "status": c["status"],
+                    "evidence": c["evidence"],
+                    "decided_by": c["decided_by"],
+                    "note": c["note"],
+                    "at": c["at"],
+                }
                 for c in store.checks_for(call["id"])
             ],
             "facts": facts,

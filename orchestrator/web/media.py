@@ -16,8 +16,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from twilio.request_validator import RequestValidator
 
-from bridge.backends.base import BackendBusy, BackendError
-from bridge.protocol import Dtmf, Mark, Media, MediaStream, Start, Stop
+from bridge.backends.base import BackendBusy
+from bridge.errors import RemoteProtocolError
+from bridge.protocol import MAX_GAP_MS, Dtmf, Mark, Media, MediaStream, Start, Stop
 from bridge.session import MediaSession, SessionConfig
 from orchestrator.twiml import media_url
 from orchestrator.web.app import STATE, AppState
@@ -45,8 +46,14 @@ def handshake_problem(state: AppState, request: web.Request) -> str | None:
 class LiveCall:
     """The glue between one socket, one call row and one media session."""
 
-    def __init__(self, state: AppState, ws: web.WebSocketResponse, call: dict[str, Any], session: MediaSession,
-                 start: Start) -> None:
+    def __init__(
+        self,
+        state: AppState,
+        ws: web.WebSocketResponse,
+        call: dict[str, Any],
+        session: MediaSession,
+        start: Start,
+    ) -> None:
         self.state = state
         self.ws = ws
         self.call = call
@@ -64,8 +71,13 @@ class LiveCall:
     async def interrupt(self, reason: str) -> None:
         """Our side is going away (shutdown): record it on the call, then stop media and the socket."""
         self.hangup_reason = reason
-        await self.state.service.record(source="local", type="interrupted", call_id=self.call["id"],
-                                        payload={"reason": reason}, detail=reason)
+        await self.state.service.record(
+            source="local",
+            type="interrupted",
+            call_id=self.call["id"],
+            payload={"reason": reason},
+            detail=reason,
+        )
         await self.session.finish(reason)
         await self.ws.close(code=1001, message=b"server shutting down")
 
@@ -74,8 +86,12 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     problem = handshake_problem(state, request)
     if problem:
-        await state.service.record(source="media", type="handshake", rejected=problem,
-                                   payload={"peer": request.remote, "path": request.path})
+        await state.service.record(
+            source="media",
+            type="handshake",
+            rejected=problem,
+            payload={"peer": request.remote, "path": request.path},
+        )
         return web.Response(status=403, text="invalid signature\n")
     # compress=False: never negotiate permessage-deflate (Twilio does not use it; base64 mu-law does not
     # compress), else zlib runs on every frame both ways when a client offers it.
@@ -83,66 +99,118 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     state.websockets.add(ws)
     stream = MediaStream(max_frame_bytes=MAX_FRAME)
-    live: LiveCall | None = None
-    end = "ws_closed"
+    reader = _Reader()
     try:
-        live, end = await _read_loop(state, ws, stream, BatchSender(ws, request.transport))
+        await _read_loop(state, ws, stream, BatchSender(ws, request.transport), reader)
+    except Exception as exc:  # MemoryError included: whatever broke, this stream ends the normal way
+        reader.end = "internal_error"
+        reader.problem = f"{exc.__class__.__name__}: {exc}"[:300]
+        log.exception("media stream failed (%s)", reader.live.call["id"] if reader.live else "no call yet")
+        if not ws.closed:
+            await ws.close(code=1011, message=b"internal error")
     finally:
         state.websockets.discard(ws)
-        if live is not None:
-            await _end_live_call(state, live, end, stream)
-        elif not ws.closed:
-            await ws.close()
+        if reader.live is not None:
+            await _end_live_call(state, reader.live, reader.end, stream, reader.problem)
+        else:
+            if reader.problem:
+                await state.service.record(
+                    source="media",
+                    type="media_error",
+                    rejected=reader.problem,
+                    payload={"peer": request.remote},
+                )
+            if not ws.closed:
+                await ws.close()
     return ws
 
 
+class _Reader:
+    """What the read loop leaves behind for the end-of-stream path, even when it raised."""
+
+    __slots__ = ("end", "live", "problem")
+
+    def __init__(self) -> None:
+        self.live: LiveCall | None = None
+        self.end = "ws_closed"
+        self.problem: str | None = None  # a protocol error or an exception that ended the stream
+
+
 async def _read_loop(
-    state: AppState, ws: web.WebSocketResponse, stream: MediaStream, sender: BatchSender
-) -> tuple[LiveCall | None, str]:
+    state: AppState, ws: web.WebSocketResponse, stream: MediaStream, sender: BatchSender, reader: _Reader
+) -> None:
     """Feed every frame to the protocol and dispatch its events until the stream ends.
 
     One plain `receive()` per frame (this runs 50 times a second per call). When the session ends on
     our side (budget, dead backend, the carrier hung up), its watcher closes the socket, which ends
-    the pending `receive()`.
+    the pending `receive()`. Sets `reader.live` as soon as a call is live and `reader.end` to why the
+    loop returned, so that whatever happens the caller ends the call through one path.
     """
-    live: LiveCall | None = None
     errors_seen = 0
     while True:
         msg = await ws.receive()
         now = time.monotonic()
+        live = reader.live
         if msg.type == WSMsgType.TEXT:
             stream.receive_text(msg.data)
         elif msg.type == WSMsgType.BINARY:
             stream.receive_bytes(msg.data)
         else:  # CLOSE, CLOSING, CLOSED, ERROR
             ended_here = live is not None and live.session.done.is_set()
-            return live, "session_ended" if ended_here else "ws_closed"
+            reader.end = "session_ended" if ended_here else "ws_closed"
+            return
         for ev in stream.events_received():
             if isinstance(ev, Media):
                 if live is not None:
-                    live.session.on_media(ev, now)
+                    try:
+                        live.session.on_media(ev, now)
+                    except RemoteProtocolError as exc:  # a timestamp that cannot be real: end this stream
+                        stream.close_reason = stream.close_reason or exc.reason
+                        break
             elif isinstance(ev, Mark):
                 if live is not None:
                     live.session.on_mark(ev.name, now)
             elif isinstance(ev, Start):
-                live = await _on_start(state, ws, stream, ev, sender)
+                live = reader.live = await _on_start(state, ws, stream, ev, sender)
                 if live is None:
-                    return None, "start_rejected"
+                    reader.end = "start_rejected"
+                    return
             elif isinstance(ev, Dtmf) and live is not None:
-                await state.service.record(source="media", type="dtmf", call_id=live.call["id"],
-                                           payload={"digit": ev.digit, "track": ev.track})
+                await state.service.record(
+                    source="media",
+                    type="dtmf",
+                    call_id=live.call["id"],
+                    payload={"digit": ev.digit, "track": ev.track},
+                )
             elif isinstance(ev, Stop):
-                return live, "stop"
+                reader.end = "stop"
+                return
         if stream.errors > errors_seen:
             state.prom.media_errors.inc(stream.errors - errors_seen)
             errors_seen = stream.errors
         if stream.close_reason:
-            log.warning("closing media stream: %s", stream.close_reason)
+            log.warning(
+                "closing media stream %s: %s", live.call["id"] if live else "(no call)", stream.close_reason
+            )
             if live is None:
-                await state.service.record(source="media", type="garbage", rejected=stream.close_reason,
-                                           payload={"errors": [e.reason for e in stream.error_log]})
+                await state.service.record(
+                    source="media",
+                    type="garbage",
+                    rejected=stream.close_reason,
+                    payload={"errors": [e.reason for e in stream.error_log]},
+                )
+            else:
+                reader.problem = stream.close_reason
+                await state.service.record(
+                    source="media",
+                    type="protocol_error",
+                    call_id=live.call["id"],
+                    payload={"reason": stream.close_reason, "errors": [e.reason for e in stream.error_log]},
+                    detail=stream.close_reason,
+                )
             await ws.close(code=1008, message=stream.close_reason.encode()[:120])
-            return live, "protocol_errors"
+            reader.end = "protocol_errors"
+            return
 
 
 async def _close_when_done(live: LiveCall) -> None:
@@ -158,8 +226,12 @@ async def _on_start(
 ) -> LiveCall | None:
     params = start.custom_parameters
     call_id, token = params.get("call_id"), params.get("token")
-    payload = {"streamSid": start.stream_sid, "callSid": start.call_sid, "tracks": list(start.tracks),
-               "customParameters": {k: ("(redacted)" if k == "token" else v) for k, v in params.items()}}
+    payload = {
+        "streamSid": start.stream_sid,
+        "callSid": start.call_sid,
+        "tracks": list(start.tracks),
+        "customParameters": {k: ("(redacted)" if k == "token" else v) for k, v in params.items()},
+    }
     call = await state.service.run(lambda s: s.store.find_call(call_id=call_id) if call_id else None)
     reason = None
     if call is None:
@@ -176,37 +248,82 @@ async def _on_start(
             backend_session = await state.backend.open_session(call["id"], state.settings.max_call_seconds)
         except BackendBusy as exc:
             reason = f"model busy: {exc}"
-        except BackendError as exc:
-            reason = f"backend failed to start: {exc}"
+        except Exception as exc:  # BackendError or a bug: whatever it raised, this start is refused cleanly
+            reason = f"backend failed to start: {exc.__class__.__name__}: {exc}"[:300]
     if reason is not None or call is None or backend_session is None:
-        await state.service.record(source="media", type="start_rejected", call_id=call_id,
-                                   call_sid=start.call_sid, payload=payload, rejected=reason)
+        await state.service.record(
+            source="media",
+            type="start_rejected",
+            call_id=call_id,
+            call_sid=start.call_sid,
+            payload=payload,
+            rejected=reason,
+        )
         log.warning("media start rejected: %s", reason)
         await ws.close(code=1008, message=(reason or "rejected").encode()[:120])
         return None
-    rec = await state.service.record(source="media", type="start", call_id=call["id"], call_sid=start.call_sid,
-                                     payload=payload)
+    try:
+        return await _go_live(state, ws, stream, start, sender, call, backend_session, payload)
+    except BaseException:  # nothing is live yet: give the backend slot back before the error goes on
+        await backend_session.close()
+        raise
+
+
+async def _go_live(
+    state: AppState,
+    ws: web.WebSocketResponse,
+    stream: MediaStream,
+    start: Start,
+    sender: BatchSender,
+    call: dict[str, Any],
+    backend_session: Any,
+    payload: dict[str, Any],
+) -> LiveCall:
+    rec = await state.service.record(
+        source="media", type="start", call_id=call["id"], call_sid=start.call_sid, payload=payload
+    )
     recording = None
     if state.settings.recordings_dir is not None:
         recording = Path(state.settings.recordings_dir) / f"{call['id']}.wav"
-    await state.service.run(lambda s: s.store.update_call(
-        call["id"], stream_sid=start.stream_sid, recording_path=str(recording) if recording else None))
+    await state.service.run(
+        lambda s: s.store.update_call(
+            call["id"], stream_sid=start.stream_sid, recording_path=str(recording) if recording else None
+        )
+    )
     if rec.call:
         state.prom.call_state(call["id"], rec.call["state"])
 
     jitter_ms = state.settings.jitter_buffer_ms
     if jitter_ms is None:  # a model's output comes in bursts; the echo backend's does not
         jitter_ms = 60.0 if state.backend.name == "moshi" else 20.0
-    config = SessionConfig(max_lead_s=max(state.settings.max_lead_ms, jitter_ms + 80.0) / 1000.0,
-                           jitter_buffer_s=jitter_ms / 1000.0, recording=recording)
+    config = SessionConfig(
+        max_lead_s=max(state.settings.max_lead_ms, jitter_ms + 80.0) / 1000.0,
+        jitter_buffer_s=jitter_ms / 1000.0,
+        recording=recording,
+        max_media_ahead_s=MAX_GAP_MS / 1000.0,
+    )
     live_ref: list[LiveCall] = []
 
     def on_long_gap(ts: int, missing: int) -> None:
-        state.spawn(state.service.record(source="media", type="long_gap", call_id=call["id"],
-                                         payload={"timestamp_ms": ts, "missing_ms": missing}), "gap")
+        state.spawn(
+            state.service.record(
+                source="media",
+                type="long_gap",
+                call_id=call["id"],
+                payload={"timestamp_ms": ts, "missing_ms": missing},
+            ),
+            "gap",
+        )
 
-    session = MediaSession(call_id=call["id"], stream=stream, backend=backend_session, send=sender.send, config=config,
-                           on_text=lambda at, s: live_ref[0].transcript.append((at, s)), on_long_gap=on_long_gap)
+    session = MediaSession(
+        call_id=call["id"],
+        stream=stream,
+        backend=backend_session,
+        send=sender.send,
+        config=config,
+        on_text=lambda at, s: live_ref[0].transcript.append((at, s)),
+        on_long_gap=on_long_gap,
+    )
     live = LiveCall(state, ws, call, session, start)
     live_ref.append(live)
     state.sessions[call["id"]] = live
@@ -215,24 +332,45 @@ async def _on_start(
     return live
 
 
-async def _end_live_call(state: AppState, live: LiveCall, end: str, stream: MediaStream) -> None:
+async def _end_live_call(
+    state: AppState, live: LiveCall, end: str, stream: MediaStream, problem: str | None = None
+) -> None:
+    """The one end-of-stream path: media stopped and the backend slot released first (nothing below
+    can keep them), then the evidence and the events stored, then the analysis spawned."""
     call_id = live.call["id"]
     session = live.session
     backend_reason = session.backend.ended
-    await session.finish(live.hangup_reason or backend_reason or end)
-    state.sessions.pop(call_id, None)
-    errors = {"protocol_errors": stream.errors, "sequence_gaps": stream.sequence_gaps,
-              "errors": [f"{e.code} {e.reason}" for e in stream.error_log]}
+    try:
+        await session.finish(live.hangup_reason or backend_reason or problem or end)
+    finally:
+        state.sessions.pop(call_id, None)
+        if not live.ws.closed:
+            await live.ws.close(code=1000, message=(backend_reason or "bye").encode()[:120])
+    errors = {
+        "protocol_errors": stream.errors,
+        "sequence_gaps": stream.sequence_gaps,
+        "errors": [f"{e.code} {e.reason}" for e in stream.error_log],
+    }
+    if problem or session.failure:
+        errors["problem"] = problem or session.failure
     kind = "stop" if end == "stop" else "ws_closed"
     await state.service.record(source="media", type=kind, call_id=call_id, payload={"end": end, **errors})
+    if end == "internal_error" or session.failure:
+        why = problem if end == "internal_error" else session.failure
+        await state.service.record(
+            source="local", type="media_error", call_id=call_id, payload={"reason": why}, detail=why
+        )
     if backend_reason:
         # the backend cannot go on (budget spent, dead worker): we hang up by closing the stream;
         # the TwiML's <Hangup/> then ends the call at the carrier
-        await state.service.record(source="local", type="backend_ended", call_id=call_id,
-                                   payload={"reason": backend_reason}, detail=backend_reason)
+        await state.service.record(
+            source="local",
+            type="backend_ended",
+            call_id=call_id,
+            payload={"reason": backend_reason},
+            detail=backend_reason,
+        )
         await state.service.run(lambda s: s.store.update_call(call_id, end_reason=backend_reason))
-    if not live.ws.closed:
-        await live.ws.close(code=1000, message=(backend_reason or "bye").encode()[:120])
     from orchestrator.evaluation import finalize_media
 
     state.spawn(finalize_media(state, call_id, session, live.transcript), f"finalize-{call_id}")
