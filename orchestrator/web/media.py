@@ -20,6 +20,7 @@ from bridge.backends.base import BackendBusy
 from bridge.errors import RemoteProtocolError
 from bridge.protocol import MAX_GAP_MS, Dtmf, Mark, Media, MediaStream, Start, Stop
 from bridge.session import MediaSession, SessionConfig
+from orchestrator.lifecycle import CallState
 from orchestrator.twiml import media_url
 from orchestrator.web.app import STATE, AppState
 from orchestrator.web.wswrite import BatchSender
@@ -123,6 +124,10 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
             if not ws.closed:
                 await ws.close()
     return ws
+
+
+class _Refused(Exception):
+    """A start refused after its backend session was opened (closed already)."""
 
 
 class _Reader:
@@ -240,6 +245,8 @@ async def _on_start(
         reason = "wrong or missing per-call token in start.customParameters"
     elif call["call_sid"] and call["call_sid"] != start.call_sid:
         reason = f"start.callSid {start.call_sid} does not match the call's CallSid {call['call_sid']}"
+    elif CallState(call["state"]).terminal:
+        reason = f"call already {call['state']}: no stream for a call that has ended"
     elif call["id"] in state.sessions:
         reason = "a media stream is already open for this call"
     backend_session = None
@@ -264,6 +271,8 @@ async def _on_start(
         return None
     try:
         return await _go_live(state, ws, stream, start, sender, call, backend_session, payload)
+    except _Refused:
+        return None
     except BaseException:  # nothing is live yet: give the backend slot back before the error goes on
         await backend_session.close()
         raise
@@ -282,6 +291,20 @@ async def _go_live(
     rec = await state.service.record(
         source="media", type="start", call_id=call["id"], call_sid=start.call_sid, payload=payload
     )
+    if rec.call is None or CallState(rec.call["state"]).terminal:
+        # the call ended between the check above and now (a terminal callback won the race)
+        await state.service.record(
+            source="media",
+            type="start_rejected",
+            call_id=call["id"],
+            call_sid=start.call_sid,
+            payload=payload,
+            rejected=f"call already {rec.call['state'] if rec.call else 'gone'}: "
+            "no stream for a call that has ended",
+        )
+        await backend_session.close()
+        await ws.close(code=1008, message=b"call already ended")
+        raise _Refused
     recording = None
     if state.settings.recordings_dir is not None:
         recording = Path(state.settings.recordings_dir) / f"{call['id']}.wav"

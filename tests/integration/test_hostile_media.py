@@ -38,6 +38,7 @@ class OneSlotBackend(SpeechBackend):
 
     def __init__(self) -> None:
         self.open = 0
+        self.opened = 0  # sessions ever opened
 
     @property
     def busy(self) -> bool:
@@ -47,6 +48,7 @@ class OneSlotBackend(SpeechBackend):
         if self.open:
             raise BackendBusy("one call at a time")
         self.open += 1
+        self.opened += 1
         return _Slot(self)
 
 
@@ -247,3 +249,24 @@ async def test_a_dead_direction_ends_the_whole_session() -> None:
     with pytest.raises(RemoteProtocolError):  # a gap under MAX_GAP_MS, but 5.05 s ahead at 0.1 s
         session.on_media(Media(20, STREAM_SID, "inbound", 19, 5_150, b"\x10" * 160), session.t0 + 0.1)
     assert len(session.inbound_codes) < 8000
+
+
+@pytest.mark.parametrize("ended", ["busy", "completed", "no-answer", "failed", "canceled"])
+async def test_a_start_for_a_call_that_has_ended_is_refused(
+    aiohttp_client: Any, settings: Settings, ended: str
+) -> None:
+    backend = OneSlotBackend()
+    app = create_app(settings, backend=backend)
+    client = await aiohttp_client(app)
+    call = new_call(settings, state=ended)
+    ws = await client.ws_connect("/media", headers=signed_headers())
+    await ws.send_str(start_frame(call["id"], call["token"]))
+    for i in range(3):
+        await ws.send_str(media_frame(2 + i, 20 * i))
+    msg = await asyncio.wait_for(ws.receive(), 10)
+    assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED) and ws.close_code == 1008
+    assert backend.opened == 0 and app[STATE].sessions == {}  # no backend session was ever opened
+    row, events, analysed = call_row_and_events(settings, call["id"])
+    assert row["state"] == ended and row["stream_sid"] is None and not analysed
+    media = [(e["type"], e["accepted"], e["reason"]) for e in events if e["source"] == "media"]
+    assert media == [("start_rejected", 0, f"call already {ended}: no stream for a call that has ended")]
