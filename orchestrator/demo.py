@@ -158,9 +158,11 @@ def truth_lines(docs: list[dict[str, Any]], truths: list[Any]) -> list[str]:
                          + " ms; measured " + ", ".join(f"{x:.0f}" for x in measured) + " ms")
         if lost is not None:
             lines.append(f"    lost frames: truth {len(lost)}, measured {m.get('lost_frames', 0):.0f}")
-        echo = (truth.options.get("faults") or {}).get("echo") if truth else None
+        echo = stream.get("echo")  # from the emulator's own signals: first arrival, loss over what was played
         if echo:
-            lines.append(f"    echo: truth {echo.get('delay_ms')} ms / {echo.get('loss_db')} dB, measured "
+            loss = echo.get("loss_db")
+            lines.append(f"    echo: truth {echo['direct_delay_ms']:.1f} ms / "
+                         f"{'-' if loss is None else f'{loss:.1f}'} dB, measured "
                          f"{'flagged' if m.get('echo_detected') else 'not flagged'} "
                          f"{m.get('echo_delay_ms', float('nan')):.0f} ms / {m.get('echo_return_loss_db', float('nan')):.1f} dB")
     return lines

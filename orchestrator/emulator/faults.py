@@ -30,16 +30,19 @@ CALL_STATUSES = (
 class EchoSpec:
     """An acoustic echo path at the phone: what the phone heard comes back in what it sends.
 
-    `delay_ms` is from a sample being played to the phone until it is captured again (so, by
-    inbound timestamps, exactly the echo delay a meter should find); `loss_db` is the echo return
-    loss (attenuation) of the whole path. `room=True` adds a synthetic room tail (exponentially
-    decaying noise, `rt60_s`) after the direct path, for a more realistic echo.
+    `delay_ms` is the bulk delay from a sample being played to the phone until it is captured again
+    (handset, codec and hybrid; by inbound timestamps, exactly the echo delay a meter should find on a
+    pure path); `loss_db` is the echo return loss of the whole path (for a room: over the whole
+    response's energy). `room=True` puts a room after the bulk delay (`audio.room_impulse_response`):
+    reverberation time `rt60_s`, loudspeaker-to-microphone distance `distance_m`; the first arrival is
+    then `delay_ms` + distance / c, which is what the truth's `direct_delay_ms` says.
     """
 
     delay_ms: float = 120.0
     loss_db: float = 20.0
     room: bool = False
     rt60_s: float = 0.25
+    distance_m: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)

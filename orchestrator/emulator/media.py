@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import websockets
+from scipy.signal import oaconvolve
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
 from bridge.errors import RemoteProtocolError
 from bridge.g711 import ulaw_decode, ulaw_encode
-from bridge.meters.levels import speech_onset
 from bridge.protocol import (
     Clear,
     Connected,
@@ -47,7 +47,9 @@ from orchestrator.emulator.audio import (
     Pcm,
     SpeechDetector,
     Turn,
+    find_speech,
     room_impulse_response,
+    threshold_over_floor,
 )
 from orchestrator.emulator.faults import Faults, FramePlan
 
@@ -55,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 FRAME_S = FRAME / RATE
 _SILENCE = b"\xff" * FRAME
-_CALLER_VAD_BATCH = 25  # frames (0.5 s)
 _ZEROS: Pcm = np.zeros(FRAME, np.int16)
 _ZEROS.setflags(write=False)
 USER_AGENT = "Twilio.TmeWs/1.0"
@@ -64,54 +65,58 @@ USER_AGENT = "Twilio.TmeWs/1.0"
 class PlayoutBuffer:
     """Twilio's outbound buffer (section C): audio played in order, marks echoed once all before them played.
 
-    `play()` is called once per 20 ms frame and returns the frame the phone hears (silence where the
-    queue ran dry) plus the marks whose audio finished *by the end of the previous frame* — the caller
-    echoes those now, so a mark is never echoed before its audio has really played. A mark arriving
+    `play(n, now)` is called once per 20 ms frame, at the frame's start on the phone's clock, and returns
+    the frame the phone hears (silence where the queue ran dry) plus the marks whose audio finished *by
+    the end of the previous frame* — the caller echoes those now, so a mark is never echoed before its
+    audio has really played. Only what had arrived by `now` can play (a line is causal: the timer may
+    run late, but audio that came in after the frame began waits for the next one). A mark arriving
     with nothing queued or pending is echoed at once (`push_mark` returns it); `clear()` drops the audio
     and returns every pending mark.
     """
 
     def __init__(self) -> None:
-        self._queue: deque[bytes | str] = deque()  # bytes = audio, str = a mark's name
+        # (arrival time, item): bytes = audio, str = a mark's name
+        self._queue: deque[tuple[float, bytes | str]] = deque()
         self._finished: list[str] = []  # marks whose audio ended within the last played frame
         self.queued_bytes = 0
 
-    def push_audio(self, payload: bytes) -> None:
+    def push_audio(self, payload: bytes, at: float = 0.0) -> None:
         if payload:
-            self._queue.append(payload)
+            self._queue.append((at, payload))
             self.queued_bytes += len(payload)
 
-    def push_mark(self, name: str) -> list[str]:
+    def push_mark(self, name: str, at: float = 0.0) -> list[str]:
         if not self._queue and not self._finished:
             return [name]
-        self._queue.append(name)
+        self._queue.append((at, name))
         return []
 
     def clear(self) -> list[str]:
-        marks = self._finished + [m for m in self._queue if isinstance(m, str)]
+        marks = self._finished + [m for _, m in self._queue if isinstance(m, str)]
         self._queue.clear()
         self._finished = []
         self.queued_bytes = 0
         return marks
 
-    def play(self, n: int = FRAME) -> tuple[bytes, list[str]]:
-        while self._queue and isinstance(self._queue[0], str):  # queued behind audio that has now played
-            self._finished.append(self._queue.popleft())  # type: ignore[arg-type]
+    def play(self, n: int = FRAME, now: float = float("inf")) -> tuple[bytes, list[str]]:
+        queue = self._queue
+        while queue and isinstance(queue[0][1], str) and queue[0][0] <= now:  # behind audio now played
+            self._finished.append(queue.popleft()[1])  # type: ignore[arg-type]
         echo_now, self._finished = self._finished, []
         out = bytearray()
-        while self._queue and (len(out) < n or isinstance(self._queue[0], str)):
-            head = self._queue[0]
+        while queue and queue[0][0] <= now and (len(out) < n or isinstance(queue[0][1], str)):
+            at, head = queue[0]
             if isinstance(head, str):
                 self._finished.append(head)
-                self._queue.popleft()
+                queue.popleft()
                 continue
             take = head[: n - len(out)]
             out += take
             self.queued_bytes -= len(take)
             if len(take) == len(head):
-                self._queue.popleft()
+                queue.popleft()
             else:
-                self._queue[0] = head[len(take) :]
+                queue[0] = (at, head[len(take) :])
         return bytes(out) + _SILENCE[: n - len(out)], echo_now
 
 
@@ -165,11 +170,19 @@ class MediaStreamClient:
         self.script = CallerScript(turns, caller_start_s)
         self.buffer = PlayoutBuffer()
         self.plan = FramePlan(faults)
-        self.heard_vad, self.caller_vad = SpeechDetector(), SpeechDetector()
-        self._caller_frames: list[npt.NDArray[np.float32]] = []  # not yet through caller_vad
+        # The phone's own ear (it drives the caller's script): above a noisy line's floor, so line noise
+        # echoed back by the far end is not taken for the model speaking.
+        floor = -120.0 if faults.noise_dbfs is None else faults.noise_dbfs
+        self.heard_vad = SpeechDetector(threshold_over_floor(floor))
+        self.caller_frames: list[npt.NDArray[np.float32]] = []  # the caller's own voice, before echo and noise
         echo = faults.echo
-        rir = room_impulse_response(echo.rt60_s, faults.seed) if echo and echo.room else None
+        self._direct = 0  # the room's direct-path tap after the bulk delay
+        rir = None
+        if echo and echo.room:
+            rir, self._direct = room_impulse_response(echo.rt60_s, echo.distance_m, faults.seed)
         self.echo = EchoPath(echo.delay_ms, echo.loss_db, rir) if echo else None
+        self._unsent: str | None = None  # the frame being captured: it leaves once its last sample exists
+        self._unsent_delay = 0.0
         self.noise = NoiseSource(faults.noise_dbfs, faults.seed) if faults.noise_dbfs is not None else None
         self.heard: list[bytes] = []
         self.sent_pcm: list[Pcm] = []
@@ -229,6 +242,10 @@ class MediaStreamClient:
         ticker.cancel()
         hangup.cancel()
         if reason != "server-closed":
+            if self._unsent is not None:  # the frame in capture leaves once its last sample exists, then stop
+                end = self._t0 + self.truth["frames"] * FRAME_S
+                self._outbox.put_nowait((end + self._unsent_delay, self._unsent))
+                self._unsent = None
             stop = Stop(self._next_seq(), self.stream_sid, self.account_sid, self.call_sid)
             self._outbox.put_nowait((0.0, stop.serialize()))
             self.truth["stop_sent"] = _stamp(time.monotonic(), self._t0, self._wall0)
@@ -262,7 +279,12 @@ class MediaStreamClient:
                 return "caller-done"
 
     def _tick(self, k: int, deadline: float) -> None:
-        heard, finished = self.buffer.play(FRAME)
+        # Frame k-1 was captured over [20(k-1), 20k) ms: now that its last sample exists it can leave
+        # (a real phone cannot send audio before it was spoken), ahead of the marks echoed at this instant.
+        if self._unsent is not None:
+            self._outbox.put_nowait((deadline + self._unsent_delay, self._unsent))
+            self._unsent = None
+        heard, finished = self.buffer.play(FRAME, deadline)
         for name in finished:
             self._echo_mark(name)
         self.heard.append(heard)
@@ -274,11 +296,7 @@ class MediaStreamClient:
             heard_pcm = ulaw_decode(heard)
             self.heard_vad.feed(heard_pcm)
         mic = self.script.next_frame(self.heard_vad.current_onset is not None)
-        # Nothing reads the caller's own speech segments until the call ends (the script follows what
-        # the phone *heard*), so they are found in batches: one detector pass per half second.
-        self._caller_frames.append(mic)
-        if len(self._caller_frames) >= _CALLER_VAD_BATCH:
-            self._feed_caller_vad()
+        self.caller_frames.append(mic)
         if self.echo is not None:
             self.echo.feed(heard_pcm)
             mic = mic + self.echo.take(FRAME)
@@ -297,12 +315,7 @@ class MediaStreamClient:
         self._chunk += 1
         chunk = self._chunk
         media = Media(self._next_seq(), self.stream_sid, "inbound", chunk, k * 20, ulaw_encode(pcm))
-        self._outbox.put_nowait((deadline + fate.delay_s, media.serialize()))
-
-    def _feed_caller_vad(self) -> None:
-        if self._caller_frames:
-            self.caller_vad.feed(np.concatenate(self._caller_frames))
-            self._caller_frames.clear()
+        self._unsent, self._unsent_delay = media.serialize(), fate.delay_s
 
     def _echo_mark(self, name: str, flushed: bool = False) -> None:
         self._outbox.put_nowait((0.0, Mark(self._next_seq(), self.stream_sid, name).serialize()))
@@ -347,12 +360,12 @@ class MediaStreamClient:
                         {"code": 31951, "at_ms": self._now_ms(), "reason": "wrong streamSid"}
                     )
                 elif isinstance(msg, OutboundMedia):
-                    self.buffer.push_audio(msg.payload)
+                    self.buffer.push_audio(msg.payload, time.monotonic())
                 elif isinstance(msg, OutboundMark):
                     entry = {"name": msg.name, "received_ms": self._now_ms(), "echoed_ms": None}
                     self.truth["marks"].append(entry)
                     self._unechoed.setdefault(msg.name, deque()).append(entry)
-                    for name in self.buffer.push_mark(msg.name):
+                    for name in self.buffer.push_mark(msg.name, time.monotonic()):
                         self._echo_mark(name)
                 elif isinstance(msg, Clear):
                     self.truth["clears"].append(self._now_ms())
@@ -362,22 +375,20 @@ class MediaStreamClient:
             pass
 
     def _finish(self, reason: str) -> None:
-        """Write the speech the phone heard and the caller said, on the phone's clock, into the truth."""
+        """Write the speech the phone heard and the caller said, on the phone's clock, into the truth.
+
+        Computed from the emulator's own signals with its own code (`audio.find_speech`), never with
+        the product's meters: heard speech above the heard line's noise floor, the caller's speech on
+        the clean voice before echo and noise were added.
+        """
         t = self.truth
         t["ended"] = {"reason": reason, **_stamp(time.monotonic(), self._t0, self._wall0)}
-
         heard = self.heard_pcm()
-        self._feed_caller_vad()
 
-        def segments(vad: SpeechDetector, pcm: Pcm | None = None) -> list[dict[str, float]]:
+        def segments(pcm: npt.NDArray[np.generic], threshold: float | None) -> list[dict[str, float]]:
             out = []
-            for seg in vad.finish():
-                onset = seg.onset
-                if pcm is not None:  # locate the onset to the sample in the real heard audio
-                    lo = max(0, onset - 160)
-                    exact = speech_onset(pcm[lo : onset + 800], RATE)
-                    onset = lo + exact if exact is not None else onset
-                onset_s, end_s = onset / RATE, seg.end / RATE
+            for seg in find_speech(pcm, threshold):
+                onset_s, end_s = seg.onset / RATE, seg.end / RATE
                 out.append(
                     {
                         "onset_ms": onset_s * 1000,
@@ -388,16 +399,36 @@ class MediaStreamClient:
                 )
             return out
 
-        t["heard_speech"] = segments(self.heard_vad, heard)
+        t["heard_speech"] = segments(heard, None)
         t["first_heard_speech_onset"] = t["heard_speech"][0] if t["heard_speech"] else None
         t["first_heard_onset_ms"] = t["heard_speech"][0]["onset_ms"] if t["heard_speech"] else None
         t["lost_frames"] = t.get("frames_lost", [])  # alias
-        t["caller_speech"] = segments(self.caller_vad)
+        voice = np.concatenate(self.caller_frames) if self.caller_frames else np.zeros(0, np.float32)
+        t["caller_speech"] = segments(voice, -40.0)
         t["turns"] = [
             {"turn": p.index, "start_ms": p.start / RATE * 1000, "end_ms": p.end / RATE * 1000}
             for p in self.script.played
         ]
         t["last_chunk"] = self._chunk
+        if self.echo is not None:
+            t["echo"] = self._echo_truth(heard)
+
+    def _echo_truth(self, heard: Pcm) -> dict[str, float | None]:
+        """The echo path as the line really had it: first arrival, and the loss over what was played.
+
+        The loss is the energy of all that was heard over the energy of all the echo it made (the whole
+        response, its tail past the hang-up included), from the signals themselves.
+        """
+        assert self.echo is not None
+        x = heard.astype(np.float64)
+        echo = oaconvolve(x, self.echo.response) if x.size else x
+        played, returned = float(np.dot(x, x)), float(np.dot(echo, echo))
+        loss = 10.0 * np.log10(played / returned) if played > 0 and returned > 0 else None
+        return {
+            "direct_delay_ms": (self.echo.delay + self._direct) * 1000.0 / RATE,
+            "bulk_delay_ms": self.echo.delay * 1000.0 / RATE,
+            "loss_db": loss,
+        }
 
     def heard_pcm(self) -> Pcm:
         return ulaw_decode(b"".join(self.heard)) if self.heard else np.zeros(0, dtype=np.int16)
