@@ -108,7 +108,8 @@ def synth_call(
     noise_dbfs: float | None = None,
     lost: list[int] | None = None,  # inbound frame indices (20 ms) that never arrive
     jitter_ms: float = 0.0,  # inbound transit jitter, uniform [0, jitter_ms]
-    transit_s: float = 0.045,  # inbound fixed transit: media time t arrives at local t + transit + 20 ms
+    transit_s: float = 0.045,  # inbound fixed transit: media time t is local t + transit; its frame leaves
+    # the phone once its last sample exists, so the frame with media time t arrives at t + 20 ms + transit
     net_s: float = 0.12,  # outbound: send → playout at the phone
     first_send_s: float = 0.35,
     ulaw: bool = True,
@@ -139,7 +140,7 @@ def synth_call(
     played = played_track(out, sends, rate)
 
     # Inbound: caller + echo of what was played + noise, on the media clock, then μ-law.
-    offset = transit_s + 0.02
+    offset = transit_s  # media time -> local time (a causal line: sending waits for the frame's end)
     off = round(offset * rate)
     inbound = np.zeros(n)
     ends: list[float] = []
@@ -167,7 +168,7 @@ def synth_call(
     pcm.reshape(-1, 160)[~keep] = 0
     jit = rng.uniform(0.0, jitter_ms / 1000, len(frames))
     jit[np.flatnonzero(keep)[0]] = 0.0  # the least-delayed frame pins the clock mapping to `offset`
-    arrivals = np.column_stack([offset + frames * 0.02 + jit, frames * 20.0])[keep]
+    arrivals = np.column_stack([offset + 0.02 + frames * 0.02 + jit, frames * 20.0])[keep]
 
     # Truth.
     first_ms = heard_ms = None

@@ -5,7 +5,12 @@ Conventions (DESIGN.md, "Measurements"):
   digital silence reads `-inf` and is reported as `SILENCE_FLOOR_DBFS` (−120) so numbers stay finite.
 - A sample clips when |x| >= 32124, the largest value μ-law decodes to (configurable).
 - Silence ratio: the share of 10 ms windows whose RMS is below −50 dBFS.
-- Speech onset: 10 ms RMS windows above −40 dBFS for at least 50 ms (five back-to-back windows); the
+- Speech onset: 10 ms RMS windows above the speech threshold for at least 50 ms (five back-to-back
+  windows). The threshold is −40 dBFS, or `NOISE_MARGIN_DB` above a noisier line's floor (the 10th
+  percentile of its 10 ms window levels, digital silence left out): 10 ms windows of line noise stay
+  within ~2 dB of its RMS, so 9 dB above it noise never makes five loud windows in a row, while speech
+  (−15 to −25 dBFS on a phone line) still clears it; capped at −30 dBFS (a "floor" above −39 dBFS is
+  speech without pauses, not noise). The
   windows slide sample by sample, so the first such window is located to the sample, and the onset is
   then the first sample inside it whose |x| exceeds −46 dBFS (164), where the speech actually starts
   rather than where the window happens to begin. The offset (end of speech) is the mirror image in time.
@@ -26,14 +31,19 @@ __all__ = [
     "Levels",
     "dbfs",
     "measure_levels",
+    "noise_floor_dbfs",
     "speech_offset",
     "speech_onset",
+    "speech_threshold_dbfs",
     "window_dbfs",
 ]
 
 ULAW_MAX = 32124
 SILENCE_FLOOR_DBFS = -120.0
 _FULL_SCALE = 32768.0
+ONSET_DBFS = -40.0
+NOISE_MARGIN_DB = 9.0
+_MAX_THRESHOLD_DBFS = -30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,19 @@ def window_dbfs(
         return np.empty(0)
     x = np.asarray(pcm[: n * win], dtype=np.float64).reshape(n, win)
     return dbfs(np.einsum("ij,ij->i", x, x) / win)
+
+
+def noise_floor_dbfs(pcm: npt.NDArray[np.int16], rate: int = 8000, win_ms: float = 10.0) -> float:
+    """The line's noise floor: 10th percentile of window levels, digital silence (lost frames, zero
+    padding, nothing played) left out; SILENCE_FLOOR_DBFS when there is nothing else."""
+    win = window_dbfs(pcm, rate, win_ms)
+    live = win[win > SILENCE_FLOOR_DBFS + 20]
+    return float(np.percentile(live, 10)) if live.size else SILENCE_FLOOR_DBFS
+
+
+def speech_threshold_dbfs(noise_floor: float) -> float:
+    """The speech threshold on a line with this noise floor (see the module docstring)."""
+    return min(max(ONSET_DBFS, noise_floor + NOISE_MARGIN_DB), _MAX_THRESHOLD_DBFS)
 
 
 def measure_levels(
@@ -119,7 +142,7 @@ def speech_onset(
     pcm: npt.NDArray[np.int16],
     rate: int = 8000,
     *,
-    threshold_dbfs: float = -40.0,
+    threshold_dbfs: float | None = None,
     min_ms: float = 50.0,
     win_ms: float = 10.0,
     refine_dbfs: float | None = None,
@@ -128,7 +151,11 @@ def speech_onset(
 
     The first window of the first qualifying run is located to the sample; within it the onset is the
     first sample whose |x| exceeds `refine_dbfs` (default threshold − 6 dB), where the speech starts.
+    Without `threshold_dbfs`, the threshold comes from `pcm`'s own noise floor; pass it when `pcm` is
+    an excerpt of a longer track, whose floor it is.
     """
+    if threshold_dbfs is None:
+        threshold_dbfs = speech_threshold_dbfs(noise_floor_dbfs(pcm, rate, win_ms))
     starts, win = _run_windows(pcm, rate, threshold_dbfs, min_ms, win_ms)
     if starts.size == 0:
         return None
@@ -142,12 +169,14 @@ def speech_offset(
     pcm: npt.NDArray[np.int16],
     rate: int = 8000,
     *,
-    threshold_dbfs: float = -40.0,
+    threshold_dbfs: float | None = None,
     min_ms: float = 50.0,
     win_ms: float = 10.0,
     refine_dbfs: float | None = None,
 ) -> int | None:
     """Index one past the last speech sample (mirror of `speech_onset`), or None if there is no speech."""
+    if threshold_dbfs is None:
+        threshold_dbfs = speech_threshold_dbfs(noise_floor_dbfs(pcm, rate, win_ms))
     starts, win = _run_windows(np.asarray(pcm)[::-1], rate, threshold_dbfs, min_ms, win_ms)
     if starts.size == 0:
         return None

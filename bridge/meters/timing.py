@@ -63,14 +63,19 @@ def interarrival_jitter(arrivals_s: npt.ArrayLike, timestamps_ms: npt.ArrayLike)
     return Jitter(mean_ms=float(j.mean()), max_ms=float(j.max()), last_ms=float(j[-1]))
 
 
-def media_clock_offset_s(arrivals_s: npt.ArrayLike, timestamps_ms: npt.ArrayLike) -> float:
-    """Local time of media time 0: min over frames of (arrival − timestamp), i.e. the least-delayed frame.
+def media_clock_offset_s(
+    arrivals_s: npt.ArrayLike, timestamps_ms: npt.ArrayLike, frame_ms: float = 20.0
+) -> float:
+    """Local time of media time 0: min over frames of (arrival - timestamp), less one frame.
 
-    Media time t then maps to local time t + offset; queueing and jitter only ever make frames late, so
-    the minimum is the best estimate of the fixed part of the path.
+    A line is causal (DESIGN, "Precise conventions"): a frame can leave the phone only once its *last*
+    sample exists, so the least-delayed frame arrives one frame duration (20 ms for Twilio's 160-byte
+    frames) plus the fixed transit after its first sample's media time. Queueing and jitter only ever
+    make frames later, so the minimum is the best estimate of that fixed part; taking the frame out
+    leaves the transit alone. Media time t then maps to local time t + offset.
     """
     r = np.asarray(arrivals_s, dtype=np.float64)
     s = np.asarray(timestamps_ms, dtype=np.float64) / 1000.0
     if r.size == 0:
         return 0.0
-    return float(np.min(r - s))
+    return float(np.min(r - s)) - frame_ms / 1000.0

@@ -6,8 +6,8 @@ vetoes its known false alarms (the first frames before its noise model adapts, a
 gaps shorter than the hangover (300 ms) are bridged so pauses between words do not split an utterance;
 segments shorter than 90 ms are dropped. WebRTC's own decisions are frame-quantised and carry an
 internal overhang of a few frames, so each segment's boundaries are then refined to the sample with the
-energy onset/offset convention of `levels.speech_onset` (threshold −40 dBFS, or noise floor + 9 dB when
-the floor is higher; sample-level refinement above noise floor + 12 dB), searched within 60 ms outside the raw boundaries. End-of-speech therefore excludes
+energy onset/offset convention of `levels.speech_onset` (`levels.speech_threshold_dbfs`: −40 dBFS, or
+noise floor + 9 dB when the floor is higher; sample-level refinement above noise floor + 12 dB), searched within 60 ms outside the raw boundaries. End-of-speech therefore excludes
 the hangover, which is what response latency needs.
 
 Pure: no I/O, no clocks; a fresh webrtcvad instance per call keeps results independent of history.
@@ -21,7 +21,13 @@ import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
-from bridge.meters.levels import SILENCE_FLOOR_DBFS, speech_offset, speech_onset, window_dbfs
+from bridge.meters.levels import (
+    SILENCE_FLOOR_DBFS,
+    speech_offset,
+    speech_onset,
+    speech_threshold_dbfs,
+    window_dbfs,
+)
 
 __all__ = ["Segment", "detect_speech", "total_speech_s"]
 
@@ -92,7 +98,7 @@ def detect_speech(
     if not refine:
         return [Segment(s / rate, e / rate) for s, e in runs]
 
-    thr = max(-40.0, floor + 9.0)
+    thr = speech_threshold_dbfs(floor)  # the one onset threshold (levels.py) on this line's floor
     # Noise peaks reach ~3-4x its RMS; keep the sample-level refinement above them.
     level = max(thr - 6.0, floor + 12.0)
     pad = int(0.06 * rate)

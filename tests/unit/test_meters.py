@@ -166,4 +166,6 @@ def test_media_clock_offset_is_the_least_delayed_frame() -> None:
     ts = np.arange(100) * 20.0
     delay = np.random.default_rng(2).uniform(0.01, 0.08, 100)
     delay[37] = 0.003
-    assert media_clock_offset_s(0.5 + ts / 1000 + delay, ts) == pytest.approx(0.503)
+    # A causal sender: the frame with media time t leaves once its last sample exists, at t + 20 ms;
+    # the offset is the fixed transit alone (3 ms for the least-delayed frame), the frame taken out.
+    assert media_clock_offset_s(0.5 + ts / 1000 + 0.02 + delay, ts) == pytest.approx(0.503)
