@@ -2,15 +2,18 @@
 
 Theory of operation (all times in seconds on one local monotonic clock, origin = stream `start` received):
 - Inbound audio is on the media clock (sample i at media time i/rate). It is mapped to the local clock
-  with offset = min over frames of (arrival − timestamp), the least-delayed frame (`timing`).
+  with offset = min over frames of (arrival − timestamp) − one 20 ms frame: the least-delayed frame,
+  which could leave the phone only once its last sample existed (`timing.media_clock_offset_s`).
 - The played track is built by placing every non-flushed sent 160-sample chunk at its estimated playout
   start, so it is what the phone heard, on the local clock.
-- First audio: the first speech onset (levels.speech_onset) in what was sent; `first_audio_ms` is the send
+- First audio: the first speech onset (levels.speech_onset, threshold above the track's own noise floor)
+  in what was sent; `first_audio_ms` is the send
   time of the chunk holding it; `first_audio_heard_ms` is that chunk's playout start plus the onset's
   offset within the chunk, counted only when a mark sent after the chunk was echoed (not flushed).
-- Echo (meters.echo): played vs inbound on the local clock, so the delay is "played → heard back" and
-  includes nothing of ours. When echo is detected it is subtracted from the inbound track before the
-  inbound VAD runs, so that echoed model speech is not mistaken for the caller.
+- Echo (meters.echo): the echo path from played to inbound on the local clock, estimated over the whole
+  call, so the delay is "played → heard back" (its first arrival) and includes nothing of ours; lost
+  frames are left out of the fit. When echo is detected the path's prediction is subtracted from the
+  inbound track before the inbound VAD runs, so that echoed model speech is not mistaken for the caller.
 - Turns: for each caller segment (VAD on inbound), the first model speech onset on the played track that
   comes after the caller's end and before the caller's next segment starts. A model segment that starts
   while the caller is still talking is overlap (barge-in or talk-over), not a response, and is not a turn;
@@ -26,8 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from bridge.meters.echo import EchoEstimate, estimate_echo
-from bridge.meters.levels import Levels, measure_levels, speech_onset
+from bridge.meters.echo import EchoEstimate, cancel_echo, estimate_echo
+from bridge.meters.levels import (
+    Levels,
+    measure_levels,
+    noise_floor_dbfs,
+    speech_onset,
+    speech_threshold_dbfs,
+)
 from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_offset_s
 from bridge.meters.vad import Segment, detect_speech, total_speech_s
 
@@ -81,6 +90,15 @@ def _sends(ev: MediaEvidence) -> npt.NDArray[np.float64]:
     return s.reshape(-1, 3) if s.size else np.empty((0, 3))
 
 
+def _confirmed_sends(ev: MediaEvidence) -> npt.NDArray[np.float64]:
+    """`sends` without the chunks no mark echo confirmed (their playout set unknown: NaN)."""
+    sends = _sends(ev).copy()
+    confirmed = [sent for _, sent, echoed, flushed in ev.marks if _echoed(echoed) and not flushed]
+    last = max(confirmed, default=-np.inf)
+    sends[sends[:, 0] > last, 1] = np.nan
+    return sends
+
+
 def played_track(
     sent_pcm: npt.NDArray[np.int16], sends: npt.NDArray[np.float64], rate: int = 8000
 ) -> npt.NDArray[np.int16]:
@@ -105,7 +123,7 @@ def played_track(
 def first_audio(ev: MediaEvidence) -> tuple[float | None, float | None]:
     """(first_audio_ms, first_audio_heard_ms); heard is None unless a later mark echo confirms playout."""
     sends = _sends(ev)
-    onset = speech_onset(np.asarray(ev.sent_pcm), ev.rate)
+    onset = speech_onset(np.asarray(ev.sent_pcm), ev.rate)  # threshold over the sent track's own floor
     if onset is None or onset // CHUNK >= len(sends):
         return None, None
     k = onset // CHUNK
@@ -161,7 +179,9 @@ def _level_metrics(prefix: str, lv: Levels) -> dict[str, float]:
     }
 
 
-def _exact_onset(pcm: npt.NDArray[np.int16], around_s: float, rate: int, reach_s: float = 0.2) -> float:
+def _exact_onset(
+    pcm: npt.NDArray[np.int16], around_s: float, rate: int, threshold_dbfs: float, reach_s: float = 0.2
+) -> float:
     """DESIGN's speech onset (located to the sample) near a VAD segment start.
 
     The VAD decides *that* there is speech; where it starts is the onset convention, the same one
@@ -169,7 +189,7 @@ def _exact_onset(pcm: npt.NDArray[np.int16], around_s: float, rate: int, reach_s
     """
     lo = max(0, int((around_s - reach_s) * rate))
     hi = min(len(pcm), int((around_s + reach_s) * rate))
-    found = speech_onset(pcm[lo:hi], rate)
+    found = speech_onset(pcm[lo:hi], rate, threshold_dbfs=threshold_dbfs)
     return (lo + found) / rate if found is not None else around_s
 
 
@@ -185,15 +205,19 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     played_n = _shift(played, 0, n)
     inbound_local = _shift(inbound, off, n)
 
-    echo = estimate_echo(played_n, inbound_local, rate)
-    caller_track = inbound_local
-    if echo.detected and echo.delay_ms is not None:
-        lag = int(np.rint(echo.delay_ms * rate / 1000.0))
-        cancelled = inbound_local - echo.gain * _shift(played_n, lag, n).astype(np.float64)
-        caller_track = np.clip(np.rint(cancelled), -32768, 32767).astype(np.int16)
+    received = _received_mask(len(inbound), arrivals[:, 1], rate) if len(arrivals) else np.ones(len(inbound), bool)
+    # The echo's reference is what the phone is known to have played when: audio sent after the last
+    # echoed mark (a call hung up mid-reply) may never have played, and if it did, its run's playout
+    # phase was never measured (up to one 20 ms packet off), which would smear the path.
+    reference = _shift(played_track(np.asarray(ev.sent_pcm, dtype=np.int16), _confirmed_sends(ev), rate), 0, n)
+    echo = estimate_echo(reference, inbound_local, rate, received=_shift(received.astype(np.int16), off, n) > 0)
+    caller_track = cancel_echo(played_n, inbound_local, echo)
     inbound_segments = detect_speech(caller_track, rate)
     outbound_segments = detect_speech(played_n, rate)
-    turns = find_turns(inbound_segments, [_exact_onset(played_n, s.start_s, rate) for s in outbound_segments])
+    played_threshold = speech_threshold_dbfs(noise_floor_dbfs(played_n, rate))
+    turns = find_turns(
+        inbound_segments, [_exact_onset(played_n, s.start_s, rate, played_threshold) for s in outbound_segments]
+    )
 
     m: dict[str, float] = {}
     server_ms, heard_ms = first_audio(ev)
@@ -214,6 +238,8 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
         if echo.erl_db is not None:
             m["echo_return_loss_db"] = echo.erl_db
     m["echo_peak"] = echo.peak
+    m["echo_confidence"] = echo.confidence
+    m["echo_path_z"] = echo.path_z
     m["echo_segments_used"] = float(echo.segments_used)
     m["echo_segments_flagged"] = float(echo.segments_flagged)
 
@@ -235,8 +261,7 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     m["outbound_underruns"] = float(ev.underruns)
 
     # Inbound levels over the audio that actually arrived: zero padding for lost frames is not the line.
-    received = inbound[_received_mask(len(inbound), arrivals[:, 1], rate)] if len(arrivals) else inbound
-    in_lv = measure_levels(received, rate)
+    in_lv = measure_levels(inbound[received], rate)
     out_lv = measure_levels(np.asarray(ev.sent_pcm, dtype=np.int16), rate)
     m.update(_level_metrics("inbound", in_lv))
     m.update(_level_metrics("outbound", out_lv))
