@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from orchestrator import lifecycle
 from orchestrator.lifecycle import CallEvent, CallState, EventType, Outcome
+from orchestrator.settings import log_safe
 from orchestrator.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ class CallService:
         if call is None:
             reason = "unknown call"
             store.judge_event(event_id, accepted=False, reason=reason, call_id=None)
-            log.warning("event %s/%s for unknown call (id=%s sid=%s) stored", source, type, call_id, call_sid)
+            log.warning("event %s/%s for unknown call (id=%s sid=%s) stored", log_safe(source), log_safe(type),
+                        log_safe(call_id), log_safe(call_sid))
             return Recorded(event_id, False, reason, None)
         if dedupe_key and store.dedupe_seen(dedupe_key, event_id):
             store.judge_event(event_id, accepted=False, reason="duplicate", call_id=cid)
@@ -197,6 +199,25 @@ class CallService:
             call = {**call, **updates}
         store.judge_event(event_id, accepted=outcome.accepted, reason=outcome.reason, call_id=cid)
         return Recorded(event_id, outcome.accepted, outcome.reason, call, outcome)
+
+    def identity_problem(self, call_id: str | None, call_sid: str | None) -> str | None:
+        """Why a request naming our call id *and* a CallSid cannot be applied (None: they agree).
+
+        They disagree when the call named by `call_id` already has another CallSid, or the CallSid
+        belongs to another call (also when `call_id` names no call at all: the request is not that
+        call's either). Applying such a request to either call would let one captured signature move
+        any call, and keying it by the CallSid would spend the other call's duplicate key. Both values
+        are validated identifiers by the time they get here (see `orchestrator.settings`).
+        """
+        if not call_id or not call_sid:
+            return None
+        by_id = self.store.find_call(call_id=call_id)
+        by_sid = self.store.find_call(call_sid=call_sid)
+        if by_id is not None and by_id["call_sid"] and by_id["call_sid"] != call_sid:
+            return f"identity mismatch: call_id {call_id} has CallSid {by_id['call_sid']}, the request says {call_sid}"
+        if by_sid is not None and (by_id is None or by_sid["id"] != by_id["id"]):
+            return f"identity mismatch: CallSid {call_sid} belongs to call {by_sid['id']}, not {call_id}"
+        return None
 
     def reconcile_after_restart(self, max_call_seconds: float = 3600.0) -> list[Recorded]:
         """Calls left live by a dead process must not stay 'streaming' forever: record why they ended.

@@ -170,6 +170,44 @@ def mask_number(number: object, empty: str = "-") -> str:
     return "…" + text[-4:] if len(text) > 4 else text
 
 
+#: Twilio's identifiers: two letters naming the kind, then 32 hex digits. Checked before a peer's value
+#: reaches a log line, the store or a terminal (a 5,000-character CallSid once broke the calls table).
+SID_PATTERNS = {
+    "CA": re.compile(r"CA[0-9a-fA-F]{32}"),  # call
+    "MZ": re.compile(r"MZ[0-9a-fA-F]{32}"),  # media stream
+    "AC": re.compile(r"AC[0-9a-fA-F]{32}"),  # account
+}
+CALL_ID = re.compile(r"c_[0-9a-f]{16}")  # our own call ids (Store.create_call)
+
+
+def valid_sid(kind: str, value: object) -> bool:
+    return isinstance(value, str) and SID_PATTERNS[kind].fullmatch(value) is not None
+
+
+def valid_call_id(value: object) -> bool:
+    return isinstance(value, str) and CALL_ID.fullmatch(value) is not None
+
+
+def log_safe(value: object, limit: int = 80) -> str:
+    """A peer's text made safe for one log line or a terminal: whatever is not printable (controls,
+    format characters such as bidi overrides and zero-width ones, line and paragraph separators,
+    spaces other than ' ', unassigned code points) escaped as \\uXXXX, a backslash doubled, length
+    bounded. No line forging, no text that reorders or hides what follows it."""
+    text = str(value)
+    cut = len(text) > limit
+    out = []
+    for ch in text[:limit] if cut else text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif not ch.isprintable():
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    if cut:
+        out.append(f"…({len(text)} chars)")
+    return "".join(out)
+
+
 def _load_dotenv() -> None:
     try:
         from dotenv import load_dotenv

@@ -17,8 +17,8 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from twilio.request_validator import RequestValidator
 
-from orchestrator.service import Recorded
-from orchestrator.settings import mask_number
+from orchestrator.service import CallService, Recorded
+from orchestrator.settings import log_safe, mask_number, valid_call_id, valid_sid
 from orchestrator.twiml import busy_twiml, stream_twiml
 from orchestrator.web.app import STATE, AppState
 
@@ -48,10 +48,11 @@ def signature_problem(state: AppState, request: web.Request, params: Any) -> str
     if validator.validate(str(request.url), params, signature):
         log.warning(
             "rejected %s: signature is valid only for the local URL %s; expected it for %s "
-            "(is PUBLIC_URL the tunnel's URL?)", request.path, request.url, expected_url,
+            "(is PUBLIC_URL the tunnel's URL?)", log_safe(request.path), log_safe(request.url, 200),
+            log_safe(expected_url, 200),
         )
     else:
-        log.warning("rejected %s: bad X-Twilio-Signature for %s", request.path, expected_url)
+        log.warning("rejected %s: bad X-Twilio-Signature for %s", log_safe(request.path), log_safe(expected_url, 200))
     return "bad signature"
 
 
@@ -65,28 +66,67 @@ def _dedupe_key(form: MultiDictProxy[Any], request: web.Request, *extra: str) ->
     return request.headers.get("I-Twilio-Idempotency-Token")
 
 
+#: Form fields that carry Twilio identifiers, and the kind each must be.
+_ID_FIELDS = {"CallSid": "CA", "ParentCallSid": "CA", "AccountSid": "AC", "StreamSid": "MZ"}
+
+
+def identifier_problem(call_id: str | None, form: Any) -> str | None:
+    """Why the identifiers of a request are not what Twilio (or we) would send; None when they are."""
+    if call_id is not None and not valid_call_id(call_id):
+        return f"invalid call_id {log_safe(call_id, 40)} in the query"
+    for name, kind in _ID_FIELDS.items():
+        values = form.getall(name, [])
+        if len(values) > 1:
+            return f"{name} given {len(values)} times"
+        if values and not valid_sid(kind, values[0]):
+            return f"invalid {name} {log_safe(values[0], 40)}: expected {kind} and 32 hex digits"
+    return None
+
+
+def _payload(form: Any, token: str | None, *, clean: bool) -> dict[str, Any]:
+    """The form as stored. When an identifier is invalid it is stored escaped and shortened, never raw."""
+    payload: dict[str, Any] = {k: form.getall(k) if len(form.getall(k)) > 1 else form[k] for k in form}
+    if not clean:
+        for name in _ID_FIELDS:
+            if name in payload:
+                payload[name] = log_safe(payload[name], 64)
+    if token:
+        payload["_idempotency_token"] = log_safe(token, 128)
+    return payload
+
+
 async def _record_callback(request: web.Request, *, source: str, type_key: str, endpoint: str,
                            extra_key: tuple[str, ...] = ()) -> tuple[web.Response, Recorded]:
     state = request.app[STATE]
     form = await request.post()
-    payload: dict[str, Any] = {k: form.getall(k) if len(form.getall(k)) > 1 else form[k] for k in form}
-    token = request.headers.get("I-Twilio-Idempotency-Token")
-    if token:
-        payload["_idempotency_token"] = token
     problem = signature_problem(state, request, form)
     call_id = request.query.get("call_id")
-    call_sid = form.get("CallSid")
-    raw_type = str(form.get(type_key) or "unknown")
-    rec = await state.service.record(
-        source=source, type=raw_type, payload=payload, call_id=call_id, call_sid=call_sid,
-        dedupe_key=_dedupe_key(form, request, *[str(form.get(k) or "") for k in extra_key]),
-        rejected=problem,
-    )
-    state.prom.callbacks.labels(endpoint, "rejected" if problem else ("accepted" if rec.accepted else "ignored")).inc()
+    bad_ids = identifier_problem(call_id, form)
+    payload = _payload(form, request.headers.get("I-Twilio-Idempotency-Token"), clean=bad_ids is None)
+    call_sid = str(form["CallSid"]) if bad_ids is None and "CallSid" in form else None
+    raw_type = log_safe(form.get(type_key) or "unknown", 40)
+    if bad_ids:
+        call_id = None
+    dedupe_key = None if bad_ids else _dedupe_key(form, request, *[str(form.get(k) or "") for k in extra_key])
+
+    def apply(service: CallService) -> tuple[Recorded, str | None]:
+        refused = problem or bad_ids or service.identity_problem(call_id, call_sid)
+        # a refused request spends no duplicate key: it must not hide the real callback that follows
+        key = dedupe_key if refused is None or refused == problem else None
+        rec = service.record(source=source, type=raw_type, payload=payload, call_id=call_id, call_sid=call_sid,
+                             dedupe_key=key, rejected=refused)
+        return rec, refused
+
+    rec, refused = await state.service.run(apply)
+    outcome = "rejected" if refused else ("accepted" if rec.accepted else "ignored")
+    state.prom.callbacks.labels(endpoint, outcome).inc()
     if rec.call is not None:
         state.prom.call_state(rec.call["id"], rec.call["state"])
     if problem:
         return web.Response(status=403, text="invalid signature\n"), rec
+    if refused:
+        log.warning("refused %s: %s", request.path, log_safe(refused, 200))
+        return web.Response(status=400, text="identifiers refused\n"), rec
     if rec.changed and rec.outcome and "call_ended" in rec.outcome.effects and rec.call:
         session = state.sessions.get(rec.call["id"])
         if session is not None:
@@ -114,14 +154,18 @@ async def voice_webhook(request: web.Request) -> web.Response:
     """A call to our number: create the inbound call and answer with TwiML (or a spoken busy)."""
     state = request.app[STATE]
     form = await request.post()
-    payload = {k: form[k] for k in form}
     problem = signature_problem(state, request, form)
-    call_sid = str(form["CallSid"]) if "CallSid" in form else None
-    if problem:
+    bad_ids = identifier_problem(None, form) or (None if "CallSid" in form else "no CallSid")
+    payload = {k: form[k] for k in form} if bad_ids is None else _payload(form, None, clean=False)
+    call_sid = str(form["CallSid"]) if bad_ids is None else None
+    if problem or bad_ids:
         await state.service.record(source="voice", type="incoming", payload=payload, call_sid=call_sid,
-                                   rejected=problem)
+                                   rejected=problem or bad_ids)
         state.prom.callbacks.labels("voice", "rejected").inc()
-        return web.Response(status=403, text="invalid signature\n")
+        if problem:
+            return web.Response(status=403, text="invalid signature\n")
+        log.warning("refused voice webhook: %s", bad_ids)
+        return web.Response(status=400, text="identifiers refused\n")
     settings = state.settings
     public_url = settings.public_url or f"http://{request.host}"
     busy = state.backend.busy

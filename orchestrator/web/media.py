@@ -21,6 +21,8 @@ from bridge.errors import RemoteProtocolError
 from bridge.protocol import MAX_GAP_MS, Dtmf, Mark, Media, MediaStream, Start, Stop
 from bridge.session import MediaSession, SessionConfig
 from orchestrator.lifecycle import CallState
+from orchestrator.service import CallService
+from orchestrator.settings import log_safe, valid_call_id, valid_sid
 from orchestrator.twiml import media_url
 from orchestrator.web.app import STATE, AppState
 from orchestrator.web.wswrite import BatchSender
@@ -226,6 +228,17 @@ async def _close_when_done(live: LiveCall) -> None:
         await live.ws.close(code=1000, message=reason.encode()[:120])
 
 
+def start_identifier_problem(start: Start, call_id: str | None) -> str | None:
+    """Why a `start`'s identifiers are not what Twilio and our TwiML send; None when they are."""
+    for name, kind, value in (("start.callSid", "CA", start.call_sid), ("start.streamSid", "MZ", start.stream_sid),
+                              ("start.accountSid", "AC", start.account_sid)):
+        if not valid_sid(kind, value):
+            return f"invalid {name} {log_safe(value, 40)}: expected {kind} and 32 hex digits"
+    if call_id is not None and not valid_call_id(call_id):
+        return f"invalid call_id {log_safe(call_id, 40)} in start.customParameters"
+    return None
+
+
 async def _on_start(
     state: AppState, ws: web.WebSocketResponse, stream: MediaStream, start: Start, sender: BatchSender
 ) -> LiveCall | None:
@@ -237,14 +250,28 @@ async def _on_start(
         "tracks": list(start.tracks),
         "customParameters": {k: ("(redacted)" if k == "token" else v) for k, v in params.items()},
     }
-    call = await state.service.run(lambda s: s.store.find_call(call_id=call_id) if call_id else None)
+    bad_ids = start_identifier_problem(start, call_id)
+    if bad_ids:  # never stored or logged raw: escaped and shortened
+        payload = {k: (log_safe(v, 64) if isinstance(v, str) else v) for k, v in payload.items()}
+        payload["customParameters"] = {log_safe(k, 32): log_safe(v, 64) for k, v in params.items()
+                                       if k != "token"}
+        call_id = None
+
+    def look_up(s: CallService) -> tuple[dict[str, Any] | None, str | None]:
+        if bad_ids or not call_id:
+            return None, None
+        return s.store.find_call(call_id=call_id), s.identity_problem(call_id, start.call_sid)
+
+    call, mismatch = await state.service.run(look_up)
     reason = None
-    if call is None:
-        reason = f"unknown call id {call_id!r} in start.customParameters"
+    if bad_ids:
+        reason = bad_ids
+    elif call is None:
+        reason = f"unknown call id {log_safe(call_id, 40)} in start.customParameters"
     elif not token or token != call["token"]:
         reason = "wrong or missing per-call token in start.customParameters"
-    elif call["call_sid"] and call["call_sid"] != start.call_sid:
-        reason = f"start.callSid {start.call_sid} does not match the call's CallSid {call['call_sid']}"
+    elif mismatch:
+        reason = f"start.callSid: {mismatch}"
     elif CallState(call["state"]).terminal:
         reason = f"call already {call['state']}: no stream for a call that has ended"
     elif call["id"] in state.sessions:
@@ -262,11 +289,11 @@ async def _on_start(
             source="media",
             type="start_rejected",
             call_id=call_id,
-            call_sid=start.call_sid,
+            call_sid=None if bad_ids else start.call_sid,
             payload=payload,
             rejected=reason,
         )
-        log.warning("media start rejected: %s", reason)
+        log.warning("media start rejected: %s", log_safe(reason, 200))
         await ws.close(code=1008, message=(reason or "rejected").encode()[:120])
         return None
     try:

@@ -53,7 +53,7 @@ async def test_garbage_bad_handshake_and_bad_start_leave_a_live_call_alone(tmp_p
             assert ws.close_code == 1008
 
         # 3. a start for a call that does not exist, and one with the wrong token
-        for call_id, token in (("c_doesnotexist", "x"), (good["id"], "wrong-token")):
+        for call_id, token in (("c_" + "0" * 16, "x"), (good["id"], "wrong-token")):
             async with websockets.connect(local, additional_headers=signed) as ws:
                 await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
                 await ws.send(_start(call_id, token))
