@@ -20,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import criteria
+from orchestrator.children import child_init
 from orchestrator.service import CallService
 from orchestrator.store import parse_iso
 
@@ -136,11 +137,6 @@ def _import_analysis() -> bool:
     return True
 
 
-def _lower_priority() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(10)  # live calls first: analysis is never in a hurry
-
-
 class AnalysisPool:
     """A worker process for end-of-call analysis.
 
@@ -148,7 +144,7 @@ class AnalysisPool:
     GIL against the calls still streaming: at 50 concurrent calls on 2 cores, bridge-added latency p99
     went from ~5 ms (analysis off) to ~35-40 ms. In its own process, at lower priority, it cannot.
     Started on first use ('spawn': no fork of a threaded server); if it dies, analysis falls back to a
-    thread rather than being lost.
+    thread rather than being lost. It exits when the server does, however the server ends.
     """
 
     def __init__(self) -> None:
@@ -170,8 +166,10 @@ class AnalysisPool:
 
     def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            # the worker dies with the server even on kill -9 (see orchestrator.children), and runs at
+            # lower priority: live calls first, analysis is never in a hurry
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_lower_priority)
+                                             initializer=child_init, initargs=(os.getpid(), 10))
         return self._pool
 
     def shutdown(self) -> None:

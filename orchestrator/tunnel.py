@@ -14,6 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from orchestrator.children import dying_with_us
 from orchestrator.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ async def start_tunnel(program: str, local_url: str, *, timeout_s: float = 30.0,
     exe = executable or shutil.which(program)
     if exe is None:
         raise SettingsError(f"--tunnel {program}: `{program}` is not installed; {INSTALL_HINT[program]}")
-    proc = await asyncio.create_subprocess_exec(
-        exe, *COMMANDS[program](local_url), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(  # killed with us, even if we are killed with SIGKILL
+        *dying_with_us([exe, *COMMANDS[program](local_url)]), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     pattern = URL_PATTERNS[program]
     assert proc.stdout is not None
     try:
