@@ -14,7 +14,10 @@ Theory of operation (all times in seconds on one local monotonic clock, origin =
   call, so the delay is "played → heard back" (its first arrival) and includes nothing of ours; lost
   frames are left out of the fit. When echo is detected the path's prediction is subtracted from the
   inbound track before the inbound VAD runs, so that echoed model speech is not mistaken for the caller.
-- Turns: for each caller segment (VAD on inbound), the first model speech onset on the played track that
+- Speech segments: the caller's by VAD (meters.vad) on the echo-cancelled inbound track; ours on the
+  played track by the onset convention alone (levels.speech_segments: runs of 50 ms above threshold,
+  pauses under 300 ms inside one segment), which is exact for audio only we produce.
+- Turns: for each caller segment, the first model speech onset on the played track that
   comes after the caller's end and before the caller's next segment starts. A model segment that starts
   while the caller is still talking is overlap (barge-in or talk-over), not a response, and is not a turn;
   a caller segment the model never answers is not a turn either. Latency = model onset − caller end.
@@ -35,6 +38,7 @@ from bridge.meters.levels import (
     measure_levels,
     noise_floor_dbfs,
     speech_onset,
+    speech_segments,
     speech_threshold_dbfs,
 )
 from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_offset_s
@@ -179,20 +183,6 @@ def _level_metrics(prefix: str, lv: Levels) -> dict[str, float]:
     }
 
 
-def _exact_onset(
-    pcm: npt.NDArray[np.int16], around_s: float, rate: int, threshold_dbfs: float, reach_s: float = 0.2
-) -> float:
-    """DESIGN's speech onset (located to the sample) near a VAD segment start.
-
-    The VAD decides *that* there is speech; where it starts is the onset convention, the same one
-    first audio uses, so response latency and first audio measure the same kind of instant.
-    """
-    lo = max(0, int((around_s - reach_s) * rate))
-    hi = min(len(pcm), int((around_s + reach_s) * rate))
-    found = speech_onset(pcm[lo:hi], rate, threshold_dbfs=threshold_dbfs)
-    return (lo + found) / rate if found is not None else around_s
-
-
 def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     rate = ev.rate
     arrivals = np.asarray(ev.inbound_arrivals, dtype=np.float64).reshape(-1, 2)
@@ -213,11 +203,12 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     echo = estimate_echo(reference, inbound_local, rate, received=_shift(received.astype(np.int16), off, n) > 0)
     caller_track = cancel_echo(played_n, inbound_local, echo)
     inbound_segments = detect_speech(caller_track, rate)
-    outbound_segments = detect_speech(played_n, rate)
+    # What we played holds nothing but our own output: its speech is found by the onset convention alone
+    # (the same one the first audio uses), so a model turn starts where its speech really starts.
     played_threshold = speech_threshold_dbfs(noise_floor_dbfs(played_n, rate))
-    turns = find_turns(
-        inbound_segments, [_exact_onset(played_n, s.start_s, rate, played_threshold) for s in outbound_segments]
-    )
+    outbound_segments = [Segment(a / rate, b / rate)
+                         for a, b in speech_segments(played_n, rate, threshold_dbfs=played_threshold)]
+    turns = find_turns(inbound_segments, [s.start_s for s in outbound_segments])
 
     m: dict[str, float] = {}
     server_ms, heard_ms = first_audio(ev)

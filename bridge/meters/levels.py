@@ -34,6 +34,7 @@ __all__ = [
     "noise_floor_dbfs",
     "speech_offset",
     "speech_onset",
+    "speech_segments",
     "speech_threshold_dbfs",
     "window_dbfs",
 ]
@@ -163,6 +164,50 @@ def speech_onset(
     level = _refine_level(threshold_dbfs, refine_dbfs)
     above = np.flatnonzero(np.abs(np.asarray(pcm[first : first + win], dtype=np.int32)) > level)
     return first + int(above[0]) if above.size else first
+
+
+#: Two bursts of speech closer than this are one utterance (pauses between words), farther apart two.
+SEGMENT_GAP_MS = 300.0
+
+
+def speech_segments(
+    pcm: npt.NDArray[np.int16],
+    rate: int = 8000,
+    *,
+    threshold_dbfs: float | None = None,
+    min_ms: float = 50.0,
+    win_ms: float = 10.0,
+    gap_ms: float = SEGMENT_GAP_MS,
+) -> list[tuple[int, int]]:
+    """Speech segments [onset, end) in samples by the onset convention alone (no VAD model).
+
+    Speech is wherever a run of `min_ms` of loud 10 ms windows lies; each stretch covered by runs has
+    its onset and end located to the sample as `speech_onset` / `speech_offset` do; stretches whose
+    silence between (end to next onset) is under `gap_ms` are one segment. For audio we produced
+    (the played track), where nothing but our own output can be loud, this is exact; the caller's
+    line, with noise and echo, goes through `vad.detect_speech`.
+    """
+    if threshold_dbfs is None:
+        threshold_dbfs = speech_threshold_dbfs(noise_floor_dbfs(pcm, rate, win_ms))
+    starts, win = _run_windows(pcm, rate, threshold_dbfs, min_ms, win_ms)
+    if starts.size == 0:
+        return []
+    span = win * max(1, round(min_ms / win_ms))
+    breaks = np.flatnonzero(np.diff(starts) > span)  # covered stretches [first, last + span)
+    level = _refine_level(threshold_dbfs, None)
+    x = np.abs(np.asarray(pcm, dtype=np.int32))
+    out: list[tuple[int, int]] = []
+    for first, last in zip(np.r_[starts[0], starts[breaks + 1]], np.r_[starts[breaks], starts[-1]], strict=True):
+        head = np.flatnonzero(x[first : first + win] > level)
+        tail_at = int(last) + span - win
+        tail = np.flatnonzero(x[tail_at : tail_at + win] > level)
+        onset = int(first) + (int(head[0]) if head.size else 0)
+        end = tail_at + (int(tail[-1]) + 1 if tail.size else win)
+        if out and onset - out[-1][1] < gap_ms * rate / 1000.0:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((onset, end))
+    return out
 
 
 def speech_offset(

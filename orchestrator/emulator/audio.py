@@ -149,10 +149,11 @@ class SpeechDetector:
 # Ground truth, located to the sample. This is the emulator's own reading of DESIGN's convention, written
 # apart from the product's meters (a truth made with the code it judges proves nothing): 10 ms windows
 # sliding sample by sample, speech where five back-to-back windows are above the threshold; the onset is
-# the first sample above threshold - 6 dB in the first such window, the end the last one in the last.
+# the first sample above threshold - 6 dB in the first such window, the end the last one in the last;
+# a pause under 300 ms (one stretch's end to the next one's onset) stays inside the segment.
 NOISE_MARGIN_DB = 9.0  # threshold above a noisy line's floor: 10 ms noise windows stay within ~2 dB of it
 _MAX_THRESHOLD_DBFS = -30.0  # a "floor" louder than -39 dBFS is speech without pauses, not line noise
-_END_GAP = 2400  # 300 ms without a loud run ends a segment
+_PAUSE = 2400  # samples: a silence this long (end to next onset) separates two segments
 
 
 def noise_floor_dbfs(pcm: npt.NDArray[np.generic]) -> float:
@@ -195,15 +196,19 @@ def find_speech(pcm: npt.NDArray[np.generic], threshold_dbfs: float | None = Non
     if starts.size == 0:
         return []
     level = dbfs_to_rms(thr - 6.0)
-    cuts = np.flatnonzero(np.diff(starts) > _END_GAP)
-    out = []
+    out: list[SpeechSegment] = []
+    # stretches of samples covered by loud runs: a run starting at i covers [i, i + span)
+    cuts = np.flatnonzero(np.diff(starts) > span)
     for first, last in zip(np.r_[starts[0], starts[cuts + 1]], np.r_[starts[cuts], starts[-1]], strict=True):
         head = np.flatnonzero(np.abs(x[first : first + _WINDOW]) > level)
         tail_at = int(last) + span - _WINDOW
         tail = np.flatnonzero(np.abs(x[tail_at : tail_at + _WINDOW]) > level)
         onset = int(first) + (int(head[0]) if head.size else 0)
         end = tail_at + (int(tail[-1]) + 1 if tail.size else _WINDOW)
-        out.append(SpeechSegment(onset, end))
+        if out and onset - out[-1].end < _PAUSE:
+            out[-1] = SpeechSegment(out[-1].onset, end)
+        else:
+            out.append(SpeechSegment(onset, end))
     return out
 
 

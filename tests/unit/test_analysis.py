@@ -7,6 +7,7 @@ import pytest
 
 from bridge.analysis import MediaEvidence, analyse, find_turns, played_track
 from bridge.meters.vad import Segment
+from orchestrator.emulator.audio import find_speech
 from tests.speech import CALLER_LINES as C
 from tests.speech import MODEL_LINES as M
 from tests.speech import synth_call
@@ -55,7 +56,12 @@ def test_first_audio_and_response_latency_within_20ms(channel: dict) -> None:
         assert turn.latency_ms == pytest.approx(lat, abs=20)
     assert m["response_latency_ms_max"] == pytest.approx(max(truth.latencies_ms), abs=20)
     assert len(a.inbound_segments) == 2  # the caller's two lines, echo or not
-    assert len(a.outbound_segments) == 3
+    # the model's speech, segmented by the emulator's own reading of the convention (a line with a
+    # pause of 300 ms or more is two segments), located within a sample of each onset and end
+    expected = [(seg.onset / 8000, seg.end / 8000) for seg in find_speech(truth.played)]
+    assert len(expected) >= 3
+    measured = [t for s in a.outbound_segments for t in (s.start_s, s.end_s)]
+    assert measured == pytest.approx([t for seg in expected for t in seg], abs=0.001)
 
 
 def test_first_audio_heard_needs_a_mark_echo() -> None:
