@@ -287,7 +287,11 @@ def estimate_echo(
     noise = _path_noise(h, pre, search)
     mag = np.abs(causal)
     first = _first_arrival(mag, noise, rate)
-    z = float(mag[first] / noise)
+    # Nothing arrives before the direct sound: the 100 ms before the first arrival hold only noise. A
+    # cluster of correlation that no echo explains (the caller's own words replayed later, one voice's
+    # long-range likeness) has no quiet lead-in, so it cannot stand out of its neighbours there.
+    lead = h[max(0, pre + first - round(_LEAD_IN_S * rate)) : pre + first - round(0.001 * rate)]
+    z = float(mag[first] / max(noise, _noise_sigma(lead)))
     off, _ = _parabolic(mag[None, :], np.array([first]))
     delay_ms = float((first + off[0]) * 1000.0 / rate)
     # The response: from just before the first arrival to where its 10 ms envelope sinks into the noise.
@@ -358,6 +362,7 @@ def _noise_sigma(taps: npt.NDArray[np.float64]) -> float:
 
 
 _BLOCK_S = 0.02
+_LEAD_IN_S = 0.1
 _FIRST_ARRIVAL_Z = 6.0
 _NOISE_Z = 4.0  # what the largest of a thousand noise taps reaches
 _TAIL_NOISE_FACTOR = 3.0
