@@ -84,6 +84,7 @@ async def serve(db: Path, port_file: Path, stats_file: Path, recordings: Path) -
         recordings_dir=recordings,
         greeting="",
         max_call_seconds=3600,
+        reconcile_interval_s=0,  # no carrier here to ask
     )
     server = await start_server(settings)
     state = server.app[STATE]

@@ -57,6 +57,7 @@ async def serve_real(db: Path, port_file: Path) -> None:
         backend="echo",
         recordings_dir=None,
         greeting="",
+        reconcile_interval_s=0,  # no carrier here to ask
     )
     server = await start_server(settings)
     from orchestrator.web.app import STATE

@@ -37,7 +37,9 @@ class LifecycleError(OrchestratorError):
 
 
 class CarrierError(OrchestratorError):
-    def __init__(self, message: str, code: int | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, status: int | None = None, *,
+                 unreachable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
+        self.unreachable = unreachable  # no answer at all (connection refused, timeout), not a refusal

@@ -19,7 +19,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from orchestrator import lifecycle
@@ -41,6 +41,10 @@ _OTHER_EVENTS: dict[tuple[str, str], EventType] = {
     ("media", "dtmf"): EventType.DTMF,
     ("local", "interrupted"): EventType.INTERRUPTED,
     ("local", "reconciled_completed"): EventType.COMPLETED,
+    # reconciliation (orchestrator.reconcile); the carrier's own statuses map like a status callback's
+    ("reconcile", "stream_lost"): EventType.STREAM_STOPPED,
+    ("reconcile", "unsettled"): EventType.INITIATED,  # informative: the carrier could not say (why)
+    ("reconcile", "interrupted"): EventType.INTERRUPTED,
     # informative: recorded on the call, never move the state
     ("voice", "incoming"): EventType.INITIATED,
     ("local", "refused_busy"): EventType.INITIATED,
@@ -54,6 +58,8 @@ _OTHER_EVENTS: dict[tuple[str, str], EventType] = {
 def event_type_for(source: str, raw_type: str) -> EventType | None:
     if source == "status_callback":
         return lifecycle.CALL_STATUS_EVENTS.get(raw_type)
+    if source == "reconcile" and raw_type in lifecycle.CALL_STATUS_EVENTS:
+        return lifecycle.CALL_STATUS_EVENTS[raw_type]
     if source == "stream_status":
         return lifecycle.STREAM_STATUS_EVENTS.get(raw_type)
     return _OTHER_EVENTS.get((source, raw_type))
@@ -218,30 +224,6 @@ class CallService:
         if by_sid is not None and (by_id is None or by_sid["id"] != by_id["id"]):
             return f"identity mismatch: CallSid {call_sid} belongs to call {by_sid['id']}, not {call_id}"
         return None
-
-    def reconcile_after_restart(self, max_call_seconds: float = 3600.0) -> list[Recorded]:
-        """Calls left live by a dead process must not stay 'streaming' forever: record why they ended.
-
-        A call found `streaming` at start has lost its media socket with the old process; a call still
-        unfinished long after it could have ended never will. Each gets an explicit `interrupted` event
-        (-> failed, with the reason), so the history says what happened. A call that is merely queued or
-        ringing is left alone: the carrier's callbacks and stream will reach the new process. A later
-        real callback (completed) is still stored and shown.
-        """
-        done = []
-        cutoff = iso(utcnow() - timedelta(seconds=max_call_seconds + 600))
-        for call in self.store.calls_to_reconcile(cutoff):
-            done.append(
-                self.record(
-                    source="local",
-                    type="interrupted",
-                    call_id=call["id"],
-                    payload={"found_state": call["state"]},
-                    detail=f"interrupted: found {call['state']} at server start; the media stream was lost "
-                    "when the previous server process stopped",
-                )
-            )
-        return done
 
     # -- documents ----------------------------------------------------------------------------------
 

@@ -51,6 +51,8 @@ class Settings:
     echo_greeting: str | None = None
     max_lead_ms: float = 100.0
     jitter_buffer_ms: float | None = None  # None: 20 ms (echo, playback) or 60 ms (moshi)
+    # unfinished calls are asked of the carrier at start, then every this many seconds (0: off)
+    reconcile_interval_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -88,6 +90,7 @@ class Settings:
             ("ECHO_DELAY_MS", "echo_delay_ms", float),
             ("MAX_LEAD_MS", "max_lead_ms", float),
             ("JITTER_BUFFER_MS", "jitter_buffer_ms", float),
+            ("RECONCILE_INTERVAL_S", "reconcile_interval_s", float),
         ):
             if name in env:
                 try:
@@ -108,6 +111,8 @@ class Settings:
             raise SettingsError(f"ECHO_MODE={self.echo_mode!r}: choose delay or turns")
         if self.moshi_quantize not in ("4", "8", "none"):
             raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
+        if not self.reconcile_interval_s >= 0:
+            raise SettingsError(f"RECONCILE_INTERVAL_S={self.reconcile_interval_s}: must be 0 (off) or more")
         if not 0 <= self.port < 65536:
             raise SettingsError(f"ORCHESTRATOR_PORT={self.port}: must be 0-65535 (0 = any free port)")
         if self.public_url:

@@ -271,13 +271,20 @@ class Store:
         )
         return [dict(r) for r in self.db.query(sql, [*args, limit])]
 
-    def calls_to_reconcile(self, stale_before: str) -> list[dict[str, Any]]:
-        """Calls a restart must settle: every `streaming` call (its media socket died with the old
-        process) and any other unfinished call created before `stale_before` (nothing can still be
-        happening to it)."""
-        return list(self.db.table("calls").rows_where(
-            "state = 'streaming' OR (state IN ('queued', 'ringing', 'in-progress') AND created_at < ?)",
-            [stale_before]))
+    def unfinished_calls(self, *, quiet_before: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Calls not in a terminal state, least recently updated first; with `quiet_before`, only those
+        not updated since then (nothing has been heard of them for a while)."""
+        sql = "SELECT * FROM calls WHERE state IN ('queued', 'ringing', 'in-progress', 'streaming')"
+        args: list[Any] = []
+        if quiet_before is not None:
+            sql += " AND updated_at < ?"
+            args.append(quiet_before)
+        return self._rows(sql + " ORDER BY updated_at, rowid LIMIT ?", [*args, limit])
+
+    def last_event(self, call_id: str, source: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM events WHERE call_id = ? AND source = ? ORDER BY id DESC LIMIT 1",
+                          [call_id, source])
+        return rows[0] if rows else None
 
     def run_label(self, run_id: int | None) -> str | None:
         if run_id is None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
@@ -37,10 +39,12 @@ class RebasingHttpClient(TwilioHttpClient):
         return super().request(method, url, *args, **kwargs)
 
 
-def make_client(settings: Settings) -> Client:
+def make_client(settings: Settings, timeout_s: float = 10.0) -> Client:
+    """A client whose every request gives up after `timeout_s` (the package's default never does)."""
     sid, token = settings.require_twilio()
-    http_client = RebasingHttpClient(settings.twilio_api_base_url) if settings.twilio_api_base_url else None
-    return Client(sid, token, http_client=http_client) if http_client else Client(sid, token)
+    base = settings.twilio_api_base_url
+    http_client = RebasingHttpClient(base, timeout_s) if base else TwilioHttpClient(timeout=timeout_s)
+    return Client(sid, token, http_client=http_client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,33 @@ def hang_up(client: Client, call_sid: str, *, status: str = "completed") -> str:
     except TwilioException as exc:
         raise _carrier_error(f"hang up {call_sid}", exc) from exc
     return str(call.status)
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierCall:
+    """What the carrier's REST API says about one call now."""
+
+    sid: str
+    status: str  # Twilio's CallStatus: queued, ringing, in-progress, completed, busy, ...
+    start_time: datetime | None  # answered (None when it never was)
+    end_time: datetime | None
+    duration_s: float | None
+
+
+def fetch_call(client: Client, call_sid: str) -> CarrierCall:
+    """GET Calls/{sid}.json. Raises CarrierError: `.status` 404 when the carrier has no such call, None
+    (and `unreachable`) when it could not be asked at all."""
+    try:
+        call = client.calls(call_sid).fetch()
+    except TwilioException as exc:
+        raise _carrier_error(f"fetch {call_sid}", exc) from exc
+    except requests.RequestException as exc:
+        raise CarrierError(f"carrier unreachable: {exc.__class__.__name__}: {str(exc)[:200]}", unreachable=True) from exc
+    duration = getattr(call, "duration", None)
+    return CarrierCall(
+        sid=str(call.sid), status=str(call.status), start_time=call.start_time, end_time=call.end_time,
+        duration_s=float(duration) if duration not in (None, "") else None,
+    )
 
 
 def _carrier_error(action: str, exc: TwilioException) -> CarrierError:

@@ -8,6 +8,7 @@ recorded as interrupted on shutdown, so nothing is left half-written).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,11 +84,6 @@ def create_app(
 
     async def store_ctx(app: web.Application) -> Any:
         await state.service.start()
-        if reconcile:
-            done = await state.service.run(lambda s: s.reconcile_after_restart(settings.max_call_seconds))
-            for rec in done:
-                log.warning("call %s was live when the last server stopped: recorded as interrupted",
-                            rec.call["id"] if rec.call else "?")
         yield
         await state.service.close()
 
@@ -116,8 +112,19 @@ def create_app(
             await asyncio.wait(state.background, timeout=10)
         await asyncio.to_thread(state.analysis.shutdown)
 
+    async def reconcile_ctx(app: web.Application) -> Any:
+        # unfinished calls asked of the carrier now (in the background: readiness does not wait on
+        # the carrier), then every RECONCILE_INTERVAL_S (0: off); stopped first at shutdown
+        from orchestrator.reconcile import Reconciler
+
+        task = state.spawn(Reconciler.for_state(state).run(settings.reconcile_interval_s), "reconcile")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app.on_shutdown.append(interrupt_sessions)  # type: ignore[arg-type]
-    app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx])
+    app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx, *([reconcile_ctx] if reconcile and settings.reconcile_interval_s > 0 else [])])
     return app
 
 

@@ -103,6 +103,8 @@ def test_unknown_call_is_stored_and_reported(tmp_path: Path) -> None:
 
 
 def test_restart_reconciles_live_calls(tmp_path: Path) -> None:
+    from orchestrator.reconcile import CarrierAnswer, reconcile_call
+
     db = tmp_path / "r.db"
     service = CallService(Store(db))
     call = service.store.create_call(direction="outbound-api", to_number=None, from_number=None)
@@ -113,13 +115,16 @@ def test_restart_reconciles_live_calls(tmp_path: Path) -> None:
 
     restarted = CallService(Store(db))  # a new process would do exactly this at start
     assert restarted.store.get_call(SID)["state"] == "streaming"  # loaded back at its stored state
-    done = restarted.reconcile_after_restart()
-    assert [r.call["state"] for r in done if r.call] == ["failed"]
-    row = restarted.store.get_call(SID)
-    assert row["end_reason"].startswith("interrupted: found streaming")
-    # a late real callback is still kept, but changes nothing
+    # no carrier to ask: the stream is known lost, how the call ended is not (marked, not guessed)
+    done = reconcile_call(restarted, call["id"], CarrierAnswer(None, "the carrier cannot be asked"),
+                          max_call_seconds=300)
+    assert [r.call["state"] for r in done if r.call] == ["in-progress", "in-progress"]
+    events = restarted.store.events_for(restarted.store.get_call(SID))
+    assert [(e["source"], e["type"], e["accepted"]) for e in events[-2:]] == [
+        ("reconcile", "stream_lost", 1), ("reconcile", "unsettled", 1)]
+    # a late real callback then settles it
     late = restarted.record(**cb("completed", 3))
-    assert not late.accepted and late.reason == "terminal: call already failed"
+    assert late.accepted and restarted.store.get_call(SID)["state"] == "completed"
 
 
 def test_a_failing_judgement_keeps_the_raw_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
