@@ -60,7 +60,22 @@ def run_checks(settings: Settings) -> list[Finding]:
                        "not found: the emulator's spoken caller needs it (apt-get install espeak-ng / brew install "
                        "espeak-ng)"))
     out.append(model_finding(settings))
+    out.append(file_limit_finding(settings))
     return out
+
+
+def file_limit_finding(settings: Settings, minimum: int = 256) -> Finding:
+    """The open-file limit bounds the connections the server holds (orchestrator.web.limits)."""
+    from orchestrator.web.limits import connection_cap, file_limit
+
+    soft, hard = file_limit()
+    cap = connection_cap(settings.max_connections, soft)
+    detail = (f"soft {soft}, hard {hard}: up to {cap} connections held "
+              f"(MAX_CONNECTIONS {settings.max_connections or 'from the limit'}), {soft - cap} descriptors kept for "
+              "the database, recordings, backends and new callers")
+    if soft < minimum:
+        return Finding("open files", False, detail + f"; raise it (ulimit -n {max(4096, minimum)}) before serving")
+    return Finding("open files", True, detail)
 
 
 def model_finding(settings: Settings) -> Finding:

@@ -15,6 +15,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from orchestrator.settings import Settings
 from orchestrator.web.app import STATE, create_app
+from orchestrator.web.limits import GuardedSite
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,14 @@ async def start_server(settings: Settings, *, backend: Any = None, tunnel_health
     """Start the app on settings.host:settings.port (0 = any free port) and record `server_listening`."""
     started = time.monotonic()
     app = create_app(settings, backend=backend)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=settings.keepalive_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    state = app[STATE]
+    site = GuardedSite(runner, settings.host, settings.port, state.guard)  # connection slots and timeouts
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else settings.port
-    state = app[STATE]
     address = f"{settings.host}:{port}"
     if settings.public_url and tunnel_health is None:
         tunnel_health = await probe_health(settings.public_url)

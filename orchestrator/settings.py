@@ -53,6 +53,13 @@ class Settings:
     jitter_buffer_ms: float | None = None  # None: 20 ms (echo, playback) or 60 ms (moshi)
     # unfinished calls are asked of the carrier at start, then every this many seconds (0: off)
     reconcile_interval_s: float = 60.0
+    # what one peer can hold (orchestrator.web.limits): time to send headers, a body, a media `start`;
+    # idle keep-alive; open connections (None: the open-file limit less a reserve)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 10.0
+    media_start_timeout_s: float = 10.0
+    max_connections: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -91,6 +98,11 @@ class Settings:
             ("MAX_LEAD_MS", "max_lead_ms", float),
             ("JITTER_BUFFER_MS", "jitter_buffer_ms", float),
             ("RECONCILE_INTERVAL_S", "reconcile_interval_s", float),
+            ("HEADER_TIMEOUT_S", "header_timeout_s", float),
+            ("BODY_TIMEOUT_S", "body_timeout_s", float),
+            ("KEEPALIVE_TIMEOUT_S", "keepalive_timeout_s", float),
+            ("MEDIA_START_TIMEOUT_S", "media_start_timeout_s", float),
+            ("MAX_CONNECTIONS", "max_connections", int),
         ):
             if name in env:
                 try:
@@ -111,6 +123,11 @@ class Settings:
             raise SettingsError(f"ECHO_MODE={self.echo_mode!r}: choose delay or turns")
         if self.moshi_quantize not in ("4", "8", "none"):
             raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
+        for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "media_start_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be a positive number of seconds")
+        if self.max_connections is not None and self.max_connections < 0:
+            raise SettingsError(f"MAX_CONNECTIONS={self.max_connections}: must be 0 (from the open-file limit) or more")
         if not self.reconcile_interval_s >= 0:
             raise SettingsError(f"RECONCILE_INTERVAL_S={self.reconcile_interval_s}: must be 0 (off) or more")
         if not 0 <= self.port < 65536:

@@ -35,6 +35,7 @@ class AppState:
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     analysis: Any = None  # orchestrator.evaluation.AnalysisPool, started on first use
+    guard: Any = None  # orchestrator.web.limits.ConnectionGuard: connection slots and timeouts
     # set once the post-start warm-up (analysis imports, analysis process) is over: until then a thread
     # importing scipy holds the GIL in bursts. Harnesses that time calls (the rig, the benchmarks) wait.
     warmed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,8 +66,8 @@ def create_app(
     settings: Settings, *, backend: SpeechBackend | None = None, reconcile: bool = True
 ) -> web.Application:
     from orchestrator.web import hooks, media
+    from orchestrator.web.limits import ConnectionGuard, connection_cap, file_limit
 
-    app = web.Application(client_max_size=256 * 1024)
     state = AppState(
         settings=settings,
         service=AsyncService(lambda: Store(settings.db)),
@@ -74,6 +75,11 @@ def create_app(
         prom=Prom(),
         facts={"public_url": settings.public_url, "backend": (backend.name if backend else settings.backend)},
     )
+    state.guard = ConnectionGuard(
+        cap=connection_cap(settings.max_connections, file_limit()[0]), header_timeout_s=settings.header_timeout_s,
+        keepalive_timeout_s=settings.keepalive_timeout_s, body_timeout_s=settings.body_timeout_s,
+        streams=lambda: len(state.sessions))
+    app = web.Application(client_max_size=256 * 1024, middlewares=[state.guard.middleware])
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -155,5 +161,5 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body, content_type = state.prom.render(active_streams=len(state.sessions))
+    body, content_type = state.prom.render(active_streams=len(state.sessions), guard=state.guard)
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -8,6 +8,7 @@ frames are counted by the sans-I/O `MediaStream` and never reach another call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -154,8 +155,20 @@ async def _read_loop(
     loop returned, so that whatever happens the caller ends the call through one path.
     """
     errors_seen = 0
+    start_by = time.monotonic() + state.settings.media_start_timeout_s
     while True:
-        msg = await ws.receive()
+        if reader.live is None:  # the handshake is bounded: an upgraded socket must say `start` in time
+            try:
+                msg = await ws.receive(timeout=max(0.001, start_by - time.monotonic()))
+            except asyncio.TimeoutError:
+                reason = f"no start within {state.settings.media_start_timeout_s:g} s of the WebSocket upgrade"
+                await state.service.record(source="media", type="start_timeout", rejected=reason,
+                                           payload={"frames": stream.frames_received})
+                await ws.close(code=1008, message=reason.encode()[:120])
+                reader.end = "start_timeout"
+                return
+        else:
+            msg = await ws.receive()
         now = time.monotonic()
         live = reader.live
         if msg.type == WSMsgType.TEXT:

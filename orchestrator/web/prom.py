@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -29,6 +30,11 @@ class Prom:
                                           buckets=_LATENCY_BUCKETS, registry=r)
         self.step_ms = Histogram("orchestrator_model_step_ms", "Model step time (ms)", buckets=_STEP_BUCKETS,
                                  registry=r)
+        self.connections = Gauge("orchestrator_connections", "Open connections by phase (reading, busy, idle)",
+                                 ["phase"], registry=r)
+        self.connection_limit = Gauge("orchestrator_connection_limit", "Connections admitted now", registry=r)
+        self.connections_closed = Gauge("orchestrator_connections_closed_total",
+                                        "Connections closed or refused by the limits, by why", ["why"], registry=r)
         self._states: dict[str, str] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
 
@@ -48,6 +54,12 @@ class Prom:
         else:
             self._states[call_id] = state
 
-    def render(self, *, active_streams: int) -> tuple[bytes, str]:
+    def render(self, *, active_streams: int, guard: Any = None) -> tuple[bytes, str]:
         self.active_streams.set(active_streams)
+        if guard is not None:  # orchestrator.web.limits.ConnectionGuard: read at scrape time
+            for phase, n in guard.phases().items():
+                self.connections.labels(phase).set(n)
+            self.connection_limit.set(guard.limit)
+            for why, n in guard.counts.items():
+                self.connections_closed.labels(why).set(n)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
