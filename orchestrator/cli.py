@@ -17,6 +17,7 @@ import click
 
 from orchestrator.commands import LazyGroup
 from orchestrator.errors import OrchestratorError
+from orchestrator.redact import personal_data_masked
 from orchestrator.service import CallService, relative_ms
 from orchestrator.settings import Settings, mask_number
 from orchestrator.store import Store
@@ -32,6 +33,9 @@ db_option = click.option(
     help="SQLite database file (default: $ORCHESTRATOR_DB or the user data dir).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+redact_option = click.option("--redact", is_flag=True,
+                             help="Mask phone numbers (last four digits kept) and the caller's name and place, "
+                                  "for output shared beyond this database's owner.")
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
@@ -96,15 +100,19 @@ def migrate(db: Path | None, list_only: bool, as_json: bool) -> None:
 @click.option("--since", help="Only calls created at or after this ISO time (e.g. 2026-11-24 or 2026-11-24T10:00).")
 @click.option("--limit", default=50, show_default=True, help="At most this many calls.")
 @json_option
-def calls(db: Path | None, run: str | None, state: str | None, since: str | None, limit: int, as_json: bool) -> None:
-    """List calls, newest first.
+@redact_option
+def calls(db: Path | None, run: str | None, state: str | None, since: str | None, limit: int, as_json: bool,
+          redact: bool) -> None:
+    """List calls, newest first. The table masks phone numbers; --json holds them in full (for you, the
+    owner of this database) unless --redact.
 
     Example: orchestrator calls --run nightly --state completed
     """
     store = open_store(db)
     rows = store.list_calls(run=run, state=state, since=since, limit=limit)
     if as_json:
-        emit({"calls": [_call_summary(r) for r in rows]})
+        summary = {"calls": [_call_summary(r) for r in rows]}
+        emit(personal_data_masked(summary) if redact else summary)
         return
     if not rows:
         click.echo("no calls yet (place one with `orchestrator call` or run `orchestrator demo`)")
@@ -126,14 +134,19 @@ def _call_summary(r: dict[str, Any]) -> dict[str, Any]:
 @click.argument("call")
 @db_option
 @json_option
-def show(call: str, db: Path | None, as_json: bool) -> None:
+@redact_option
+def show(call: str, db: Path | None, as_json: bool, redact: bool) -> None:
     """Show one call: header, timeline of events and transitions, metrics and checks.
 
-    CALL is our call id (c_...) or the Twilio CallSid (CA...).
+    CALL is our call id (c_...) or the Twilio CallSid (CA...). --json is the whole record, for you, the
+    owner of this database: full phone numbers (in the call and in the carrier's event payloads) and the
+    caller's place as Twilio sent them; secrets (tokens) never. Pass --redact before sharing it.
 
-    Example: orchestrator show c_1a2b3c4d5e6f7a8b --json
+    Example: orchestrator show c_1a2b3c4d5e6f7a8b --json --redact
     """
     doc = CallService(open_store(db)).document(call)
+    if redact:
+        doc = personal_data_masked(doc)
     if as_json:
         emit(doc)
         return

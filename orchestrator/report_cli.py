@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from orchestrator.criteria import Thresholds
+from orchestrator.redact import personal_data_masked
 from orchestrator.report import FORMATS, build_report, render
 from orchestrator.service import CallService
 from orchestrator.settings import Settings
@@ -33,15 +34,20 @@ def load_docs(service: CallService, *, run: str | None, since: str | None, limit
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
+@click.option("--redact", is_flag=True,
+              help="Also mask phone numbers written inside evidence and reasons, and the caller's name and place "
+                   "(numbers in the call header are always masked in reports): for a report shared elsewhere.")
 def report(run: str | None, since: str | None, calls: tuple[str, ...], limit: int, fmt: str, out: Path | None,
-           as_json: bool, db: Path | None) -> None:
+           as_json: bool, db: Path | None, redact: bool) -> None:
     """Report test runs: the checklist as a pass/fail matrix, metric summaries, per-call timelines.
 
-    Example: orchestrator report --run nightly --format html --out nightly.html
+    Example: orchestrator report --run nightly --format html --redact --out nightly.html
     """
     settings = Settings.from_env().with_overrides(db=db)
     service = CallService(Store(settings.db))
     docs = load_docs(service, run=run, since=since, limit=limit, calls=calls)
+    if redact:
+        docs = [personal_data_masked(d) for d in docs]
     text = render(build_report(docs, run, Thresholds.from_env(os.environ)), "json" if as_json else fmt)
     if out:
         out.write_text(text, encoding="utf-8")

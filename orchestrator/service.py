@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from orchestrator import lifecycle
 from orchestrator.lifecycle import CallEvent, CallState, EventType, Outcome
+from orchestrator.redact import without_secrets
 from orchestrator.settings import log_safe
 from orchestrator.store import Store, iso, parse_iso, utcnow
 
@@ -267,7 +268,7 @@ class CallService:
                 "at": e["at"],
                 "accepted": None if e["accepted"] is None else bool(e["accepted"]),
                 "reason": e["reason"],
-                "payload": _redact(json.loads(e["payload"] or "{}")),
+                "payload": without_secrets(json.loads(e["payload"] or "{}")),
             }
             for e in store.events_for(call)
         ]
@@ -294,21 +295,6 @@ class CallService:
             "analysis": store.analysis_for(call["id"]) or {},
             "transcript": store.transcript_for(call["id"]),
         }
-
-
-_SECRET_KEYS = {"token", "AuthToken", "auth_token"}
-
-
-def _redact(payload: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in payload.items():
-        if k in _SECRET_KEYS:
-            out[k] = "(redacted)"
-        elif isinstance(v, dict):
-            out[k] = _redact(v)
-        else:
-            out[k] = v
-    return out
 
 
 def relative_ms(at: str, origin: str) -> float:

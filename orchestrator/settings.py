@@ -44,6 +44,9 @@ class Settings:
     moshi_hf_repo: str = "kyutai/moshiko-mlx-q4"
     moshi_quantize: str = "4"
     recordings_dir: Path | None = field(default_factory=default_recordings_dir)  # None = off
+    # retention (orchestrator.retention): older recordings go, then the oldest over the total; 0 = no limit
+    recordings_max_age_days: float = 30.0
+    recordings_max_total_mb: float = 2048.0
     greeting: str = "Connecting you to Moshi."
     max_call_seconds: float = 300.0
     echo_delay_ms: float = 400.0
@@ -98,6 +101,8 @@ class Settings:
             ("MAX_LEAD_MS", "max_lead_ms", float),
             ("JITTER_BUFFER_MS", "jitter_buffer_ms", float),
             ("RECONCILE_INTERVAL_S", "reconcile_interval_s", float),
+            ("RECORDINGS_MAX_AGE_DAYS", "recordings_max_age_days", float),
+            ("RECORDINGS_MAX_TOTAL_MB", "recordings_max_total_mb", float),
             ("HEADER_TIMEOUT_S", "header_timeout_s", float),
             ("BODY_TIMEOUT_S", "body_timeout_s", float),
             ("KEEPALIVE_TIMEOUT_S", "keepalive_timeout_s", float),
@@ -128,6 +133,9 @@ class Settings:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be a positive number of seconds")
         if self.max_connections is not None and self.max_connections < 0:
             raise SettingsError(f"MAX_CONNECTIONS={self.max_connections}: must be 0 (from the open-file limit) or more")
+        for name in ("recordings_max_age_days", "recordings_max_total_mb"):
+            if not getattr(self, name) >= 0:
+                raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be 0 (no limit) or more")
         if not self.reconcile_interval_s >= 0:
             raise SettingsError(f"RECONCILE_INTERVAL_S={self.reconcile_interval_s}: must be 0 (off) or more")
         if not 0 <= self.port < 65536:

@@ -129,8 +129,18 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def retention_ctx(app: web.Application) -> Any:
+        from orchestrator.retention import run_retention
+
+        task = state.spawn(run_retention(state), "recordings-retention")  # at start, then every 10 min
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app.on_shutdown.append(interrupt_sessions)  # type: ignore[arg-type]
-    app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx, *([reconcile_ctx] if reconcile and settings.reconcile_interval_s > 0 else [])])
+    reconciling = reconcile and settings.reconcile_interval_s > 0
+    app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx, retention_ctx, *([reconcile_ctx] if reconciling else [])])
     return app
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from twilio.request_validator import RequestValidator
 
+from orchestrator.redact import without_secrets
 from orchestrator.service import CallService, Recorded
 from orchestrator.settings import log_safe, mask_number, valid_call_id, valid_sid
 from orchestrator.twiml import busy_twiml, stream_twiml
@@ -84,8 +85,10 @@ def identifier_problem(call_id: str | None, form: Any) -> str | None:
 
 
 def _payload(form: Any, token: str | None, *, clean: bool) -> dict[str, Any]:
-    """The form as stored. When an identifier is invalid it is stored escaped and shortened, never raw."""
-    payload: dict[str, Any] = {k: form.getall(k) if len(form.getall(k)) > 1 else form[k] for k in form}
+    """The form as stored: secrets (Twilio's CallToken) never; an invalid identifier escaped and
+    shortened, never raw."""
+    payload: dict[str, Any] = without_secrets(
+        {k: form.getall(k) if len(form.getall(k)) > 1 else form[k] for k in form})
     if not clean:
         for name in _ID_FIELDS:
             if name in payload:
@@ -156,7 +159,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     form = await request.post()
     problem = signature_problem(state, request, form)
     bad_ids = identifier_problem(None, form) or (None if "CallSid" in form else "no CallSid")
-    payload = {k: form[k] for k in form} if bad_ids is None else _payload(form, None, clean=False)
+    payload = _payload(form, None, clean=bad_ids is None)
     call_sid = str(form["CallSid"]) if bad_ids is None else None
     if problem or bad_ids:
         await state.service.record(source="voice", type="incoming", payload=payload, call_sid=call_sid,

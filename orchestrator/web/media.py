@@ -26,6 +26,7 @@ from orchestrator.service import CallService
 from orchestrator.settings import log_safe, valid_call_id, valid_sid
 from orchestrator.twiml import media_url
 from orchestrator.web.app import STATE, AppState
+from orchestrator.web.dtmf import DtmfBatch
 from orchestrator.web.wswrite import BatchSender
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class LiveCall:
         self.session = session
         self.start = start
         self.transcript: list[tuple[float, str]] = []
+        self.dtmf = DtmfBatch()
         self.hangup_reason: str | None = None
 
     async def remote_ended(self, reason: str) -> None:
@@ -196,15 +198,12 @@ async def _read_loop(
                     reader.end = "start_rejected"
                     return
             elif isinstance(ev, Dtmf) and live is not None:
-                await state.service.record(
-                    source="media",
-                    type="dtmf",
-                    call_id=live.call["id"],
-                    payload={"digit": ev.digit, "track": ev.track},
-                )
+                live.dtmf.add(ev.digit, ev.track, now)  # stored in batches (orchestrator.web.dtmf)
             elif isinstance(ev, Stop):
                 reader.end = "stop"
                 return
+        if live is not None and live.dtmf.due(now):
+            await _store_dtmf(state, live)
         if stream.errors > errors_seen:
             state.prom.media_errors.inc(stream.errors - errors_seen)
             errors_seen = stream.errors
@@ -231,6 +230,12 @@ async def _read_loop(
             await ws.close(code=1008, message=stream.close_reason.encode()[:120])
             reader.end = "protocol_errors"
             return
+
+
+async def _store_dtmf(state: AppState, live: LiveCall) -> None:
+    payload = live.dtmf.take()
+    if payload is not None:
+        await state.service.record(source="media", type="dtmf", call_id=live.call["id"], payload=payload)
 
 
 async def _close_when_done(live: LiveCall) -> None:
@@ -416,6 +421,7 @@ async def _end_live_call(
     }
     if problem or session.failure:
         errors["problem"] = problem or session.failure
+    await _store_dtmf(state, live)  # digits still waiting for their batch
     kind = "stop" if end == "stop" else "ws_closed"
     await state.service.record(source="media", type=kind, call_id=call_id, payload={"end": end, **errors})
     if end == "internal_error" or session.failure:
