@@ -122,6 +122,8 @@ def serve(host: str | None, port: int | None, public_url: str | None, db: Path |
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # the twilio package logs every request and response header at INFO
+        logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     settings = Settings.from_env().with_overrides(host=host, port=port, public_url=public_url, db=db, backend=backend)
     settings.require_auth_token()
     paths = {"moshi_weight": moshi_weight, "mimi_weight": mimi_weight, "tokenizer": tokenizer,

@@ -10,7 +10,8 @@ too) and asyncio wrote 127,601 "Too many open files" tracebacks in under a minut
   between requests). READING longer than the header timeout, or IDLE longer than the keep-alive
   timeout, is closed. A request body must arrive within the body timeout (408 otherwise);
 - at most `cap` connections, a cap below the open-file limit so that the database, recordings, the
-  backends and new callers always find descriptors; when full, the longest IDLE connection is shed
+  backends and new callers always find descriptors, and for an accept burst (asyncio accepts up to
+  the listen backlog at once before the guard sees one); when full, the longest IDLE connection is shed
   first, then the longest READING one, and only if every connection is BUSY is the new one refused
   (503). BUSY connections (live calls, requests being answered) are never shed;
 - errors accepting connections (out of descriptors) are logged at most once per interval, with a count.
@@ -46,10 +47,17 @@ def file_limit() -> tuple[int, int]:
     return int(soft), int(hard)
 
 
+def listen_backlog(soft_limit: int) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one go before any of
+    them reaches the guard: a quarter of the base reserve, 16 to 128."""
+    return max(16, min(128, max(FD_RESERVE_MIN, soft_limit // 8) // 4))
+
+
 def connection_cap(configured: int | None, soft_limit: int) -> int:
     """The most connections to hold: MAX_CONNECTIONS when set, never above the file limit less a reserve
-    (an eighth of it, at least 64) for everything else the server opens."""
-    reserve = max(FD_RESERVE_MIN, soft_limit // 8)
+    for everything else the server opens (an eighth of the limit, at least 64) and for an accept burst
+    (twice the backlog: accepted but not yet admitted, and shed but not yet closed)."""
+    reserve = max(FD_RESERVE_MIN, soft_limit // 8) + 2 * listen_backlog(soft_limit)
     auto = max(8, soft_limit - reserve)
     return min(configured, auto) if configured else auto
 
@@ -245,8 +253,8 @@ class GuardedSite(web.BaseSite):
     """A TCP listener whose every connection goes through the guard."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, *,
-                 backlog: int = 128) -> None:
-        super().__init__(runner, backlog=backlog)
+                 backlog: int | None = None) -> None:
+        super().__init__(runner, backlog=backlog or listen_backlog(file_limit()[0]))
         self._host, self._port, self.guard = host, port, guard
 
     @property

@@ -23,6 +23,7 @@ from orchestrator.serve_cli import RunningServer, start_server
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.web.app import STATE
+from orchestrator.web.limits import connection_cap
 from tests.integration.test_hostile_media import signed_headers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,6 +178,6 @@ def test_doctor_shows_the_file_limit_and_the_connection_cap(tmp_path: Path, limi
     finding = {f["check"]: f for f in json.loads(out.stdout)["findings"]}["open files"]
     soft = limit or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert finding["ok"] is ok and finding["detail"].startswith(f"soft {soft}, hard ")
-    assert f"up to {min(100, soft - max(64, soft // 8))} connections held (MAX_CONNECTIONS 100)" in finding["detail"]
+    assert f"up to {connection_cap(100, soft)} connections held (MAX_CONNECTIONS 100)" in finding["detail"]
     if not ok:
         assert "ulimit -n 4096" in finding["detail"]

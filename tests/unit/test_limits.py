@@ -15,17 +15,26 @@ from orchestrator.web.limits import AcceptErrorLog, ConnectionGuard, Phase, conn
 @pytest.mark.parametrize(
     ("configured", "soft", "cap"),
     [
-        (None, 1024, 896),  # an eighth kept back
-        (0, 1024, 896),  # 0 reads as "from the limit"
+        (None, 1024, 832),  # an eighth kept back, and twice the backlog (32)
+        (0, 1024, 832),  # 0 reads as "from the limit"
         (100, 1024, 100),
-        (5000, 1024, 896),  # never above the limit less the reserve
-        (None, 256, 192),  # at least 64 kept back
+        (5000, 1024, 832),  # never above the limit less the reserve
+        (None, 256, 160),  # at least 64 kept back, and 2 x 16
         (None, 40, 8),  # a tiny limit still serves a few
-        (None, 1_048_576, 917_504),
+        (None, 1_048_576, 1_048_576 - 131_072 - 256),
     ],
 )
 def test_connection_cap_stays_below_the_file_limit(configured: int | None, soft: int, cap: int) -> None:
     assert connection_cap(configured, soft) == cap
+
+
+@pytest.mark.parametrize(("soft", "backlog"), [(256, 16), (1024, 32), (4096, 128), (20000, 128)])
+def test_the_accept_burst_fits_in_the_reserve(soft: int, backlog: int) -> None:
+    assert limits.listen_backlog(soft) == backlog
+    # what may be open beyond the cap (accepted, not yet admitted; shed, not yet closed) plus ~40 the
+    # server holds anyway stays under the limit
+    assert connection_cap(None, soft) + 2 * backlog + 40 <= soft
+    assert soft - connection_cap(None, soft) - 2 * backlog >= 64  # and the base reserve is still there
 
 
 class FakeTransport:
