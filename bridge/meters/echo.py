@@ -382,7 +382,10 @@ def _apply(x: npt.NDArray[np.float64], h: npt.NDArray[np.float64]) -> npt.NDArra
 def cancel_echo(
     played: npt.NDArray[np.int16], inbound: npt.NDArray[np.int16], est: EchoEstimate
 ) -> npt.NDArray[np.int16]:
-    """`inbound` less the echo the estimated path predicts from `played` (unchanged when none was found)."""
+    """`inbound` less the echo the estimated path predicts from `played` (unchanged when none was found).
+
+    Subtraction only: a room's tail below the estimate's noise stays in (issue 17 builds the canceller).
+    """
     if not est.detected or est.response is None:
         return np.asarray(inbound, dtype=np.int16)
     n = len(inbound)

@@ -120,7 +120,7 @@ def test_first_audio_and_response_latency_match_ground_truth(batch: dict[str, An
     # start: on a loaded box the start's transit alone is tens of ms. The server's own media clock offset
     # (phone clock -> server clock, from the least-delayed inbound frame) puts both on the phone's clock.
     to_phone_clock = -doc["metrics"]["inbound_media_offset_ms"]
-    assert doc["metrics"]["first_audio_heard_ms"] + to_phone_clock == pytest.approx(truth_first, abs=20)
+    assert doc["metrics"]["first_audio_heard_ms"] + to_phone_clock == pytest.approx(truth_first, abs=5)
     heard = [h["onset_ms"] for h in stream["heard_speech"]]
     true_latency = []
     for seg in stream["caller_speech"]:
@@ -128,7 +128,7 @@ def test_first_audio_and_response_latency_match_ground_truth(batch: dict[str, An
         true_latency.append(after[0] - seg["end_ms"])
     measured = [t[2] for t in doc["analysis"]["turns"]]
     assert len(measured) == len(true_latency) == 2
-    assert measured == pytest.approx(true_latency, abs=20)
+    assert measured == pytest.approx(true_latency, abs=10)
 
 
 def test_busy(batch: dict[str, Any]) -> None:
