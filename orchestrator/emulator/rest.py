@@ -99,7 +99,11 @@ class Webhooks:
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, connect=5))
+            # A pooled connection is reused for at most 5 s idle: servers close idle keep-alive
+            # connections (ours after 10 s), and a request written into one the server is closing at that
+            # instant fails with a reset that no retry policy of Twilio's would cover.
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, connect=5),
+                                                 connector=aiohttp.TCPConnector(keepalive_timeout=5.0))
         return self.session
 
     # --- delivery with faults ------------------------------------------------------------------------
