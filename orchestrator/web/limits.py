@@ -49,8 +49,9 @@ def file_limit() -> tuple[int, int]:
 
 def listen_backlog(soft_limit: int) -> int:
     """The listen backlog, which is also how many connections asyncio accepts in one go before any of
-    them reaches the guard: a quarter of the base reserve, 16 to 128."""
-    return max(16, min(128, max(FD_RESERVE_MIN, soft_limit // 8) // 4))
+    them reaches the guard: an eighth of the limit, 16 to 128 (aiohttp's default). Smaller, a burst of
+    new connections overflows the kernel's queue and waits a SYN retransmission (1 s) to get in."""
+    return max(16, min(128, soft_limit // 8))
 
 
 def connection_cap(configured: int | None, soft_limit: int) -> int:

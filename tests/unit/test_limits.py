@@ -15,11 +15,11 @@ from orchestrator.web.limits import AcceptErrorLog, ConnectionGuard, Phase, conn
 @pytest.mark.parametrize(
     ("configured", "soft", "cap"),
     [
-        (None, 1024, 832),  # an eighth kept back, and twice the backlog (32)
-        (0, 1024, 832),  # 0 reads as "from the limit"
+        (None, 1024, 640),  # an eighth kept back, and twice the backlog (128)
+        (0, 1024, 640),  # 0 reads as "from the limit"
         (100, 1024, 100),
-        (5000, 1024, 832),  # never above the limit less the reserve
-        (None, 256, 160),  # at least 64 kept back, and 2 x 16
+        (5000, 1024, 640),  # never above the limit less the reserve
+        (None, 256, 128),  # at least 64 kept back, and 2 x 32
         (None, 40, 8),  # a tiny limit still serves a few
         (None, 1_048_576, 1_048_576 - 131_072 - 256),
     ],
@@ -28,7 +28,7 @@ def test_connection_cap_stays_below_the_file_limit(configured: int | None, soft:
     assert connection_cap(configured, soft) == cap
 
 
-@pytest.mark.parametrize(("soft", "backlog"), [(256, 16), (1024, 32), (4096, 128), (20000, 128)])
+@pytest.mark.parametrize(("soft", "backlog"), [(256, 32), (1024, 128), (4096, 128), (20000, 128)])
 def test_the_accept_burst_fits_in_the_reserve(soft: int, backlog: int) -> None:
     assert limits.listen_backlog(soft) == backlog
     # what may be open beyond the cap (accepted, not yet admitted; shed, not yet closed) plus ~40 the
