@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -26,26 +27,29 @@ LINES = tuple(Turn(text=t, answer_timeout_s=4.0, pause_s=0.4) for t in
 
 async def run(cells: list[tuple[float | None, float | None]], seconds: float) -> list[dict[str, float | None]]:
     workdir = Path(tempfile.mkdtemp(prefix="echo-e2e-"))
-    settings = rig_settings(workdir, backend="echo", echo_mode="turns", greeting="",
-                            echo_greeting="Hello, I repeat what you say.")
-    async with LocalRig(settings, workdir / "truth") as rig:
-        rows = []
-        for i, (delay, loss) in enumerate(cells):
-            echo = EchoSpec(delay_ms=delay, loss_db=loss) if delay is not None and loss is not None else None
-            opts = CallOptions(ring_s=0.2, turns=LINES, caller_start_s=2.5,
-                               faults=Faults(echo=echo, noise_dbfs=-60.0, hangup_after_stream_s=seconds))
-            rows.append(await rig.place(opts, to=f"+1500555{2000 + i:04d}"))
-        truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=seconds + 60) for r in rows])
-        docs = [await rig.settled(r["id"], timeout_s=60) for r in rows]
-    out = []
-    for (delay, _loss), doc, truth in zip(cells, docs, truths, strict=True):
-        m = doc["metrics"]
-        # truth from the emulator's own signals: the first arrival and the loss over what the phone played
-        echo = (truth.stream or {}).get("echo") if delay is not None else None
-        out.append({"delay": echo["direct_delay_ms"] if echo else None, "loss": echo["loss_db"] if echo else None,
-                    "flag": m.get("echo_detected"), "m_delay": m.get("echo_delay_ms"),
-                    "m_loss": m.get("echo_return_loss_db"), "z": m.get("echo_path_z")})
-    return out
+    try:
+        settings = rig_settings(workdir, backend="echo", echo_mode="turns", greeting="",
+                                echo_greeting="Hello, I repeat what you say.")
+        async with LocalRig(settings, workdir / "truth") as rig:
+            rows = []
+            for i, (delay, loss) in enumerate(cells):
+                echo = EchoSpec(delay_ms=delay, loss_db=loss) if delay is not None and loss is not None else None
+                opts = CallOptions(ring_s=0.2, turns=LINES, caller_start_s=2.5,
+                                   faults=Faults(echo=echo, noise_dbfs=-60.0, hangup_after_stream_s=seconds))
+                rows.append(await rig.place(opts, to=f"+1500555{2000 + i:04d}"))
+            truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=seconds + 60) for r in rows])
+            docs = [await rig.settled(r["id"], timeout_s=60) for r in rows]
+        out = []
+        for (delay, _loss), doc, truth in zip(cells, docs, truths, strict=True):
+            m = doc["metrics"]
+            # truth from the emulator's own signals: the first arrival and the loss over what the phone played
+            echo = (truth.stream or {}).get("echo") if delay is not None else None
+            out.append({"delay": echo["direct_delay_ms"] if echo else None, "loss": echo["loss_db"] if echo else None,
+                        "flag": m.get("echo_detected"), "m_delay": m.get("echo_delay_ms"),
+                        "m_loss": m.get("echo_return_loss_db"), "z": m.get("echo_path_z")})
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the servers' databases and recordings
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -70,22 +71,25 @@ def grid(quick: bool) -> list[Cell]:
 
 async def run_mode(cells: list[Cell], mode: str, batch: int) -> list[tuple[Cell, dict[str, Any], Any]]:
     workdir = Path(tempfile.mkdtemp(prefix=f"fidelity-{mode}-"))
-    settings = rig_settings(workdir, backend="echo", echo_mode=mode, greeting="", echo_delay_ms=400.0,
-                            echo_greeting="Hello, I repeat what you say." if mode == "turns" else None)
-    out = []
-    async with LocalRig(settings, workdir / "truth") as rig:
-        for b in range(0, len(cells), batch):
-            part = cells[b : b + batch]
-            rows = []
-            for i, cell in enumerate(part):
-                opts = CallOptions(ring_s=0.2, turns=LINES, caller_start_s=2.5,
-                                   faults=_with_hangup(cell.faults, cell.seconds))
-                rows.append(await rig.place(opts, to=f"+1500555{3000 + b + i:04d}"))
-            truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=c.seconds + 90)
-                                            for r, c in zip(rows, part, strict=True)])
-            docs = [await rig.settled(r["id"], timeout_s=90) for r in rows]
-            out += list(zip(part, docs, truths, strict=True))
-    return out
+    try:
+        settings = rig_settings(workdir, backend="echo", echo_mode=mode, greeting="", echo_delay_ms=400.0,
+                                echo_greeting="Hello, I repeat what you say." if mode == "turns" else None)
+        out = []
+        async with LocalRig(settings, workdir / "truth") as rig:
+            for b in range(0, len(cells), batch):
+                part = cells[b : b + batch]
+                rows = []
+                for i, cell in enumerate(part):
+                    opts = CallOptions(ring_s=0.2, turns=LINES, caller_start_s=2.5,
+                                       faults=_with_hangup(cell.faults, cell.seconds))
+                    rows.append(await rig.place(opts, to=f"+1500555{3000 + b + i:04d}"))
+                truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=c.seconds + 90)
+                                                for r, c in zip(rows, part, strict=True)])
+                docs = [await rig.settled(r["id"], timeout_s=90) for r in rows]
+                out += list(zip(part, docs, truths, strict=True))
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the servers' databases and recordings
 
 
 def _with_hangup(f: Faults, seconds: float) -> Faults:

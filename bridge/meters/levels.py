@@ -14,6 +14,12 @@ Conventions (DESIGN.md, "Measurements"):
   windows slide sample by sample, so the first such window is located to the sample, and the onset is
   then the first sample inside it whose |x| exceeds −46 dBFS (164), where the speech actually starts
   rather than where the window happens to begin. The offset (end of speech) is the mirror image in time.
+- Boundaries on a noisy line: the raised threshold finds speech without noise passing for it, but cuts
+  off its quiet edges (at −40 dBFS noise a fading word's last 90 ms and a soft onset's first 50 ms). So a
+  segment found that way is widened, by the same 50 ms rule, to where the line's level is the power sum
+  of −40 dBFS and the noise floor (`boundary_threshold_dbfs`, kept ≥ 3 dB above the floor): where the
+  speech alone would cross −40 dBFS, the clean line's threshold. Widening only ever continues a segment
+  already found, so noise can move an edge, never make speech.
 
 Pure functions over arrays: no I/O, no clocks, no state.
 """
@@ -29,13 +35,16 @@ __all__ = [
     "SILENCE_FLOOR_DBFS",
     "ULAW_MAX",
     "Levels",
+    "boundary_threshold_dbfs",
     "dbfs",
+    "loud_stretches",
     "measure_levels",
     "noise_floor_dbfs",
     "speech_offset",
     "speech_onset",
     "speech_segments",
     "speech_threshold_dbfs",
+    "widen_segment",
     "window_dbfs",
 ]
 
@@ -45,6 +54,9 @@ _FULL_SCALE = 32768.0
 ONSET_DBFS = -40.0
 NOISE_MARGIN_DB = 9.0
 _MAX_THRESHOLD_DBFS = -30.0
+#: A boundary threshold stays this far above the floor: 10 ms windows of noise reach ~2 dB above its
+#: RMS, and five such windows in a row next to speech would move an edge.
+BOUNDARY_HEADROOM_DB = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,13 @@ def noise_floor_dbfs(pcm: npt.NDArray[np.int16], rate: int = 8000, win_ms: float
 def speech_threshold_dbfs(noise_floor: float) -> float:
     """The speech threshold on a line with this noise floor (see the module docstring)."""
     return min(max(ONSET_DBFS, noise_floor + NOISE_MARGIN_DB), _MAX_THRESHOLD_DBFS)
+
+
+def boundary_threshold_dbfs(noise_floor: float) -> float:
+    """Where speech found on a line with this floor starts and ends (see the module docstring): the
+    level of −40 dBFS of speech plus the noise, at least BOUNDARY_HEADROOM_DB above the floor."""
+    summed = 10.0 * np.log10(10.0 ** (ONSET_DBFS / 10.0) + 10.0 ** (noise_floor / 10.0))
+    return float(max(summed, noise_floor + BOUNDARY_HEADROOM_DB))
 
 
 def measure_levels(
@@ -132,6 +151,62 @@ def _run_windows(
     for j in range(1, k):
         ok &= loud[j * win : j * win + m]
     return np.flatnonzero(ok), win
+
+
+def loud_stretches(
+    pcm: npt.NDArray[np.int16], rate: int, threshold_dbfs: float, *, min_ms: float = 50.0, win_ms: float = 10.0
+) -> list[tuple[int, int]]:
+    """Sample ranges [first, end) covered by runs of `min_ms` of windows above the threshold (the
+    window edges, not refined to the sample)."""
+    starts, win = _run_windows(pcm, rate, threshold_dbfs, min_ms, win_ms)
+    if starts.size == 0:
+        return []
+    span = win * max(1, round(min_ms / win_ms))
+    breaks = np.flatnonzero(np.diff(starts) > span)
+    firsts = np.r_[starts[0], starts[breaks + 1]]
+    lasts = np.r_[starts[breaks], starts[-1]] + span
+    return list(zip(firsts.tolist(), lasts.tolist(), strict=True))
+
+
+def _first_above(x: npt.NDArray[np.int16], level: float) -> int | None:
+    above = np.flatnonzero(np.abs(np.asarray(x, dtype=np.int32)) > level)
+    return int(above[0]) if above.size else None
+
+
+def _last_above(x: npt.NDArray[np.int16], level: float) -> int | None:
+    above = np.flatnonzero(np.abs(np.asarray(x, dtype=np.int32)) > level)
+    return int(above[-1]) if above.size else None
+
+
+def widen_segment(
+    pcm: npt.NDArray[np.int16],
+    rate: int,
+    onset: int,
+    end: int,
+    threshold_dbfs: float,
+    *,
+    refine_dbfs: float,
+    reach_ms: float = 200.0,
+    win_ms: float = 10.0,
+) -> tuple[int, int]:
+    """Speech [onset, end) continued outward, up to `reach_ms` each way, while runs of windows above the
+    (lower) `threshold_dbfs` go on without a break; each new edge refined to the sample above
+    `refine_dbfs` in its outermost window. Never narrows."""
+    win = round(rate * win_ms / 1000.0)
+    reach = round(rate * reach_ms / 1000.0)
+    lo, hi = max(0, onset - reach), min(len(pcm), end + reach)
+    level = _refine_level(threshold_dbfs, refine_dbfs)
+    x = np.asarray(pcm)
+    new_onset, new_end = onset, end
+    for a, b in loud_stretches(x[lo:hi], rate, threshold_dbfs, win_ms=win_ms):
+        a, b = a + lo, b + lo
+        if a < onset < b:
+            head = _first_above(x[a : a + win], level)
+            new_onset = min(onset, a + (head if head is not None else 0))
+        if a < end < b:
+            tail = _last_above(x[b - win : b], level)
+            new_end = max(end, b - win + (tail + 1 if tail is not None else win))
+    return new_onset, new_end
 
 
 def _refine_level(threshold_dbfs: float, refine_dbfs: float | None) -> float:
@@ -189,20 +264,14 @@ def speech_segments(
     """
     if threshold_dbfs is None:
         threshold_dbfs = speech_threshold_dbfs(noise_floor_dbfs(pcm, rate, win_ms))
-    starts, win = _run_windows(pcm, rate, threshold_dbfs, min_ms, win_ms)
-    if starts.size == 0:
-        return []
-    span = win * max(1, round(min_ms / win_ms))
-    breaks = np.flatnonzero(np.diff(starts) > span)  # covered stretches [first, last + span)
+    win = round(rate * win_ms / 1000.0)
     level = _refine_level(threshold_dbfs, None)
-    x = np.abs(np.asarray(pcm, dtype=np.int32))
     out: list[tuple[int, int]] = []
-    for first, last in zip(np.r_[starts[0], starts[breaks + 1]], np.r_[starts[breaks], starts[-1]], strict=True):
-        head = np.flatnonzero(x[first : first + win] > level)
-        tail_at = int(last) + span - win
-        tail = np.flatnonzero(x[tail_at : tail_at + win] > level)
-        onset = int(first) + (int(head[0]) if head.size else 0)
-        end = tail_at + (int(tail[-1]) + 1 if tail.size else win)
+    for first, stop in loud_stretches(pcm, rate, threshold_dbfs, min_ms=min_ms, win_ms=win_ms):
+        head = _first_above(pcm[first : first + win], level)
+        tail = _last_above(pcm[stop - win : stop], level)
+        onset = first + (head if head is not None else 0)
+        end = stop - win + (tail + 1 if tail is not None else win)
         if out and onset - out[-1][1] < gap_ms * rate / 1000.0:
             out[-1] = (out[-1][0], end)
         else:

@@ -8,7 +8,10 @@ segments shorter than 90 ms are dropped. WebRTC's own decisions are frame-quanti
 internal overhang of a few frames, so each segment's boundaries are then refined to the sample with the
 energy onset/offset convention of `levels.speech_onset` (`levels.speech_threshold_dbfs`: −40 dBFS, or
 noise floor + 9 dB when the floor is higher; sample-level refinement above noise floor + 12 dB), searched within 60 ms outside the raw boundaries. End-of-speech therefore excludes
-the hangover, which is what response latency needs.
+the hangover, which is what response latency needs. Where noise raised the threshold, each segment is
+then widened to `levels.boundary_threshold_dbfs` (where the speech alone crosses −40 dBFS): at −40 dBFS
+of line noise the raised threshold alone ended fading words up to 90 ms early and started soft onsets
+up to 48 ms late; widened, both are within ~10 ms of the clean signal's.
 
 Pure: no I/O, no clocks; a fresh webrtcvad instance per call keeps results independent of history.
 """
@@ -23,9 +26,11 @@ import webrtcvad
 
 from bridge.meters.levels import (
     SILENCE_FLOOR_DBFS,
+    boundary_threshold_dbfs,
     speech_offset,
     speech_onset,
     speech_threshold_dbfs,
+    widen_segment,
     window_dbfs,
 )
 
@@ -101,6 +106,8 @@ def detect_speech(
     thr = speech_threshold_dbfs(floor)  # the one onset threshold (levels.py) on this line's floor
     # Noise peaks reach ~3-4x its RMS; keep the sample-level refinement above them.
     level = max(thr - 6.0, floor + 12.0)
+    edge = boundary_threshold_dbfs(floor)
+    edge_level = max(edge - 6.0, floor + 12.0)
     pad = int(0.06 * rate)
     out: list[Segment] = []
     for s, e in runs:
@@ -109,6 +116,8 @@ def detect_speech(
         off = speech_offset(x[s:hi], rate, threshold_dbfs=thr, refine_dbfs=level)
         start = lo + on if on is not None else s
         end = s + off if off is not None else e
+        if edge < thr:
+            start, end = widen_segment(x, rate, start, end, edge, refine_dbfs=edge_level)
         if end - start >= min_speech_ms * rate / 1000:
             out.append(Segment(start / rate, end / rate))
     return _merge(out, hangover_ms / 1000)

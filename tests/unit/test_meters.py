@@ -8,6 +8,7 @@ import pytest
 from bridge.meters.levels import ULAW_MAX, measure_levels, speech_offset, speech_onset, window_dbfs
 from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_offset_s
 from bridge.meters.vad import detect_speech
+from orchestrator.emulator.audio import find_speech
 from tests.speech import speak
 
 R = 8000
@@ -97,17 +98,19 @@ _LINES = (
 )
 
 
-def _speech_scene(noise_dbfs: float | None) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def _speech_scene(noise_dbfs: float | None, seed: int = 7) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The lines 1.5 s apart, line noise added; truth from the clean scene by the emulator's own
+    onset code (-40 dBFS, 50 ms), which shares nothing with the meters under test."""
     x = np.zeros(17 * R)
-    truth, t = [], 1.0
+    t = 1.0
     for text in _LINES:
         clip = speak(text)
         i = int(t * R)
         x[i : i + len(clip)] += clip
-        truth.append(((i + speech_onset(clip)) / R, (i + speech_offset(clip)) / R))
         t += len(clip) / R + 1.5
+    truth = [(s.onset / R, s.end / R) for s in find_speech(_i16(x), -40.0)]
     if noise_dbfs is not None:
-        x += _noise(len(x), noise_dbfs, seed=7)
+        x += _noise(len(x), noise_dbfs, seed=seed)
     return _i16(x), truth
 
 
@@ -121,7 +124,20 @@ def test_vad_finds_each_utterance_within_50ms_of_energy_truth(noise_dbfs: float 
         assert seg.end_s == pytest.approx(off, abs=0.05)
 
 
-@pytest.mark.parametrize("noise_dbfs", [-65.0, -55.0, -45.0])
+@pytest.mark.parametrize("seed", [7, 8, 9])
+@pytest.mark.parametrize("noise_dbfs", [-45.0, -42.0, -40.0])
+def test_on_a_noisy_line_boundaries_are_where_the_clean_speech_crosses_minus_40(noise_dbfs: float, seed: int) -> None:
+    # The raised threshold alone (floor + 9 dB) ended fading words up to 90 ms early and started soft
+    # onsets up to 48 ms late at -40 dBFS; widened to the power-summed level they stay within ~16 ms.
+    pcm, truth = _speech_scene(noise_dbfs, seed)
+    segs = detect_speech(pcm)
+    assert len(segs) == len(truth)
+    for seg, (on, off) in zip(segs, truth, strict=True):
+        assert seg.start_s == pytest.approx(on, abs=0.02)
+        assert seg.end_s == pytest.approx(off, abs=0.02)
+
+
+@pytest.mark.parametrize("noise_dbfs", [-65.0, -55.0, -45.0, -40.0])
 def test_vad_finds_nothing_in_low_noise(noise_dbfs: float) -> None:
     assert detect_speech(_i16(_noise(10 * R, noise_dbfs))) == []
 
