@@ -154,7 +154,12 @@ def _run_windows(
 
 
 def loud_stretches(
-    pcm: npt.NDArray[np.int16], rate: int, threshold_dbfs: float, *, min_ms: float = 50.0, win_ms: float = 10.0
+    pcm: npt.NDArray[np.int16],
+    rate: int,
+    threshold_dbfs: float,
+    *,
+    min_ms: float = 50.0,
+    win_ms: float = 10.0,
 ) -> list[tuple[int, int]]:
     """Sample ranges [first, end) covered by runs of `min_ms` of windows above the threshold (the
     window edges, not refined to the sample)."""

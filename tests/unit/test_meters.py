@@ -126,7 +126,9 @@ def test_vad_finds_each_utterance_within_50ms_of_energy_truth(noise_dbfs: float 
 
 @pytest.mark.parametrize("seed", [7, 8, 9])
 @pytest.mark.parametrize("noise_dbfs", [-45.0, -42.0, -40.0])
-def test_on_a_noisy_line_boundaries_are_where_the_clean_speech_crosses_minus_40(noise_dbfs: float, seed: int) -> None:
+def test_on_a_noisy_line_boundaries_are_where_the_clean_speech_crosses_minus_40(
+    noise_dbfs: float, seed: int
+) -> None:
     # The raised threshold alone (floor + 9 dB) ended fading words up to 90 ms early and started soft
     # onsets up to 48 ms late at -40 dBFS; widened to the power-summed level they stay within ~16 ms.
     pcm, truth = _speech_scene(noise_dbfs, seed)
