@@ -70,7 +70,12 @@ def dying_with_us(argv: list[str]) -> list[str]:
 
 
 def child_init(parent_pid: int, nice: int = 0) -> None:
-    """Initializer for a worker process: die with `parent_pid`, and optionally run at lower priority."""
+    """Initializer for a worker process: die with `parent_pid`, and optionally run at lower priority.
+
+    Ctrl-C in a terminal reaches the whole process group: the worker ignores it (no KeyboardInterrupt
+    traceback from the middle of an analysis) and ends when its parent shuts the pool down or dies."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_parent_death_signal()
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
         os._exit(0)

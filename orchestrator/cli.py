@@ -1,26 +1,29 @@
 """The `orchestrator` command line. Every command has help and an Example; `--json` prints one document.
 
-Errors a user can fix (unknown call, bad setting, unreadable database) are one line on stderr and exit
-status 2, never a traceback.
+Errors a user can fix (unknown call, bad setting, unreadable database) are one line on stderr and an
+exit status from `orchestrator.exits` (2: fix something here, 3: something outside did not answer),
+never a traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
-import sys
+import os
+import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 
+from orchestrator import exits
 from orchestrator.commands import LazyGroup
-from orchestrator.errors import OrchestratorError
+from orchestrator.lifecycle import CallState
 from orchestrator.redact import personal_data_masked
 from orchestrator.service import CallService, relative_ms
-from orchestrator.settings import Settings, mask_number
-from orchestrator.store import Store
+from orchestrator.settings import Settings, load_env_file, mask_number
+from orchestrator.store import Store, iso, migration_files, utcnow
 
 CRITERIA = (
     "model_loads_quickly", "server_listening", "tunnel_exposed", "call_initiated", "answered_ivr_heard",
@@ -43,9 +46,58 @@ def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
     return base.with_overrides(**overrides)
 
 
-def open_store(db: Path | None) -> Store:
+def open_store(db: Path | None, *, create: bool = False) -> Store:
+    """The database of --db or the settings; by default only one that exists (reading never makes one)."""
     settings = Settings.from_env()
-    return Store(db or settings.db)
+    return Store(db or settings.db, create=create)
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")
+_AGE_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+class Since(click.ParamType):
+    """An ISO date or time (a time without a zone is UTC, as the `created` column shows), or an age
+    such as 30m, 12h or 7d; converted to the stored form (2026-11-24T10:00:00.000Z) for comparing."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        age = _AGE.fullmatch(text)
+        try:
+            if age:
+                at = utcnow() - timedelta(**{_AGE_UNITS[age.group(2)]: float(age.group(1))})
+            else:
+                at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                if at.tzinfo is None:
+                    at = at.replace(tzinfo=timezone.utc)
+        except (ValueError, OverflowError):
+            self.fail(f"{text!r} is not a time: give an ISO date or time (2026-11-24, 2026-11-24T10:00) "
+                      "or an age (30m, 12h, 7d)", param, ctx)
+        return iso(at)
+
+
+since_option = click.option("--since", type=Since(), help="Only calls created at or after this time: ISO "
+                            "(2026-11-24, 2026-11-24T10:00; UTC unless it says) or an age (30m, 12h, 7d).")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out file that cannot be written, before any work (a demo finds out only after its calls)."""
+    folder = out.parent
+    if out.is_dir():
+        raise exits.UserError(f"--out {out} is a folder: give a file name in it")
+    if not folder.is_dir():
+        raise exits.UserError(f"--out {out}: folder {folder} does not exist (create it, or write elsewhere)")
+    if not os.access(folder, os.W_OK):
+        raise exits.UserError(f"--out {out}: folder {folder} is not writable")
+
+
+def write_out(out: Path, text: str) -> None:
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise exits.UserError(f"--out {out}: cannot write it ({exc.strerror or exc})") from exc
 
 
 def emit(data: Any) -> None:
@@ -72,6 +124,7 @@ def cli(ctx: click.Context) -> None:
 
     Example: orchestrator demo --seconds 15
     """
+    load_env_file()  # before a sub-command parses its options: some read environment variables
     ctx.ensure_object(dict)
 
 
@@ -82,23 +135,38 @@ def cli(ctx: click.Context) -> None:
 def migrate(db: Path | None, list_only: bool, as_json: bool) -> None:
     """Create or upgrade the database schema (numbered SQL migrations, each in a transaction).
 
+    Without --list it says what it applied now; --list shows every migration and when it was applied
+    (and never creates the database).
+
     Example: orchestrator migrate --db calls.db --list
     """
-    store = Store(db or Settings.from_env().db, migrate=not list_only)
-    status = store.migration_status()
+    path = str(db or Settings.from_env().db)
+    if list_only and not Path(path).exists():  # listing never creates it: everything is pending
+        applied_now: list[str] = []
+        status: list[dict[str, Any]] = [{"name": m.name, "applied_at": None} for m in migration_files()]
+    else:
+        store = Store(path, migrate=False)
+        applied_now = [] if list_only else store.migrate()
+        status = store.migration_status()
+        store.close()
     if as_json:
-        emit({"db": store.path, "migrations": status})
+        emit({"db": path, "migrations": status} | ({} if list_only else {"applied_now": applied_now}))
         return
-    click.echo(f"database: {store.path}")
-    click.echo(table([[m["name"], m["applied_at"] or "pending"] for m in status], ["migration", "applied"]))
+    if list_only:
+        click.echo(f"database: {path}" + ("" if Path(path).exists() else " (does not exist yet)"))
+        click.echo(table([[m["name"], m["applied_at"] or "pending"] for m in status], ["migration", "applied"]))
+    elif applied_now:
+        click.echo(f"{path}: applied {len(applied_now)} migration(s): {', '.join(applied_now)}")
+    else:
+        click.echo(f"{path}: schema already up to date ({len(status)} migrations)")
 
 
 @cli.command()
 @db_option
 @click.option("--run", help="Only calls of this run label.")
-@click.option("--state", help="Only calls in this state (queued, ringing, streaming, completed, busy...).")
-@click.option("--since", help="Only calls created at or after this ISO time (e.g. 2026-11-24 or 2026-11-24T10:00).")
-@click.option("--limit", default=50, show_default=True, help="At most this many calls.")
+@click.option("--state", type=click.Choice([s.value for s in CallState]), help="Only calls in this state.")
+@since_option
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many calls.")
 @json_option
 @redact_option
 def calls(db: Path | None, run: str | None, state: str | None, since: str | None, limit: int, as_json: bool,
@@ -115,7 +183,9 @@ def calls(db: Path | None, run: str | None, state: str | None, since: str | None
         emit(personal_data_masked(summary) if redact else summary)
         return
     if not rows:
-        click.echo("no calls yet (place one with `orchestrator call` or run `orchestrator demo`)")
+        total = store.count_calls()
+        click.echo(f"no calls match (the database holds {total}; drop --run/--state/--since to see them)" if total
+                   else "no calls yet (place one with `orchestrator call` or run `orchestrator demo`)")
         return
     click.echo(table(
         [[r["id"], r["call_sid"] or "-", r["direction"], mask_number(r["to_number"]), r["state"],
@@ -153,16 +223,40 @@ def show(call: str, db: Path | None, as_json: bool, redact: bool) -> None:
     click.echo(render_call(doc))
 
 
+def fmt_metric(value: float, unit: str | None) -> str:
+    """A metric as a person reads it: 412 ms, 1.25 s, 2, yes, -23.4 dBFS, 0.50 %."""
+    if unit == "ms":
+        return f"{value:.0f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "count":
+        return f"{value:.0f}"
+    if unit == "bool":
+        return "yes" if value else "no"
+    if unit == "ratio":
+        return f"{value * 100:.2f} %"
+    if unit in ("dB", "dBFS"):
+        return f"{value:.1f} {unit}"
+    return f"{value:.3f}" + (f" {unit}" if unit else "")
+
+
+def fmt_offset(ms: float) -> str:
+    """Time since the call was created, as the report prints it."""
+    return f"{ms / 1000:+.3f} s"
+
+
 def render_call(doc: dict[str, Any]) -> str:
     c = doc["call"]
     origin = c["created_at"]
     lines = [
         f"call {c['id']}  sid {c['call_sid'] or '-'}  {c['direction']}  to {mask_number(c['to'])}",
-        f"state {c['state']}  run {c['run'] or '-'}  backend {c['backend'] or '-'}  created {c['created_at']}"
-        + (f"  ended {c['ended_at']} ({c['end_reason']})" if c["ended_at"] else ""),
-        "",
-        "timeline (ms since created):",
+        f"state {c['state']}  run {c['run'] or '-'}  backend {c['backend'] or '-'}  created {c['created_at']}",
     ]
+    if c["ended_at"]:
+        lines.append(f"ended {c['ended_at']} ({c['end_reason']})")
+    if c.get("recording_path"):
+        lines.append(f"recording {c['recording_path']}")
+    lines += ["", "timeline (since created):"]
     items: list[tuple[float, str]] = []
     for e in doc["events"]:
         mark = "  " if e["accepted"] else "x "
@@ -171,32 +265,43 @@ def render_call(doc: dict[str, Any]) -> str:
     for t in doc["transitions"]:
         items.append((relative_ms(t["at"], origin), f"  -> {t['from']} => {t['to']}  ({t['trigger']})"))
     for ms, text in sorted(items, key=lambda x: x[0]):
-        lines.append(f"  {ms:9.0f}  {text}")
+        lines.append(f"  {fmt_offset(ms):>11}  {text}")
+    units = doc.get("metric_units") or {}
     if doc["metrics"]:
-        lines += ["", "metrics:"] + [f"  {k:28s} {v:.3f}" for k, v in sorted(doc["metrics"].items())]
+        lines += ["", "metrics:"] + [f"  {k:28s} {fmt_metric(v, units.get(k))}"
+                                     for k, v in sorted(doc["metrics"].items())]
     if doc["checks"]:
-        lines += ["", "checks:"]
-        for ch in doc["checks"]:
-            note = f"  note: {ch['note']}" if ch.get("note") else ""
-            lines.append(f"  {ch['criterion']:26s} {ch['status']:8s} {ch['decided_by']:6s} {ch['evidence'] or ''}{note}")
+        lines += ["", "checks:", *check_lines(doc["checks"])]
     if doc.get("transcript"):
         lines += ["", "transcript: " + "".join(p["text"] for p in doc["transcript"])]
     return "\n".join(lines)
 
 
+def check_lines(checks: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for ch in checks:
+        note = f"  note: {ch['note']}" if ch.get("note") else ""
+        out.append(f"  {ch['criterion']:26s} {ch['status']:8s} {ch['decided_by']:6s} {ch['evidence'] or ''}{note}")
+    return out
+
+
 @cli.command()
 @click.argument("call", required=False)
-@click.argument("criterion", required=False, type=click.Choice(CRITERIA))
-@click.argument("verdict", required=False, type=click.Choice(["pass", "fail", "unknown"]))
+@click.argument("criterion", required=False, type=click.Choice(CRITERIA), metavar="[CRITERION]")
+@click.argument("verdict", required=False, type=click.Choice(["pass", "fail", "unknown"]), metavar="[VERDICT]")
 @click.option("--note", help="Why (kept beside the verdict).")
 @click.option("--recompute", is_flag=True, help="Re-evaluate the automatic criteria from stored evidence.")
 @db_option
 @json_option
 def check(call: str | None, criterion: str | None, verdict: str | None, note: str | None, recompute: bool,
           db: Path | None, as_json: bool) -> None:
-    """Record a manual verdict for one criterion, or re-evaluate automatic ones.
+    """List a call's checks, record a manual verdict for one criterion, or re-evaluate automatic ones.
 
-    A manual verdict is kept beside the automatic one; both are shown.
+    CALL alone lists its checks. With CRITERION and VERDICT (pass, fail or unknown) a manual verdict is
+    kept beside the automatic one; both are shown. CRITERION is one of: model_loads_quickly,
+    server_listening, tunnel_exposed, call_initiated, answered_ivr_heard, websocket_connected,
+    caller_hears_model, model_hears_caller, conversation_interactive, audio_quality_ok,
+    no_latency_echo_issues.
 
     Example: orchestrator check c_1a2b3c4d5e6f7a8b caller_hears_model pass --note "heard it clearly"
 
@@ -207,16 +312,27 @@ def check(call: str | None, criterion: str | None, verdict: str | None, note: st
     if recompute:
         from orchestrator.evaluation import evaluate_call
 
-        refs = [call] if call else [r["id"] for r in store.list_calls(limit=100000)]
+        refs = [store.get_call(call)["id"]] if call else [r["id"] for r in store.list_calls(limit=100000)]
         results = {ref: [dataclasses.asdict(v) for v in evaluate_call(service, ref)] for ref in refs}
         if as_json:
             emit({"recomputed": results})
         else:
             click.echo(f"re-evaluated {len(refs)} call(s)")
         return
-    if not (call and criterion and verdict):
-        raise click.UsageError("give CALL CRITERION VERDICT, or --recompute")
+    if not call:
+        raise click.UsageError("give CALL (to list its checks), CALL CRITERION VERDICT, or --recompute")
     row = store.get_call(call)
+    if criterion is None:
+        checks = service.document(row["id"])["checks"]
+        if as_json:
+            emit({"call": row["id"], "checks": checks})
+        elif checks:
+            click.echo("\n".join([f"{row['id']}:", *check_lines(checks)]))
+        else:
+            click.echo(f"{row['id']}: no checks yet (`orchestrator check --recompute {row['id']}` decides them)")
+        return
+    if verdict is None:
+        raise click.UsageError(f"give a VERDICT for {criterion}: pass, fail or unknown")
     store.add_check(row["id"], criterion, verdict, note or "", "manual", note)
     if as_json:
         emit({"call": row["id"], "criterion": criterion, "status": verdict, "decided_by": "manual", "note": note})
@@ -232,19 +348,5 @@ def _register_optional() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cli.main(args=argv, prog_name="orchestrator", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except OrchestratorError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except sqlite3.Error as exc:
-        click.echo(f"error: database problem: {exc} (check --db / ORCHESTRATOR_DB)", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    """The console entry point: exit codes as in orchestrator.exits, never a traceback for a user's mistake."""
+    cli.main(args=argv, prog_name="orchestrator")

@@ -7,7 +7,10 @@ command's module is imported when that command is run (or when `--help` lists th
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 
@@ -30,12 +33,60 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's main, but every failure is one line `error: ...` and an exit code of orchestrator.exits
+        (also a usage error, and Ctrl-C: no "Aborted!", no traceback). The same under click's test runner."""
+        from orchestrator import exits
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        as_json = "--json" in (sys.argv[1:] if args is None else list(args))
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            fail("interrupted", exits.INTERRUPTED, as_json, prefix="")
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            fail(exc.format_message() + where, exc.exit_code, as_json)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code, as_json)
+        except Exception as exc:
+            user_error = exits.translate(exc)  # raised outside a sub-command
+            if user_error is None:
+                raise
+            fail(user_error.format_message(), user_error.exit_code, as_json)
+        sys.exit(code if isinstance(code, int) else 0)  # ctx.exit(n) in a command returns n here
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the sub-command; an error a user can act on leaves as one line and its exit code."""
+        from orchestrator.exits import translate
+
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            user_error = translate(exc)
+            if user_error is None or user_error is exc:
+                raise
+            raise user_error from exc
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is None and cmd_name in LAZY_COMMANDS:
             command = load(cmd_name)
             self.add_command(command, cmd_name)
         return command
+
+
+def fail(message: str, code: int, as_json: bool, prefix: str = "error: ") -> NoReturn:
+    """Leave with one line on stderr; with --json also one JSON document on stdout, for scripts."""
+    if as_json:
+        click.echo(json.dumps({"error": message, "exit_code": code}))
+    click.echo(prefix + message, err=True)
+    sys.exit(code)
 
 
 def load(name: str) -> Any:

@@ -11,17 +11,21 @@ decided from what was measured, and the emulator's ground truth is printed besid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from orchestrator import exits
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,44 @@ def caller_script(seconds: float) -> tuple[Any, ...]:
                  for line in DEMO_LINES[:n])
 
 
+class Interrupted(Exception):
+    """Ctrl-C during the calls: they were hung up and the rig stopped cleanly."""
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Any) -> Any:
+    """Await `work`, or cancel it and raise Interrupted once `stop` is set."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise Interrupted
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: asyncio.Event) -> Iterator[None]:
+    """The first Ctrl-C sets `stop` (calls hang up, server and emulator stop in order); a second one is
+    an ordinary KeyboardInterrupt."""
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, first)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from orchestrator.emulator import CallOptions, EchoSpec, Faults
     from orchestrator.report import build_report
@@ -110,16 +152,29 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         hangup_after_stream_s=opts.seconds,
     )
     far_end = CallOptions(turns=caller_script(opts.seconds), faults=faults, caller_start_s=CALLER_START_S)
-    async with LocalRig(settings, workdir / "ground_truth", backend=backend) as rig:
-        rig.emulator.set_defaults(far_end)
-        click.echo(f"server {rig.server.local_url} (public {settings.public_url} via the emulated tunnel), "
-                   f"emulator {rig.settings.twilio_api_base_url}, work dir {workdir}", err=True)
-        rows = await asyncio.gather(*[rig.place(to=DEMO_TO, run=opts.run, say=opts.say) for _ in range(opts.calls)])
-        click.echo(f"placed {len(rows)} call(s): " + ", ".join(f"{r['id']} ({r['call_sid']})" for r in rows),
-                   err=True)
-        truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60)
-                                        for r in rows])
-        docs = [await rig.settled(r["id"]) for r in rows]
+    stop = asyncio.Event()
+    with _ctrl_c_sets(stop):
+        async with LocalRig(settings, workdir / "ground_truth", backend=backend) as rig:
+            rig.emulator.set_defaults(far_end)
+            click.echo(f"server {rig.server.local_url} (public {settings.public_url} via the emulated tunnel), "
+                       f"emulator {rig.settings.twilio_api_base_url}, work dir {workdir}", err=True)
+            try:
+                if stop.is_set():
+                    raise Interrupted
+                rows = await _unless_stopped(stop, asyncio.gather(
+                    *[rig.place(to=DEMO_TO, run=opts.run, say=opts.say) for _ in range(opts.calls)]))
+                click.echo(f"placed {len(rows)} call(s): " + ", ".join(f"{r['id']} ({r['call_sid']})" for r in rows),
+                           err=True)
+                truths = await _unless_stopped(stop, asyncio.gather(
+                    *[rig.emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60) for r in rows]))
+                docs = [await _unless_stopped(stop, rig.settled(r["id"])) for r in rows]
+            except Interrupted:
+                click.echo("interrupted: hanging up and stopping the server and emulator", err=True)
+                interrupted = True
+            else:
+                interrupted = False
+    if interrupted:
+        raise KeyboardInterrupt
     return {"report": build_report(docs, opts.run), "docs": docs, "truths": truths, "workdir": str(workdir),
             "backend": backend_name, "why": why}
 
@@ -168,27 +223,39 @@ def truth_lines(docs: list[dict[str, Any]], truths: list[Any]) -> list[str]:
     return lines
 
 
-@click.command()
-@click.option("--seconds", default=20.0, show_default=True, help="How long the caller stays on the line.")
-@click.option("--calls", "n_calls", default=1, show_default=True, help="Concurrent calls to place.")
+DEMO_EXITS = exits.epilog(outcome="the calls ran but a criterion FAILed (unknown ones do not count): the "
+                          "report says which", unavailable="a local port could not be opened")
+NOT_NEGATIVE = click.FloatRange(min=0)
+
+
+@click.command(epilog=DEMO_EXITS)
+@click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="How long the caller stays on the line (at least 1).")
+@click.option("--calls", "n_calls", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Concurrent calls to place (1-32).")
 @click.option("--backend", type=click.Choice(["echo", "playback", "moshi"]), default=None,
               help="Speech backend (default: moshi when its model is cached, else echo).")
 @click.option("--echo-mode", type=click.Choice(["turns", "delay"]), default="turns", show_default=True,
               help="echo backend: 'turns' greets, then repeats each line when the caller pauses; "
               "'delay' returns everything --echo-delay-ms later.")
-@click.option("--echo-delay-ms", default=400.0, show_default=True, help="echo backend, delay mode: the delay.")
-@click.option("--echo-loss-db", type=float, default=None,
+@click.option("--echo-delay-ms", type=NOT_NEGATIVE, default=400.0, show_default=True,
+              help="echo backend, delay mode: the delay.")
+@click.option("--echo-loss-db", type=NOT_NEGATIVE, default=None,
               help="Inject an acoustic echo at the phone with this loss (dB); off by default.")
-@click.option("--echo-path-ms", default=120.0, show_default=True, help="Delay of the injected acoustic echo.")
-@click.option("--loss", default=0.0, show_default=True, help="Fraction of caller frames lost (0-1).")
-@click.option("--jitter-ms", default=0.0, show_default=True, help="Random network jitter on caller frames.")
+@click.option("--echo-path-ms", type=NOT_NEGATIVE, default=120.0, show_default=True,
+              help="Delay of the injected acoustic echo.")
+@click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction of caller frames lost (0 to just under 1).")
+@click.option("--jitter-ms", type=NOT_NEGATIVE, default=0.0, show_default=True,
+              help="Random network jitter on caller frames.")
 @click.option("--say", default="Connecting you to Moshi.", show_default=True, help="Greeting before the stream.")
 @click.option("--run", "run_label", default="demo", show_default=True, help="Run label of the calls.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Keep the calls in this database (default: a temp dir).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "html"]), default="table",
               show_default=True, help="Report format.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the report here.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report here (its folder must exist).")
 @click.option("--moshi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Moshi LM weights.")
 @click.option("--mimi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Mimi codec weights.")
 @click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None, help="Text tokenizer.")
@@ -208,10 +275,15 @@ def demo(seconds: float, n_calls: int, backend: str | None, echo_mode: str, echo
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not 0 <= loss < 1:
-        raise click.BadParameter("must be in [0, 1)", param_hint="--loss")
-    if n_calls < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--calls")
+    from orchestrator.cli import check_out, write_out
+
+    if out is not None:
+        check_out(out)  # now, not after the calls
+    if db is not None:
+        from orchestrator.store import Store
+
+        Store(db).close()  # another application's file, or a newer schema: refused before anything starts
+    caller_script(seconds)  # espeak-ng missing: said before anything starts
     paths = {"moshi_weight": moshi_weight, "mimi_weight": mimi_weight, "tokenizer": tokenizer,
              "lm_config": lm_config}
     opts = DemoOptions(seconds=seconds, calls=n_calls, backend=backend, echo_delay_ms=echo_delay_ms, echo_mode=echo_mode,
@@ -231,7 +303,16 @@ def demo(seconds: float, n_calls: int, backend: str | None, echo_mode: str, echo
         text += "\n".join(truth_lines(result["docs"], result["truths"]))
         text += f"\n\nFiles (database, recordings, ground truth): {result['workdir']}"
     if out:
-        out.write_text(text, encoding="utf-8")
+        write_out(out, text)
         click.echo(f"wrote {out}")
     else:
         click.echo(text)
+    if failed_criteria(result["report"]):
+        click.get_current_context().exit(exits.OUTCOME)
+
+
+def failed_criteria(report: Any) -> list[tuple[str, str]]:
+    """(call id, criterion) of every FAIL cell in the report: the demo then exits 1. Unknown is not a
+    failure (the echo backend has no model to load)."""
+    return [(c.id, cell.criterion) for run in report.runs for c in run.calls for cell in c.cells
+            if cell.status == "fail"]

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import re
 import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.settings import Settings, check_e164
+from orchestrator import exits
+from orchestrator.errors import OrchestratorError, SettingsError
+from orchestrator.settings import Settings, check_e164, load_env_file
 
 
 @dataclass
@@ -21,7 +28,74 @@ class Finding:
     detail: str
 
 
-def run_checks(settings: Settings) -> list[Finding]:
+_SETTING = re.compile(r"^([A-Z][A-Z0-9_]*)=")
+_THRESHOLD = re.compile(r"(CHECK_[A-Z0-9_]+)")
+
+
+def settings_findings(environ: Mapping[str, str], db: Path | None = None) -> tuple[Settings, list[Finding]]:
+    """Every malformed setting (not only the first), and the settings with those left at their defaults."""
+    env = dict(environ)
+    found: list[Finding] = []
+    for _ in range(len(env) + 1):
+        try:
+            return Settings.from_env(env, dotenv=False).with_overrides(db=db), found
+        except SettingsError as exc:
+            name = _SETTING.match(str(exc))
+            found.append(Finding(f"setting {name.group(1) if name else '?'}", False, str(exc)))
+            if name is None or name.group(1) not in env:
+                break
+            del env[name.group(1)]
+    return Settings().with_overrides(db=db), found
+
+
+def threshold_findings(environ: Mapping[str, str]) -> list[Finding]:
+    """Each CHECK_* threshold that is unknown or malformed, one finding each."""
+    from orchestrator.criteria import ThresholdError, Thresholds
+
+    found = []
+    for key in sorted(k for k in environ if k.startswith("CHECK_")):
+        try:
+            Thresholds.from_env({key: environ[key]})
+        except ThresholdError as exc:
+            found.append(Finding(f"threshold {key}", False, str(exc)))
+    if not found:
+        n = sum(1 for k in environ if k.startswith("CHECK_"))
+        found.append(Finding("thresholds", True, f"{n} CHECK_* setting(s) valid" if n else "defaults (no CHECK_*)"))
+    return found
+
+
+def carrier_finding(settings: Settings, timeout_s: float = 3.0) -> Finding:
+    """Ask the carrier for our account: does it answer, and does it take the credentials?"""
+    base = (settings.twilio_api_base_url or "https://api.twilio.com").rstrip("/")
+    name = f"emulator at {base}" if settings.twilio_api_base_url else "Twilio (api.twilio.com)"
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        return Finding("carrier", None, f"{name}: not asked (no credentials)")
+    request = urllib.request.Request(f"{base}/2010-04-01/Accounts/{settings.twilio_account_sid}.json")
+    token = base64.b64encode(f"{settings.twilio_account_sid}:{settings.twilio_auth_token}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return Finding("carrier", True, f"{name} answered and accepted the credentials")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return Finding("carrier", False, f"{name} refused the credentials (HTTP {exc.code}): check "
+                                             "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        return Finding("carrier", True, f"{name} answered (HTTP {exc.code})")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        hint = ("start `orchestrator emulator` there or fix TWILIO_API_BASE_URL" if settings.twilio_api_base_url
+                else "check the network connection")
+        return Finding("carrier", False, f"{name} did not answer ({reason}): {hint}")
+
+
+def tunnel_advice() -> str:
+    for program in ("cloudflared", "ngrok"):
+        if shutil.which(program):
+            return f"or run `orchestrator serve --tunnel {program}` ({program} is installed)"
+    return "or install cloudflared or ngrok and run `orchestrator serve --tunnel cloudflared` (neither is installed)"
+
+
+def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Finding]:
     out: list[Finding] = []
 
     def attempt(name: str, fn: object) -> None:
@@ -33,14 +107,21 @@ def run_checks(settings: Settings) -> list[Finding]:
 
     attempt("twilio credentials", lambda: (settings.require_twilio(), "set")[1])
     attempt("from number", lambda: check_e164(settings.twilio_from_number or "", "TWILIO_FROM_NUMBER"))
-    attempt("public url", settings.require_public_url)
-    out.append(Finding("carrier", True, f"emulator at {settings.twilio_api_base_url}" if settings.twilio_api_base_url
-                       else "Twilio (api.twilio.com)"))
+    if settings.public_url:
+        attempt("public url", settings.require_public_url)
+    else:
+        out.append(Finding("public url", False, "PUBLIC_URL is not set: Twilio must reach this server through a "
+                           f"tunnel; set PUBLIC_URL to the tunnel's https URL {tunnel_advice()}"))
+    out.append(carrier_finding(settings))
+    if environ is not None:
+        out += threshold_findings(environ)
 
     def database() -> str:
         from orchestrator.store import Store
 
-        store = Store(settings.db, migrate=False)
+        if not Path(settings.db).exists():  # doctor only looks: it never makes the file
+            return f"{settings.db} (not created yet: `orchestrator serve`, `call` or `migrate` creates it)"
+        store = Store(settings.db, migrate=False, create=False)
         pending = [m["name"] for m in store.migration_status() if not m["applied_at"]]
         store.close()
         return f"{settings.db}" + (f" (pending migrations: {', '.join(pending)}; run `orchestrator migrate`)"
@@ -89,20 +170,26 @@ def model_finding(settings: Settings) -> Finding:
     return Finding("model", bool(status.get("ready")), str(status.get("detail", status)))
 
 
-@click.command()
+@click.command(epilog=exits.epilog(outcome="something needs fixing (the FIX lines say what)"))
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def doctor(db: Path | None, as_json: bool) -> None:
-    """Check settings, database, tunnel, tools and the model cache; say how to fix what is wrong.
+@click.pass_context
+def doctor(ctx: click.Context, db: Path | None, as_json: bool) -> None:
+    """Check settings, thresholds, carrier, database, tunnel, tools and the model cache; say how to fix
+    what is wrong. Every bad setting is listed, not only the first. Creates nothing.
 
     Example: orchestrator doctor
     """
-    findings = run_checks(Settings.from_env().with_overrides(db=db))
+    load_env_file()
+    settings, bad = settings_findings(os.environ, db)
+    findings = bad + run_checks(settings, os.environ)
+    ok = all(f.ok is not False for f in findings)
     if as_json:
-        settings = Settings.from_env().with_overrides(db=db)
         click.echo(json.dumps({"findings": [asdict(f) for f in findings], "settings": settings.redacted(),
-                               "ok": all(f.ok is not False for f in findings)}, indent=2))
-        return
-    for f in findings:
-        mark = {True: "ok  ", False: "FIX ", None: "-   "}[f.ok]
-        click.echo(f"{mark} {f.check:20s} {f.detail}")
+                               "ok": ok}, indent=2))
+    else:
+        for f in findings:
+            mark = {True: "ok  ", False: "FIX ", None: "-   "}[f.ok]
+            click.echo(f"{mark} {f.check:20s} {f.detail}")
+    if not ok:
+        ctx.exit(exits.OUTCOME)

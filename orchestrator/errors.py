@@ -7,7 +7,11 @@ Hierarchy:
     ├── StoreError               the database cannot be opened, is newer than this code, ...
     ├── UnknownCall              no call with that id or CallSid
     ├── LifecycleError           an impossible *local* command (a bug): remote surprises never raise
-    └── CarrierError             the carrier (Twilio or the emulator) refused a request
+    └── Unavailable              something outside did not cooperate (a port taken, a network down)
+        └── CarrierError         the carrier (Twilio or the emulator) refused or did not answer a request
+
+The command line turns each into one line and an exit code (orchestrator.exits): 3 for Unavailable,
+2 for the rest.
 
 Remote problems (duplicate or late callbacks, bad signatures, garbage frames) are not exceptions
 here: they are recorded as rejected events and answered.
@@ -36,7 +40,11 @@ class LifecycleError(OrchestratorError):
     pass
 
 
-class CarrierError(OrchestratorError):
+class Unavailable(OrchestratorError):
+    pass
+
+
+class CarrierError(Unavailable):
     def __init__(self, message: str, code: int | None = None, status: int | None = None, *,
                  unreachable: bool = False) -> None:
         super().__init__(message)

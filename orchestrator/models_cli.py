@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from bridge.backends.moshi_loader import (
     resolve_files,
     weight_file_name,
 )
+from orchestrator import exits
 
 MOSHI_PACKAGES = ("moshi_mlx", "rustymimi", "mlx", "sentencepiece")
 
@@ -105,7 +108,7 @@ def pull_files(config: MoshiConfig, echo: Any = click.echo, endpoint: str | None
     `endpoint` None means the Hub ($HF_ENDPOINT); tests point it at a local fake.
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     _disable_hf_transfer()
     cache = str(hub_cache_dir(config))
@@ -114,6 +117,8 @@ def pull_files(config: MoshiConfig, echo: Any = click.echo, endpoint: str | None
         fetched[CONFIG_FILE] = hf_hub_download(
             config.hf_repo, CONFIG_FILE, cache_dir=cache, endpoint=endpoint
         )
+    except LocalEntryNotFoundError:  # a subclass of the next: the Hub could not be asked at all
+        raise
     except EntryNotFoundError:  # older repos have none; the loader then uses moshi_mlx's v0.1 config
         echo(f"{config.hf_repo} has no {CONFIG_FILE}; the built-in config will be used")
     names, _ = load_lm_config(config)
@@ -127,6 +132,48 @@ def pull_files(config: MoshiConfig, echo: Any = click.echo, endpoint: str | None
         echo(f"fetching {config.hf_repo}/{name}")
         fetched[name] = hf_hub_download(config.hf_repo, name, cache_dir=cache, endpoint=endpoint)
     return fetched
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def _moshi_config(**overrides: Any) -> MoshiConfig:
+    """MoshiConfig from the environment and options, or a one-line UserError naming what is wrong."""
+    try:
+        return MoshiConfig.from_env(**overrides)
+    except ValueError as err:
+        raise exits.UserError(f"{err}; fix it in .env or the environment, or pass --quantize") from err
+
+
+def _fetch_error(repo: str, err: Exception) -> exits.UserError:
+    """Why a download failed, in one line, with the exit code of orchestrator.exits."""
+    import requests
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    # most of these are OSErrors too (through requests): the specific ones first
+    if isinstance(err, GatedRepoError):
+        return exits.UserError(f"could not fetch {repo}: the repo is gated; accept its terms on huggingface.co "
+                               "and log in (`hf auth login`)", exits.UNAVAILABLE)
+    if isinstance(err, RepositoryNotFoundError):
+        return exits.UserError(f"could not fetch {repo}: no such repo on the Hub (or it is private); check --repo "
+                               "/ MOSHI_HF_REPO, e.g. kyutai/moshiko-mlx-q4")
+    if isinstance(err, LocalEntryNotFoundError | requests.ConnectionError | requests.Timeout):
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = ("HF_HUB_OFFLINE is set: unset it to download" if offline
+               else "the Hugging Face Hub did not answer: check the network (or HF_ENDPOINT)")
+        return exits.UserError(f"could not fetch {repo}: {why}", exits.UNAVAILABLE)
+    if isinstance(err, EntryNotFoundError):
+        return exits.UserError(f"could not fetch {repo}: a file is missing from the repo ({err.__class__.__name__}); "
+                               "is it a Moshi MLX repo? check --repo and --quantize")
+    if isinstance(err, PermissionError):
+        return exits.UserError(f"could not fetch {repo}: cannot write the cache ({err}); pass --cache-dir")
+    first = (str(err).splitlines() or [""])[0][:200]
+    return exits.UserError(f"could not fetch {repo}: {type(err).__name__}: {first}", exits.UNAVAILABLE)
 
 
 def cached_repos(cache_dir: Path) -> list[dict[str, Any]]:
@@ -159,8 +206,15 @@ quantize_option = click.option(
     default=None,
     help="Weights to use: 4-bit, 8-bit or none (bf16). Default: $MOSHI_QUANTIZE, else 4.",
 )
+def _repo(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not REPO_ID.fullmatch(value):
+        raise click.BadParameter(f"{value!r} is not a Hugging Face repo id: OWNER/NAME, e.g. kyutai/moshiko-mlx-q4")
+    return value
+
+
 repo_option = click.option(
-    "--repo", default=None, help="Hugging Face repo (default: $MOSHI_HF_REPO, else kyutai/moshiko-mlx-q4)."
+    "--repo", default=None, callback=_repo,
+    help="Hugging Face repo, OWNER/NAME (default: $MOSHI_HF_REPO, else kyutai/moshiko-mlx-q4).",
 )
 cache_option = click.option(
     "--cache-dir",
@@ -181,7 +235,7 @@ def models() -> None:
     """
 
 
-@models.command()
+@models.command(epilog=exits.epilog(unavailable="the Hugging Face Hub did not answer or refused"))
 @repo_option
 @quantize_option
 @cache_option
@@ -191,14 +245,11 @@ def pull(repo: str | None, quantize: str | None, cache_dir: Path | None, as_json
 
     Example: orchestrator models pull --repo kyutai/moshika-mlx-q8 --quantize 8
     """
-    try:
-        config = MoshiConfig.from_env(hf_repo=repo, quantize=quantize, cache_dir=cache_dir)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from err
+    config = _moshi_config(hf_repo=repo, quantize=quantize, cache_dir=cache_dir)
     try:
         fetched = pull_files(config, echo=(lambda _m: None) if as_json else click.echo)
     except Exception as err:  # network, auth or disk problems: one line, not a traceback
-        raise click.ClickException(f"could not fetch {config.hf_repo}: {type(err).__name__}: {err}") from err
+        raise _fetch_error(config.hf_repo, err) from err
     status = model_status(config=config)
     if as_json:
         click.echo(json.dumps({"fetched": fetched, "status": status}, indent=2))
@@ -206,7 +257,7 @@ def pull(repo: str | None, quantize: str | None, cache_dir: Path | None, as_json
     click.echo(f"ready: {status['ready']} ({config.hf_repo}, cache {status['cache_dir']})")
 
 
-@models.command(name="list")
+@models.command(name="list", epilog=exits.epilog())
 @cache_option
 @json_option
 def list_(cache_dir: Path | None, as_json: bool) -> None:
@@ -214,7 +265,7 @@ def list_(cache_dir: Path | None, as_json: bool) -> None:
 
     Example: orchestrator models list --json
     """
-    config = MoshiConfig.from_env(cache_dir=cache_dir)
+    config = _moshi_config(cache_dir=cache_dir)
     root = hub_cache_dir(config)
     repos = cached_repos(root)
     status = model_status(config=config)

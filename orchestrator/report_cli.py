@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from orchestrator import exits
+from orchestrator.cli import check_out, since_option, write_out
 from orchestrator.criteria import Thresholds
 from orchestrator.redact import personal_data_masked
 from orchestrator.report import FORMATS, build_report, render
@@ -24,11 +26,11 @@ def load_docs(service: CallService, *, run: str | None, since: str | None, limit
     return [service.document(r["id"]) for r in reversed(rows)]  # oldest first reads like a log
 
 
-@click.command()
+@click.command(epilog=exits.epilog())
 @click.option("--run", help="Only this run label.")
-@click.option("--since", help="Only calls created at or after this ISO time.")
-@click.option("--call", "calls", multiple=True, help="Only these calls (id or CallSid); repeatable.")
-@click.option("--limit", default=200, show_default=True, help="At most this many calls.")
+@since_option
+@click.option("--call", "calls", multiple=True, help="Only these calls (id, CallSid or the start of either); repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="At most this many calls.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="table for a terminal, md for a ticket, json for scripts, html for a page with plots.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
@@ -43,14 +45,16 @@ def report(run: str | None, since: str | None, calls: tuple[str, ...], limit: in
 
     Example: orchestrator report --run nightly --format html --redact --out nightly.html
     """
+    if out is not None:
+        check_out(out)
     settings = Settings.from_env().with_overrides(db=db)
-    service = CallService(Store(settings.db))
+    service = CallService(Store(settings.db, create=False))
     docs = load_docs(service, run=run, since=since, limit=limit, calls=calls)
     if redact:
         docs = [personal_data_masked(d) for d in docs]
     text = render(build_report(docs, run, Thresholds.from_env(os.environ)), "json" if as_json else fmt)
     if out:
-        out.write_text(text, encoding="utf-8")
+        write_out(out, text)
         click.echo(f"wrote {out} ({len(docs)} call(s))")
     else:
         click.echo(text)

@@ -13,6 +13,8 @@ from typing import Any
 import click
 from aiohttp import ClientSession, ClientTimeout, web
 
+from orchestrator import exits
+from orchestrator.exits import listen_error
 from orchestrator.settings import Settings
 from orchestrator.web.app import STATE, create_app
 from orchestrator.web.limits import GuardedSite
@@ -42,7 +44,11 @@ async def start_server(settings: Settings, *, backend: Any = None, tunnel_health
     await runner.setup()
     state = app[STATE]
     site = GuardedSite(runner, settings.host, settings.port, state.guard)  # connection slots and timeouts
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_error(exc, settings.host, settings.port, "the server", "--port / ORCHESTRATOR_PORT") from exc
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else settings.port
@@ -95,9 +101,11 @@ async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = N
         click.echo("shutting down: closing open calls")
 
 
-@click.command()
+@click.command(epilog=exits.epilog(unavailable="the port is taken, the host is not this machine's, or the "
+                                                "tunnel did not start"))
 @click.option("--host", default=None, help="Interface to bind (default $ORCHESTRATOR_HOST or 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default $ORCHESTRATOR_PORT or 8080).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port, 0 for any free one (default $ORCHESTRATOR_PORT or 8080).")
 @click.option("--public-url", default=None, help="https URL the tunnel exposes (default $PUBLIC_URL).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
 @click.option("--backend", type=click.Choice(["echo", "playback", "moshi"]), default=None,
@@ -126,6 +134,8 @@ def serve(host: str | None, port: int | None, public_url: str | None, db: Path |
         logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     settings = Settings.from_env().with_overrides(host=host, port=port, public_url=public_url, db=db, backend=backend)
     settings.require_auth_token()
+    if settings.public_url:
+        settings.require_public_url()  # https, as `orchestrator call` will insist: refuse it now, not then
     paths = {"moshi_weight": moshi_weight, "mimi_weight": mimi_weight, "tokenizer": tokenizer,
              "lm_config": lm_config}
     speech = None

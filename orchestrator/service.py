@@ -280,6 +280,7 @@ class CallService:
             ],
             "events": events,
             "metrics": store.metrics_for(call["id"]),
+            "metric_units": store.metric_units_for(call["id"]),
             "checks": [
                 {
                     "criterion": c["criterion"],

@@ -238,6 +238,12 @@ def log_safe(value: object, limit: int = 80) -> str:
     return "".join(out)
 
 
+def load_env_file() -> None:
+    """Put a `.env` in the current folder into the environment (what is already set wins), so that
+    options read from environment variables (the emulator's credentials) see it too."""
+    _load_dotenv()
+
+
 def _load_dotenv() -> None:
     try:
         from dotenv import load_dotenv

@@ -92,23 +92,38 @@ def build_migrations(files: list[MigrationFile] | None = None) -> Migrations:
 class Store:
     """Rows in, rows out. Every write is its own transaction unless grouped with `transaction()`."""
 
-    def __init__(self, path: str | Path, *, migrate: bool = True) -> None:
+    def __init__(self, path: str | Path, *, migrate: bool = True, create: bool = True) -> None:
+        """Open (and with `migrate`, upgrade) the database at `path`.
+
+        `create=False` is for commands that only read: a missing file is a StoreError, and neither the
+        file nor its folder is made. A SQLite file written by another application is refused before
+        anything is written to it (not even the WAL journal mode).
+        """
         self.path = str(path)
+        on_disk = self.path != ":memory:"
+        if on_disk and not create and not Path(self.path).exists():
+            raise StoreError(
+                f"no database at {self.path} (check --db / ORCHESTRATOR_DB; `orchestrator migrate --db PATH` "
+                "makes an empty one)")
         try:
-            if self.path != ":memory:":
+            if on_disk and create:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 10000")
-            if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         self.conn = conn
         self._savepoints = 0
         self.db = sqlite_utils.Database(conn)
-        self._check_version()
+        try:
+            self._check_version()
+            if on_disk:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
         if migrate:
             self.migrate()
 
@@ -117,8 +132,15 @@ class Store:
     def _check_version(self) -> None:
         try:
             applied = {m.name for m in build_migrations().applied(self.db)}
+            tables = [r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a readable SQLite database: {exc}") from exc
+        if tables and not applied:  # an empty file is ours to fill; someone else's tables are not
+            shown = ", ".join(tables[:4]) + (f" and {len(tables) - 4} more" if len(tables) > 4 else "")
+            raise StoreError(
+                f"{self.path} is another application's SQLite database (tables {shown}), not ours: point --db / "
+                "ORCHESTRATOR_DB at a new file or one this tool made")
         known = {m.name for m in migration_files()}
         unknown = sorted(applied - known)
         if unknown:
@@ -189,10 +211,11 @@ class Store:
     # -- runs and calls -----------------------------------------------------------------------------
 
     def ensure_run(self, label: str) -> int:
-        row = self.db.execute("SELECT id FROM runs WHERE label = ?", [label]).fetchone()
-        if row:
-            return int(row[0])
-        return int(self.db.table("runs").insert({"label": label, "created_at": iso(utcnow())}).last_pk or 0)
+        """The id of the run with this label, made if new. Insert-or-ignore first, then read: several
+        dialers (threads, processes) create the same run at once, and a read-then-insert lost that race."""
+        self.conn.execute("INSERT OR IGNORE INTO runs (label, created_at) VALUES (?, ?)", [label, iso(utcnow())])
+        row = self.conn.execute("SELECT id FROM runs WHERE label = ?", [label]).fetchone()
+        return int(row[0])
 
     def create_call(
         self,
@@ -236,11 +259,23 @@ class Store:
         return None
 
     def get_call(self, ref: str) -> dict[str, Any]:
-        """A call by our id or by its CallSid."""
+        """A call by our id or its CallSid, or by a prefix of either that only one call has (the report
+        prints ids shortened, `c_6e9de6427…`: the ellipsis is dropped)."""
         row = self.find_call(call_id=ref, call_sid=ref)
-        if row is None:
-            raise UnknownCall(f"no call with id or CallSid {ref!r} (list them with `orchestrator calls`)")
-        return row
+        if row is not None:
+            return row
+        prefix = ref.rstrip(".…")
+        if len(prefix) >= 4:
+            # substr, not LIKE: "_" in our ids is a LIKE wildcard
+            found = self._rows("SELECT * FROM calls WHERE substr(id, 1, ?) = ? OR substr(call_sid, 1, ?) = ? "
+                               "LIMIT 6", [len(prefix), prefix, len(prefix), prefix])
+            if len(found) == 1:
+                return found[0]
+            if found:
+                ids = ", ".join(r["id"] for r in found[:5])
+                raise UnknownCall(f"{ref!r} is the start of {'more than 5' if len(found) > 5 else len(found)} "
+                                  f"calls ({ids}): give more of the id")
+        raise UnknownCall(f"no call with id or CallSid {ref!r} (list them with `orchestrator calls`)")
 
     def update_call(self, call_id: str, **fields: Any) -> None:
         fields["updated_at"] = iso(utcnow())
@@ -256,13 +291,13 @@ class Store:
     ) -> list[dict[str, Any]]:
         where, args = [], []
         if run:
-            where.append("run_id = (SELECT id FROM runs WHERE label = ?)")
+            where.append("calls.run_id = (SELECT id FROM runs WHERE label = ?)")
             args.append(run)
         if state:
-            where.append("state = ?")
+            where.append("calls.state = ?")
             args.append(state)
-        if since:
-            where.append("created_at >= ?")
+        if since:  # both tables have created_at: name the calls' one
+            where.append("calls.created_at >= ?")
             args.append(since)
         sql = (
             "SELECT calls.*, runs.label AS run FROM calls LEFT JOIN runs ON runs.id = calls.run_id"
@@ -270,6 +305,9 @@ class Store:
             + " ORDER BY calls.created_at DESC, calls.rowid DESC LIMIT ?"
         )
         return [dict(r) for r in self.db.query(sql, [*args, limit])]
+
+    def count_calls(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM calls").fetchone()[0])
 
     def unfinished_calls(self, *, quiet_before: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Calls not in a terminal state, least recently updated first; with `quiet_before`, only those
@@ -358,6 +396,10 @@ class Store:
 
     def metrics_for(self, call_id: str) -> dict[str, float]:
         return {r["name"]: r["value"] for r in self._rows("SELECT name, value FROM metrics WHERE call_id = ?", [call_id])}
+
+    def metric_units_for(self, call_id: str) -> dict[str, str]:
+        rows = self._rows("SELECT name, unit FROM metrics WHERE call_id = ? AND unit IS NOT NULL", [call_id])
+        return {r["name"]: r["unit"] for r in rows}
 
     def add_check(
         self, call_id: str, criterion: str, status: str, evidence: str, decided_by: str, note: str | None = None

@@ -67,6 +67,8 @@ def place_call(
         )
     except TwilioException as exc:
         raise _carrier_error("create the call", exc) from exc
+    except requests.RequestException as exc:
+        raise _unreachable(client, exc) from exc
     return PlacedCall(sid=str(call.sid), status=str(call.status))
 
 
@@ -75,6 +77,8 @@ def hang_up(client: Client, call_sid: str, *, status: str = "completed") -> str:
         call = client.calls(call_sid).update(status=status)
     except TwilioException as exc:
         raise _carrier_error(f"hang up {call_sid}", exc) from exc
+    except requests.RequestException as exc:
+        raise _unreachable(client, exc) from exc
     return str(call.status)
 
 
@@ -97,12 +101,22 @@ def fetch_call(client: Client, call_sid: str) -> CarrierCall:
     except TwilioException as exc:
         raise _carrier_error(f"fetch {call_sid}", exc) from exc
     except requests.RequestException as exc:
-        raise CarrierError(f"carrier unreachable: {exc.__class__.__name__}: {str(exc)[:200]}", unreachable=True) from exc
+        raise _unreachable(client, exc) from exc
     duration = getattr(call, "duration", None)
     return CarrierCall(
         sid=str(call.sid), status=str(call.status), start_time=call.start_time, end_time=call.end_time,
         duration_s=float(duration) if duration not in (None, "") else None,
     )
+
+
+def _unreachable(client: Client, exc: requests.RequestException) -> CarrierError:
+    """The carrier did not answer at all: which one, and what to check (one line, no urllib3 chain)."""
+    http = client.http_client
+    where = urlunsplit(http._base) if isinstance(http, RebasingHttpClient) else "api.twilio.com"
+    hint = ("is `orchestrator emulator` running there? (TWILIO_API_BASE_URL)" if isinstance(http, RebasingHttpClient)
+            else "check the network connection")
+    kind = "timed out" if isinstance(exc, requests.Timeout) else "did not answer"
+    return CarrierError(f"carrier unreachable: {where} {kind} ({exc.__class__.__name__}); {hint}", unreachable=True)
 
 
 def _carrier_error(action: str, exc: TwilioException) -> CarrierError:

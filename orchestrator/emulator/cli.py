@@ -14,7 +14,23 @@ from pathlib import Path
 
 import click
 
+from orchestrator import exits
 from orchestrator.emulator import CallbackFaults, CallOptions, CarrierEmulator, EchoSpec, Faults, Turn
+from orchestrator.exits import listen_error
+from orchestrator.settings import valid_sid
+
+
+def _account_sid(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not valid_sid("AC", value):
+        raise click.BadParameter(f"{value!r} is not an Account SID: AC followed by 32 hex digits "
+                                 "(AC00000000000000000000000000000000 will do for the emulator)")
+    return value
+
+
+def _not_negative(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value >= 0:
+        raise click.BadParameter(f"{value}: must be 0 or more")
+    return value
 
 
 def _routes(values: tuple[str, ...]) -> dict[str, str]:
@@ -33,13 +49,15 @@ def _routes(values: tuple[str, ...]) -> dict[str, str]:
     return routes
 
 
-@click.command("emulator")
+@click.command("emulator", epilog=exits.epilog(unavailable="the port is taken or the host is not this machine's"))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=0, help="Port to listen on (0: a free one, printed at start).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
+              help="Port to listen on (0: a free one, printed at start).")
 @click.option(
     "--account-sid",
     envvar="TWILIO_ACCOUNT_SID",
     required=True,
+    callback=_account_sid,
     help="Account SID the REST API accepts ($TWILIO_ACCOUNT_SID).",
 )
 @click.option(
@@ -68,7 +86,8 @@ def _routes(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="How calls to ordinary numbers end up.",
 )
-@click.option("--ring-s", type=float, default=1.0, show_default=True, help="Seconds the phone rings.")
+@click.option("--ring-s", type=float, default=1.0, show_default=True, callback=_not_negative,
+              help="Seconds the phone rings.")
 @click.option(
     "--say",
     "says",
@@ -83,24 +102,28 @@ def _routes(values: tuple[str, ...]) -> dict[str, str]:
     type=click.Path(exists=True, dir_okay=False),
     help="A caller turn from a 16-bit WAV file (repeatable, after --say turns).",
 )
-@click.option("--echo-delay-ms", type=float, default=None, help="Add an acoustic echo path with this delay.")
+@click.option("--echo-delay-ms", type=float, default=None, callback=_not_negative,
+              help="Add an acoustic echo path with this delay.")
 @click.option(
     "--echo-loss-db", type=float, default=20.0, show_default=True, help="Echo return loss of that path."
 )
 @click.option("--room", is_flag=True, help="Give the echo path a synthetic room tail.")
 @click.option("--noise-dbfs", type=float, default=None, help="Background noise level at the phone.")
 @click.option(
-    "--loss", type=float, default=0.0, show_default=True, help="Fraction of inbound frames lost at random."
+    "--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+    help="Fraction of inbound frames lost at random (0-1).",
 )
 @click.option(
     "--jitter-ms",
     type=float,
     default=0.0,
     show_default=True,
+    callback=_not_negative,
     help="Random extra send delay per inbound frame.",
 )
 @click.option(
-    "--hangup-after-s", type=float, default=None, help="The phone hangs up this long after the stream starts."
+    "--hangup-after-s", type=float, default=None, callback=_not_negative,
+    help="The phone hangs up this long after the stream starts.",
 )
 @click.option("--shuffle-callbacks", is_flag=True, help="Deliver the early status callbacks out of order.")
 @click.option(
@@ -140,7 +163,8 @@ def emulator(
     """Run a local Twilio stand-in (REST API, status callbacks, Media Streams) until Ctrl-C.
 
     Point the product at it with TWILIO_API_BASE_URL=http://HOST:PORT. Numbers +15005550002/3/4 are
-    busy / no-answer / failed; others are answered.
+    busy / no-answer / failed; others are answered. TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are read
+    from the environment or a .env file in the current folder.
 
     Example:
 
@@ -173,7 +197,11 @@ def emulator(
 
 
 async def _serve(emu: CarrierEmulator, host: str, port: int, as_json: bool) -> None:
-    base = await emu.start(host, port)
+    try:
+        base = await emu.start(host, port)
+    except OSError as exc:
+        await emu.stop()
+        raise listen_error(exc, host, port, "the carrier emulator") from exc
     if as_json:
         click.echo(json.dumps({"base_url": base, "routes": emu.webhooks.routes}))
     else:

@@ -53,6 +53,9 @@ def run(*args: str, db: Path | None = None) -> subprocess.CompletedProcess[str]:
 
 
 def test_unknown_call_is_one_line(tmp_path: Path) -> None:
+    from orchestrator.store import Store
+
+    Store(tmp_path / "x.db").close()
     out = run("show", "c_nope", db=tmp_path / "x.db")
     assert out.returncode == 2
     assert out.stderr.strip() == "error: no call with id or CallSid 'c_nope' (list them with `orchestrator calls`)"
