@@ -6,6 +6,7 @@ command's module is imported when that command is run (or when `--help` lists th
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import sys
@@ -27,8 +28,46 @@ LAZY_COMMANDS = {
 }
 
 
+#: what `orchestrator --help` lists for each lazy command without importing it (a test keeps these equal
+#: to the commands' own first sentences): importing them all took ~2 s (the emulator, scipy)
+LAZY_HELP = {
+    "serve": "Run the server: Twilio callbacks, TwiML, the media WebSocket, /healthz and /metrics on one port.",
+    "call": "Place a call to TO (E.164) and bridge it to the speech backend of the running server.",
+    "hangup": "End a live call (status=completed), or cancel one still ringing.",
+    "report": "Report test runs: the checklist as a pass/fail matrix, metric summaries, per-call timelines.",
+    "demo": "Run whole calls against the built-in carrier emulator and print the report.",
+    "emulator": "Run a local Twilio stand-in (REST API, status callbacks, Media Streams) until Ctrl-C.",
+    "doctor": "Check settings, thresholds, carrier, database, tunnel, tools and the model cache; say how to fix "
+              "what is wrong.",
+    "models": "Fetch and inspect the Moshi model files (Hugging Face cache).",
+}
+
+
 class LazyGroup(click.Group):
     """A click group whose sub-commands in LAZY_COMMANDS are imported on first use."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            loaded = self.commands.get(name)
+            if loaded is not None and loaded.hidden:
+                continue
+            text = (loaded.get_short_help_str(limit) if loaded is not None
+                    else _shortened(LAZY_HELP[name], limit))
+            rows.append((name, text))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                                 list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else "; `orchestrator --help` lists them"
+            ctx.fail(f"no command {name!r}{hint}")
+        return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -79,6 +118,13 @@ class LazyGroup(click.Group):
             command = load(cmd_name)
             self.add_command(command, cmd_name)
         return command
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text` cut at a word to fit `limit` characters, as click shortens a loaded command's help."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
 
 
 def fail(message: str, code: int, as_json: bool, prefix: str = "error: ") -> NoReturn:

@@ -420,3 +420,138 @@ def test_models_pull_offline_says_so_without_a_false_config_note(tmp_path: Path)
     assert said == []  # not "has no config.json; the built-in config will be used"
     error = _fetch_error(config.hf_repo, caught.value)
     assert error.exit_code == exits.UNAVAILABLE and "did not answer" in error.format_message()
+
+
+# -- reading the output ---------------------------------------------------------------------------
+
+
+def test_show_takes_the_shortened_ids_the_report_prints(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    row = made_call(db)
+    short = row["id"][:11] + "…"  # report_text._short
+    shown = invoke("show", short, "--db", str(db), "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["call"]["id"] == row["id"]
+    assert invoke("show", row["call_sid"][:12], "--db", str(db)).exit_code == 0
+
+
+def test_an_ambiguous_prefix_names_the_candidates(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    a, b = made_call(db), made_call(db)
+    one_line_error(invoke("show", "c_", "--db", str(db)), exits.USAGE, "no call")  # too short to guess
+    store = Store(db)
+    store.conn.execute("UPDATE calls SET id = 'c_aaaa' || substr(id, 7) WHERE id IN (?, ?)", [a["id"], b["id"]])
+    store.close()
+    result = invoke("show", "c_aaaa", "--db", str(db))
+    one_line_error(result, exits.USAGE, "is the start of 2 calls", "give more of the id")
+
+
+def test_show_reads_like_the_report(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    row = made_call(db, state_events=("ringing", "in-progress", "completed"))
+    store = Store(db)
+    store.put_metrics(row["id"], {"turns": 2.0, "first_audio_ms": 412.4, "echo_detected": 0.0,
+                                  "inbound_rms_dbfs": -23.44, "outbound_clip_ratio": 0.005},
+                      {"turns": "count", "first_audio_ms": "ms", "echo_detected": "bool",
+                       "inbound_rms_dbfs": "dBFS", "outbound_clip_ratio": "ratio"})
+    store.update_call(row["id"], recording_path=str(tmp_path / "c.wav"))
+    store.close()
+    text = invoke("show", row["id"], "--db", str(db)).stdout
+    metrics = {line.split()[0]: " ".join(line.split()[1:]) for line in text.split("metrics:")[1].split("\n\n")[0]
+               .strip().splitlines()}
+    assert metrics == {"turns": "2", "first_audio_ms": "412 ms", "echo_detected": "no",
+                       "inbound_rms_dbfs": "-23.4 dBFS", "outbound_clip_ratio": "0.50 %"}
+    assert f"recording {tmp_path / 'c.wav'}" in text
+    timeline = text.split("timeline (since created):")[1].split("\n\n")[0].strip().splitlines()
+    assert timeline and all(line.split()[0].startswith("+") and line.split()[1] == "s" for line in timeline)
+
+
+def test_check_with_only_a_call_lists_its_checks(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    row = made_call(db)
+    store = Store(db)
+    store.add_check(row["id"], "call_initiated", "pass", "carrier accepted the create", "auto")
+    store.close()
+    result = invoke("check", row["id"], "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert "call_initiated" in result.stdout and "carrier accepted the create" in result.stdout
+    missing = invoke("check", row["id"], "call_initiated", "--db", str(db))
+    one_line_error(missing, exits.USAGE, "give a VERDICT for call_initiated")
+
+
+def test_check_usage_line_does_not_spill_the_criteria() -> None:
+    text = invoke("check", "--help").stdout
+    usage = text.split("\n\n")[0]
+    assert usage.startswith("Usage: ") and "[CRITERION] [VERDICT]" in usage and "model_loads_quickly" not in usage
+    from orchestrator.cli import CRITERIA
+
+    assert all(c in " ".join(text.split()) for c in CRITERIA)  # listed in the help instead
+
+
+def test_migrate_says_what_it_did_and_list_shows_the_table(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    first = invoke("migrate", "--db", str(db))
+    assert first.exit_code == 0 and "applied 3 migration(s): 0001_initial" in first.stdout
+    again = invoke("migrate", "--db", str(db))
+    assert "schema already up to date" in again.stdout and "applied" not in again.stdout.split(":")[-1]
+    listed = invoke("migrate", "--db", str(db), "--list")
+    assert "migration" in listed.stdout.splitlines()[1] and "0003_event_lookup_indexes" in listed.stdout
+
+
+def test_help_lists_commands_without_importing_them() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from orchestrator.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('orchestrator.emulator', 'scipy', 'orchestrator.demo', 'aiohttp') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    assert "emulator  Run a local Twilio stand-in" in out.stdout
+
+
+def test_lazy_help_matches_each_commands_own_first_sentence() -> None:
+    from orchestrator.cli import _register_optional
+    from orchestrator.commands import LAZY_HELP
+
+    _register_optional()
+    for name, text in LAZY_HELP.items():
+        assert cli.commands[name].get_short_help_str(300) == text, name
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("dmeo", "demo"), ("modles", "models"), ("reprot", "report")])
+def test_a_mistyped_command_gets_a_suggestion(typo: str, meant: str) -> None:
+    one_line_error(invoke(typo), exits.USAGE, f"no command {typo!r}; did you mean {meant}?")
+
+
+class _Carrier(BaseHTTPRequestHandler):
+    """Answers Twilio's call update as a carrier that has not ended the call yet."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        sid = self.path.rsplit("/", 1)[-1].removesuffix(".json")
+        body = json.dumps({"sid": sid, "status": "in-progress", "account_sid": SID}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_hangup_says_the_call_is_ending_not_that_it_failed(tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Carrier)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        db = tmp_path / "calls.db"
+        row = made_call(db, state_events=("ringing", "in-progress"))
+        result = invoke("hangup", row["id"], env=_carrier_env(db, 1, int(server.server_address[1])))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.output
+    assert "done, it will end in a moment" in result.stdout and "answered in-progress" not in result.stdout
