@@ -128,7 +128,7 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-@cli.command()
+@cli.command(epilog=exits.epilog(unavailable=None))
 @db_option
 @click.option("--list", "list_only", is_flag=True, help="Show the migrations and whether each is applied.")
 @json_option
@@ -161,7 +161,7 @@ def migrate(db: Path | None, list_only: bool, as_json: bool) -> None:
         click.echo(f"{path}: schema already up to date ({len(status)} migrations)")
 
 
-@cli.command()
+@cli.command(epilog=exits.epilog(unavailable=None))
 @db_option
 @click.option("--run", help="Only calls of this run label.")
 @click.option("--state", type=click.Choice([s.value for s in CallState]), help="Only calls in this state.")
@@ -200,7 +200,7 @@ def _call_summary(r: dict[str, Any]) -> dict[str, Any]:
             "ended_at": r["ended_at"], "end_reason": r["end_reason"]}
 
 
-@cli.command()
+@cli.command(epilog=exits.epilog(unavailable=None))
 @click.argument("call")
 @db_option
 @json_option
@@ -285,7 +285,7 @@ def check_lines(checks: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-@cli.command()
+@cli.command(epilog=exits.epilog(unavailable=None))
 @click.argument("call", required=False)
 @click.argument("criterion", required=False, type=click.Choice(CRITERIA), metavar="[CRITERION]")
 @click.argument("verdict", required=False, type=click.Choice(["pass", "fail", "unknown"]), metavar="[VERDICT]")

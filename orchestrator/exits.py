@@ -75,13 +75,16 @@ def listen_error(exc: OSError, host: str, port: int, what: str, port_option: str
     return Unavailable(f"cannot start {what} on {host}:{port}: {exc.strerror or exc}")
 
 
-def epilog(outcome: str | None = None, unavailable: str = "the carrier, a port or the network did not answer") -> str:
+def epilog(outcome: str | None = None,
+           unavailable: str | None = "the carrier, a port or the network did not answer") -> str:
     """The 'Exit codes' paragraph of a command's --help; `outcome` says what exit 1 means there."""
     lines = ["Exit codes: 0 done"]
     if outcome:
         lines.append(f"  1 {outcome}")
-    lines += ["  2 nothing done: fix the command line, a setting, a file or the database",
-              f"  3 nothing done: {unavailable}", "  130 interrupted"]
+    lines.append("  2 nothing done: fix the command line, a setting, a file or the database")
+    if unavailable:  # None: the command asks nothing outside this machine
+        lines.append(f"  3 nothing done: {unavailable}")
+    lines.append("  130 interrupted")
     return "\b\n" + "\n".join(lines)
 
 

@@ -257,7 +257,7 @@ def pull(repo: str | None, quantize: str | None, cache_dir: Path | None, as_json
     click.echo(f"ready: {status['ready']} ({config.hf_repo}, cache {status['cache_dir']})")
 
 
-@models.command(name="list", epilog=exits.epilog())
+@models.command(name="list", epilog=exits.epilog(unavailable=None))
 @cache_option
 @json_option
 def list_(cache_dir: Path | None, as_json: bool) -> None:

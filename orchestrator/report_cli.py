@@ -26,7 +26,7 @@ def load_docs(service: CallService, *, run: str | None, since: str | None, limit
     return [service.document(r["id"]) for r in reversed(rows)]  # oldest first reads like a log
 
 
-@click.command(epilog=exits.epilog())
+@click.command(epilog=exits.epilog(unavailable=None))
 @click.option("--run", help="Only this run label.")
 @since_option
 @click.option("--call", "calls", multiple=True, help="Only these calls (id, CallSid or the start of either); repeatable.")

@@ -367,8 +367,9 @@ def test_every_command_says_what_its_exit_codes_mean() -> None:
     from orchestrator.cli import _register_optional
 
     _register_optional()
-    for name in ("call", "hangup", "serve", "demo", "doctor", "report", "emulator"):
-        result = invoke(name, "--help")
+    for name in ("call", "hangup", "serve", "demo", "doctor", "report", "emulator", "calls", "show", "check",
+                 "migrate", "models pull", "models list"):
+        result = invoke(*name.split(), "--help")
         assert "Exit codes: 0 done" in result.stdout and "2 nothing done" in result.stdout, name
     assert "1 with --wait: the call ended busy" in invoke("call", "--help").stdout
     assert "1 something needs fixing" in invoke("doctor", "--help").stdout
