@@ -4,9 +4,11 @@ Theory of operation. One worker thread (a single-thread executor) owns all MLX w
 only hands it frames. Each `process(frame)` hands the frame to the Mimi encoder (its own Rust thread),
 runs one LM step for every frame of codes the encoder has finished, hands the model's audio codes to
 the Mimi decoder (another Rust thread), and returns whatever PCM the decoder has finished: pipelined,
-so the first few steps return no audio. Nothing here waits for the codec: outputs are polled, and a
-codec thread that keeps work pending without producing anything for `tokenizer_dead_after_s` is
-declared dead (rustymimi's threads drop bad input and can end up returning None forever).
+so the first few steps return no audio. Nothing here waits for the codec: outputs are polled. Each
+direction is a `mimi_stream.CodecStage`: at most `codec_max_pending` frames queued (more are dropped:
+a codec behind real time cannot catch up), dead only when frames stay pending with no output while
+both the clock and this process's CPU time run on (a busy machine slows a live thread; it does not
+silence it while we burn CPU), and retired at hang-up until its queued frames are done.
 
 Why a thread and not a process, measured by benchmarks/moshi_overhead.py on a loaded 2-core CPU: a
 bare hand-off to the worker costs ~0.07 ms (p50), everything outside model compute ~0.5 ms p50 / ~4 ms
@@ -27,8 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -43,9 +45,10 @@ from bridge.backends.base import (
     SpeechBackend,
     StepOutput,
 )
+from bridge.backends.mimi_stream import CodecStage, retire
 from bridge.backends.moshi_loader import LoadedModel, MoshiConfig, load_model, new_tokenizer
 
-__all__ = ["CodecStage", "MoshiBackend", "MoshiConfig", "MoshiSession"]
+__all__ = ["CodecStage", "MoshiBackend", "MoshiConfig", "MoshiSession", "codec_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -53,47 +56,23 @@ STEPS_PER_SECOND = 12.5  # one Mimi frame every 80 ms
 TEXT_PADDING_IDS = (0, 3)  # end-of-text padding and padding: not text the model said
 
 
-class CodecStage:
-    """One direction of a StreamTokenizer (encoder or decoder): submit, poll, and notice a dead thread.
+def codec_stages(tokenizer: Any, config: MoshiConfig) -> tuple[CodecStage, CodecStage]:
+    """The encoder and decoder stages of one StreamTokenizer, bounded and judged as configured."""
 
-    The Rust thread answers each submitted frame with one output, or drops the frame (bad input) and
-    maybe every later one (a poisoned streaming state): then `get_*()` returns None forever. A stage
-    with work pending and no output for `dead_after_s` is stalled. Not thread-safe: one worker uses it.
-    """
+    def stage(name: str, put: Any, get: Any) -> CodecStage:
+        return CodecStage(
+            name,
+            put,
+            get,
+            dead_after_s=config.tokenizer_dead_after_s,
+            stalled_after_s=config.tokenizer_stalled_after_s,
+            max_pending=config.codec_max_pending,
+        )
 
-    def __init__(self, name: str, put: Any, get: Any, dead_after_s: float) -> None:
-        self.name = name
-        self.pending = 0
-        self._put = put
-        self._get = get
-        self._dead_after_s = dead_after_s
-        self._last_progress = time.monotonic()
-
-    def submit(self, item: NDArray[Any]) -> None:
-        if self.pending == 0:
-            self._last_progress = time.monotonic()
-        self._put(item)
-        self.pending += 1
-
-    def drain(self) -> Iterator[NDArray[Any]]:
-        """Everything the thread has finished so far, without waiting."""
-        while (item := self._get()) is not None:
-            self.pending = max(0, self.pending - 1)
-            self._last_progress = time.monotonic()
-            yield item
-
-    def wait_one(self, timeout_s: float) -> NDArray[Any]:
-        """Block (worker thread only, warm-up only) until one output, or BackendError after timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for item in self.drain():
-                return item
-            time.sleep(0.002)
-        raise BackendError(f"Mimi {self.name} produced nothing within {timeout_s:.1f} s during warm-up")
-
-    def stalled_for(self, now: float) -> float | None:
-        idle = now - self._last_progress
-        return idle if self.pending > 0 and idle > self._dead_after_s else None
+    return (
+        stage("encoder", tokenizer.encode, tokenizer.get_encoded),
+        stage("decoder", tokenizer.decode, tokenizer.get_decoded),
+    )
 
 
 def warm_up(model: LoadedModel, config: MoshiConfig) -> None:
@@ -108,9 +87,7 @@ def warm_up(model: LoadedModel, config: MoshiConfig) -> None:
         log.warning("moshi warm-up failed (%s); retrying with MLX compilation disabled", err)
         mx.disable_compile()
         model.lm.warmup(model.ct)
-    tokenizer = new_tokenizer(model)
-    encoder = CodecStage("encoder", tokenizer.encode, tokenizer.get_encoded, config.tokenizer_dead_after_s)
-    decoder = CodecStage("decoder", tokenizer.decode, tokenizer.get_decoded, config.tokenizer_dead_after_s)
+    encoder, decoder = codec_stages(new_tokenizer(model), config)
     gen = LmGen(
         model.lm,
         max_steps=model.max_delay + 4,
@@ -157,11 +134,21 @@ class MoshiSession(BackendSession):
             audio_sampler=Sampler(),
             check=False,
         )
-        dead_after = cfg.tokenizer_dead_after_s
-        self._encoder = CodecStage("encoder", tokenizer.encode, tokenizer.get_encoded, dead_after)
-        self._decoder = CodecStage("decoder", tokenizer.decode, tokenizer.get_decoded, dead_after)
+        self._encoder, self._decoder = codec_stages(tokenizer, cfg)
+        self._last_step: Future[StepOutput] | None = None
+        self.retirement: threading.Thread | None = None  # the thread draining the tokenizer after close
         self._closed = False
         self.steps = 0
+
+    @property
+    def frames_dropped(self) -> dict[str, int]:
+        """Frames each codec direction refused because it was `codec_max_pending` behind."""
+        return {stage.name: stage.dropped for stage in (self._encoder, self._decoder)}
+
+    @property
+    def frames_pending(self) -> dict[str, int]:
+        """Frames each codec direction has queued and not yet answered."""
+        return {stage.name: stage.pending for stage in (self._encoder, self._decoder)}
 
     async def process(self, frame: NDArray[Any]) -> StepOutput:
         pcm = np.ascontiguousarray(frame, dtype=np.float32).reshape(-1)
@@ -171,11 +158,10 @@ class MoshiSession(BackendSession):
             )
         if self.ended is not None or self._closed:
             return StepOutput()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._backend.worker, self._step, pcm)
+        self._last_step = self._backend.worker.submit(self._step, pcm)
         timeout = self._backend.config.step_timeout_s
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(self._last_step), timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             self._end(f"worker_timeout: a model step took longer than {timeout:.1f} s")
         except Exception as err:  # an MLX or codec failure ends this call, not the server
@@ -186,7 +172,7 @@ class MoshiSession(BackendSession):
     def _step(self, pcm: NDArray[Any]) -> StepOutput:
         """Runs on the worker thread: encode, step the LM for each ready code frame, decode, collect."""
         out = StepOutput()
-        self._encoder.submit(pcm)
+        self._submit(self._encoder, pcm, "caller audio")
         model_ms = 0.0
         stepped = False
         for codes in self._encoder.drain():
@@ -199,7 +185,7 @@ class MoshiSession(BackendSession):
             if text is not None:
                 out.text.append(text)
             if audio is not None:
-                self._decoder.submit(audio)
+                self._submit(self._decoder, audio, "model audio")
         # One (1920,) frame per decoded step; anything else (a bad batch) is not audio we can play.
         out.frames = [pcm for pcm in self._decoder.drain() if pcm.shape == (FRAME_SAMPLES,)]
         out.step_ms = model_ms if stepped else None
@@ -209,15 +195,22 @@ class MoshiSession(BackendSession):
                 f"budget_exhausted: {self.steps} of {self.budget_steps} steps "
                 f"({self.budget_steps / STEPS_PER_SECOND:.1f} s) used"
             )
-        now = time.monotonic()
         for stage in (self._encoder, self._decoder):
-            stalled = stage.stalled_for(now)
-            if stalled is not None:
-                self._end(
-                    f"tokenizer_dead: the Mimi {stage.name} thread returned nothing for {stalled:.1f} s "
-                    f"with {stage.pending} frame(s) pending"
-                )
+            stall = stage.stall()
+            if stall is not None:
+                self._end(stall.reason())
         return out
+
+    def _submit(self, stage: CodecStage, item: NDArray[Any], what: str) -> None:
+        if not stage.submit(item) and stage.dropped == 1:
+            log.warning(
+                "call %s: the Mimi %s is %d frames behind; dropping %s until it catches up "
+                "(this machine is not keeping up with real time)",
+                self.call_id,
+                stage.name,
+                stage.pending,
+                what,
+            )
 
     def _lm_step(self, codes: NDArray[Any]) -> tuple[str | None, NDArray[Any] | None]:
         import mlx.core as mx
@@ -243,6 +236,13 @@ class MoshiSession(BackendSession):
         if self._closed:
             return
         self._closed = True
+        # Frames still queued in the Rust threads would be finished into a dropped receiver (an error
+        # line each): keep the tokenizer until they are done, off the worker and off the loop.
+        self.retirement = retire(
+            (self._encoder, self._decoder), self._last_step, self._backend.config.tokenizer_dead_after_s
+        )
+        if any(self.frames_dropped.values()):
+            log.info("call %s: codec frames dropped: %s", self.call_id, self.frames_dropped)
         await self._backend._session_closed(self)
 
 

@@ -70,7 +70,11 @@ class MoshiConfig:
     # Runtime knobs: every wait has a timeout.
     load_timeout_s: float = 900.0  # a 4-bit 7B model loads in well under a minute on a Mac
     step_timeout_s: float = 5.0  # one process() hand-off to the worker thread
-    tokenizer_dead_after_s: float = 3.0  # pending codec work with no output this long = dead thread
+    # Codec liveness (bridge/backends/mimi_stream.py): frames pending with no output for this long on
+    # the wall clock *and* in this process's CPU time = a dead thread; a busy machine alone cannot do it.
+    tokenizer_dead_after_s: float = 3.0
+    tokenizer_stalled_after_s: float = 20.0  # no output this long on the wall clock alone ends it too
+    codec_max_pending: int = 6  # frames queued per codec direction (~0.5 s); more are dropped
     budget_grace_steps: int = 13  # end the call ~1 s before LmGen's hard max_steps
     # MLX on CPU compiles fused kernels with g++ at run time: ~2 s once (cached under $TMPDIR), then
     # steps are ~35 % faster. Warm-up falls back to no compilation by itself when g++ is missing.
@@ -341,6 +345,9 @@ def load_model(config: MoshiConfig) -> LoadedModel:
 
 def new_tokenizer(model: LoadedModel) -> Any:
     """A fresh rustymimi StreamTokenizer (its encoder and decoder each run on their own thread)."""
+    from bridge.backends.mimi_stream import quiet_error_backtraces
+
+    quiet_error_backtraces()  # before the first tokenizer: Rust reads it once, at the first error
     import rustymimi
 
     try:
