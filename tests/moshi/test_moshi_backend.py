@@ -2,13 +2,16 @@
 
 One backend is loaded per module (through the production loader, from a temporary Hugging Face cache)
 while a local TCP socket posing as the Hub counts connection attempts; every session runs a few seconds
-of audio at most.
+of audio at most. RUST_BACKTRACE=1 is set for the whole module, and every test checks that no Rust
+backtrace reached stderr (file descriptor 2, where rustymimi's threads write).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import logging
 import socket
 import threading
 import time
@@ -87,10 +90,22 @@ def backend(tiny_repo: TinyRepo, hub_trap: ConnectionTrap) -> Iterator[MoshiBack
         hf_repo=tiny_repo.repo, quantize=None, cache_dir=tiny_repo.cache_dir, tokenizer_dead_after_s=2.0
     )
     moshi = MoshiBackend(config)
-    # The backend keeps nothing bound to an event loop, so one load serves every test's loop.
-    asyncio.run(moshi.load())
+    with pytest.MonkeyPatch.context() as mp:
+        # As on a developer's machine: without the backend's own setting, every error a rustymimi
+        # thread prints would carry a ~37-line backtrace.
+        mp.setenv("RUST_BACKTRACE", "1")
+        mp.delenv("RUST_LIB_BACKTRACE", raising=False)
+        # The backend keeps nothing bound to an event loop, so one load serves every test's loop.
+        asyncio.run(moshi.load())
     yield moshi
     asyncio.run(moshi.aclose())
+
+
+@pytest.fixture(autouse=True)
+def no_rust_backtraces(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    yield
+    err = capfd.readouterr().err
+    assert "Stack backtrace" not in err, err[-2000:]
 
 
 def noise(seed: int) -> Iterator[NDArray[np.float32]]:
@@ -199,20 +214,61 @@ async def test_budget_ends_the_call_before_lmgen_runs_out(backend: MoshiBackend)
         await session.close()
 
 
-async def test_dead_tokenizer_thread_ends_the_call_with_a_reason(backend: MoshiBackend) -> None:
+async def test_dead_tokenizer_thread_ends_the_call_with_a_reason(
+    backend: MoshiBackend, capfd: pytest.CaptureFixture[str]
+) -> None:
     session = await backend.open_session("call-dead", max_seconds=30)
     try:
         # Codes shaped (2, 8) as the decoder's first input poison its streaming state: that one decodes,
         # then every later decode fails inside the Rust thread and get_decoded() returns None forever.
         session.tokenizer.decode(np.zeros((2, 8), np.uint32))
         await asyncio.to_thread(wait_decoded, session.tokenizer, 10.0)
-        frames, _, _ = await run_frames(session, frames=100, until_ended=True)
+        # Until it ends: how soon depends on how much CPU this process gets (see mimi_stream.py).
+        frames, _, _ = await run_frames(session, frames=300, until_ended=True)
         assert frames == []
         assert session.ended is not None and session.ended.startswith("tokenizer_dead:"), session.ended
-        assert "decoder" in session.ended
+        assert "decoder" in session.ended and "s of CPU" in session.ended
+        # Once codec_max_pending frames went unanswered the decoder was given no more.
+        assert session.frames_pending["decoder"] == backend.config.codec_max_pending
+        assert session.frames_dropped["decoder"] > 0
     finally:
         await session.close()
     assert not backend.busy
+    # The thread's errors reach stderr one line per frame it was given, and no backtrace with them.
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error in decoder thread")]
+    assert 1 <= len(errors) <= backend.config.codec_max_pending, err[-2000:]
+    assert "Stack backtrace" not in err
+
+
+async def test_hang_up_with_codec_work_queued_prints_nothing(
+    backend: MoshiBackend, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.backends.mimi_stream")
+    original = backend.config
+    backend.config = dataclasses.replace(original, codec_max_pending=2)  # read when a session opens
+    try:
+        session = await backend.open_session("call-queued", max_seconds=30)
+    finally:
+        backend.config = original
+    # A burst faster than the encoder can take: two frames queue, the rest are dropped.
+    source = noise(3)
+    for _ in range(12):
+        await session.process(next(source))
+    assert session.frames_pending["encoder"] > 0
+    assert session.frames_dropped["encoder"] > 0
+    assert session.frames_pending["encoder"] + session.frames_pending["decoder"] <= 4
+    await session.close()
+    retirement = session.retirement
+    assert retirement is not None
+    del session  # from here only the retiring thread holds the tokenizer
+    gc.collect()
+    retirement.join(timeout=60)
+    assert not retirement.is_alive()
+    await asyncio.sleep(1.0)  # room for a Rust thread to finish a frame into a dropped receiver
+    # Every queued frame was answered while its receiver existed: no "sending on a closed channel".
+    assert "error in" not in capfd.readouterr().err
+    assert "still pending" not in caplog.text
 
 
 async def test_a_hung_worker_step_ends_the_call_instead_of_hanging(backend: MoshiBackend) -> None:
