@@ -14,6 +14,15 @@ Theory of operation (all times in seconds on one local monotonic clock, origin =
   call, so the delay is "played → heard back" (its first arrival) and includes nothing of ours; lost
   frames are left out of the fit. When echo is detected the path's prediction is subtracted from the
   inbound track before the inbound VAD runs, so that echoed model speech is not mistaken for the caller.
+- Runs placed by the echo itself: mark echoes place each run of contiguous audio no earlier than it
+  played, but late by whatever delayed its earliest echo (the far end's own processing, the return
+  path): a millisecond or two under load, and differently for each run. One whole-call path fitted over
+  runs placed that inconsistently is smeared (a room at 15 dB read 17.7 dB, or was missed at z 8.6).
+  When the path stands out (z >= 6) and two or more runs each show it on their own (z >= 6, within
+  one 20 ms packet of it), each run's own first arrival says how late it was placed relative to the
+  others; the run that shows the latest arrival was placed the least late and anchors the rest, which
+  move earlier by the difference. The path is then fitted again over the aligned runs. Only the echo's
+  reference (and its cancellation) use the aligned placement; first audio and turns keep the marks'.
 - Speech segments: the caller's by VAD (meters.vad) on the echo-cancelled inbound track; ours on the
   played track by the onset convention alone (levels.speech_segments: runs of 50 ms above threshold,
   pauses under 300 ms inside one segment), which is exact for audio only we produce.
@@ -44,7 +53,10 @@ from bridge.meters.levels import (
 from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_offset_s
 from bridge.meters.vad import Segment, detect_speech, total_speech_s
 
-__all__ = ["Analysis", "MediaEvidence", "Turn", "analyse", "find_turns", "first_audio", "played_track"]
+__all__ = [
+    "Analysis", "MediaEvidence", "Turn", "align_runs", "analyse", "find_turns", "first_audio", "played_track",
+    "playout_runs",
+]
 
 CHUNK = 160  # samples per outbound chunk (20 ms at 8 kHz)
 
@@ -124,6 +136,68 @@ def played_track(
     return out
 
 
+def playout_runs(sends: npt.NDArray[np.float64], rate: int = 8000) -> list[npt.NDArray[np.int64]]:
+    """Chunk indices of each run: placed chunks (finite playout, not flushed) that play back to back."""
+    sends = np.asarray(sends, dtype=np.float64).reshape(-1, 3)
+    placed = np.flatnonzero(np.isfinite(sends[:, 1]) & (sends[:, 2] == 0))
+    if placed.size == 0:
+        return []
+    starts = sends[placed, 1]
+    contiguous = (np.diff(placed) == 1) & (np.abs(np.diff(starts) - CHUNK / rate) < 1e-6)
+    return np.split(placed, np.flatnonzero(~contiguous) + 1)
+
+
+_ALIGN_Z = 6.0  # a path (and each run's own view of it) that stands this far out of its noise
+_ALIGN_SPAN_S = 0.02  # runs are placed at most one packet apart (the playout clock caps them so)
+_ALIGN_MIN_S = 0.3  # a run this short is left as placed
+
+
+def align_runs(
+    sent_pcm: npt.NDArray[np.int16],
+    sends: npt.NDArray[np.float64],
+    inbound: npt.NDArray[np.int16],
+    received: npt.NDArray[np.bool_],
+    echo: EchoEstimate,
+    rate: int = 8000,
+) -> npt.NDArray[np.float64] | None:
+    """Per chunk, how much earlier (s) its run played than the marks placed it; None to keep them all.
+
+    Each run alone is fitted against the inbound audio over its own span and the second after it; see
+    the module docstring for why and when.
+    """
+    if echo.delay_ms is None or echo.path_z < _ALIGN_Z:
+        return None
+    runs = playout_runs(sends, rate)
+    if len(runs) < 2:
+        return None
+    n = len(inbound)
+    tail = round(1.2 * rate)  # the searched lags (1 s), the fit's overflow taps and some margin
+    arrivals: list[float | None] = []
+    for run in runs:
+        if len(run) * CHUNK < _ALIGN_MIN_S * rate:  # too little audio to show a path of its own
+            arrivals.append(None)
+            continue
+        alone = np.full(len(sends), np.nan)
+        alone[run] = sends[run, 1]
+        only = sends.copy()
+        only[:, 1] = alone
+        x = _shift(played_track(sent_pcm, only, rate), 0, n)
+        a = max(0, int(np.rint(sends[run[0], 1] * rate)) - CHUNK)
+        b = min(n, int(np.rint(sends[run[-1], 1] * rate)) + CHUNK + tail)
+        own = estimate_echo(x[a:b], inbound[a:b], rate, received=received[a:b])
+        near = own.delay_ms is not None and abs(own.delay_ms - echo.delay_ms) <= _ALIGN_SPAN_S * 1000.0
+        arrivals.append(own.delay_ms if near and own.path_z >= _ALIGN_Z else None)
+    seen = [d for d in arrivals if d is not None]
+    if len(seen) < 2:
+        return None
+    anchor = max(seen)
+    moves = np.zeros(len(sends))
+    for run, d in zip(runs, arrivals, strict=True):
+        if d is not None:
+            moves[run] = (anchor - d) / 1000.0
+    return moves if moves.any() else None
+
+
 def first_audio(ev: MediaEvidence) -> tuple[float | None, float | None]:
     """(first_audio_ms, first_audio_heard_ms); heard is None unless a later mark echo confirms playout."""
     sends = _sends(ev)
@@ -199,8 +273,19 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     # The echo's reference is what the phone is known to have played when: audio sent after the last
     # echoed mark (a call hung up mid-reply) may never have played, and if it did, its run's playout
     # phase was never measured (up to one 20 ms packet off), which would smear the path.
-    reference = _shift(played_track(np.asarray(ev.sent_pcm, dtype=np.int16), _confirmed_sends(ev), rate), 0, n)
-    echo = estimate_echo(reference, inbound_local, rate, received=_shift(received.astype(np.int16), off, n) > 0)
+    sent_pcm = np.asarray(ev.sent_pcm, dtype=np.int16)
+    confirmed = _confirmed_sends(ev)
+    received_local = _shift(received.astype(np.int16), off, n) > 0
+    reference = _shift(played_track(sent_pcm, confirmed, rate), 0, n)
+    echo = estimate_echo(reference, inbound_local, rate, received=received_local)
+    moves = align_runs(sent_pcm, confirmed, inbound_local, received_local, echo, rate)
+    if moves is not None:
+        confirmed[:, 1] -= moves
+        echo = estimate_echo(_shift(played_track(sent_pcm, confirmed, rate), 0, n), inbound_local, rate,
+                             received=received_local)
+        aligned = _sends(ev).copy()
+        aligned[:, 1] -= moves
+        played_n = _shift(played_track(sent_pcm, aligned, rate), 0, n)
     caller_track = cancel_echo(played_n, inbound_local, echo)
     inbound_segments = detect_speech(caller_track, rate)
     # What we played holds nothing but our own output: its speech is found by the onset convention alone

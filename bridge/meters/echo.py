@@ -9,7 +9,9 @@ direct arrival and, in a room, reflections and a decaying tail spread over hundr
    equations, Toeplitz, solved by Levinson-Durbin), lags -64 ms .. +1000 ms and 64 ms beyond (those
    last taps soak up correlation from outside the window and are never read). A whole-call fit uses
    every millisecond of single talk, where per-second correlation peaks each see only a second, and it
-   keeps a room's energy spread over its taps instead of asking one tap to carry it.
+   keeps a room's energy spread over its taps instead of asking one tap to carry it. The fit reads
+   played audio only up to a second before the record ends: the normal equations count each played
+   sample's whole echo, and the echo of audio cut by the hang-up was never recorded.
 2. Double talk. The caller talking over the echo is noise of much higher power. Blocks of 20 ms whose
    residual is louder than the predicted echo plus the line's noise are down-weighted (iteratively
    reweighted least squares, weight = min(1, 2 (E + N) / P)); lost frames weigh 0. When the plain fit
@@ -21,7 +23,8 @@ direct arrival and, in a room, reflections and a decaying tail spread over hundr
 4. The delay is the first arrival, not the strongest tap: the earliest local maximum within 40 ms
    before the strongest that reaches 40 % of it and 6 sigma, refined by a parabola (sub-sample).
 5. The loss: the response runs from the first arrival to where its 10 ms envelope first spends 20 ms
-   under 3 sigma^2; ERL = 10 log10(played energy / predicted echo energy), the latter less the energy
+   under 3 sigma^2; ERL = 10 log10(played energy / predicted echo energy), both over the played audio
+   whose whole response lies inside the record, the echo's energy less the energy
    the estimate's noise alone adds over that many taps (measured through the same signal on the
    non-causal taps).
 6. Detected when z >= 9 and ERL <= 55 dB (a quieter path is reported but not flagged: it is inaudible
@@ -256,8 +259,14 @@ def estimate_echo(
         return EchoEstimate(False, None, None, 0.0, used, 0)
     block = round(_BLOCK_S * rate)
     lost = received[:n] if received is not None else np.ones(n)
+    # The fit sees played audio only where its echo, at every searched lag, lies inside the record:
+    # the normal equations count each played sample's whole echo, so audio played in the last second
+    # (a reply cut by the hang-up) would be taken as having made none, and read a far echo's gain low
+    # by the share of energy it held (1.2 dB at 300 ms in a 9 s call). Prediction uses all of it.
+    fit_x = x.copy()
+    fit_x[n - min(search, n // 2) :] = 0.0
 
-    h, _ = echo_path(x, y, taps=taps, pre=pre)
+    h, _ = echo_path(fit_x, y, taps=taps, pre=pre)
     fits = [h]
     seed = _segment_seed(s, rate)
     if seed is not None and _path_z(h, pre, search) < _SEED_Z:
@@ -267,7 +276,7 @@ def estimate_echo(
         predicted: npt.NDArray[np.float64] = np.zeros(n)
         predicted[lag:] = gain * x[: n - lag]
         weights = _block_weights(y - predicted, predicted, block) * lost
-        h, _ = echo_path(x, y, taps=taps, pre=pre, weights=weights, align=lag)
+        h, _ = echo_path(fit_x, y, taps=taps, pre=pre, weights=weights, align=lag)
         fits.append(h)
     for _ in range(_REWEIGHTS):
         # Down-weight what the path does not explain (the caller talking, bursts of noise), then refit.
@@ -275,14 +284,13 @@ def estimate_echo(
         align = int(np.argmax(np.abs(h[pre : pre + search])))
         predicted = _apply(x, h[pre:])
         weights = _block_weights(y - predicted, predicted, block) * lost
-        h, _ = echo_path(x, y, taps=taps, pre=pre, weights=weights, align=align)
+        h, _ = echo_path(fit_x, y, taps=taps, pre=pre, weights=weights, align=align)
         fits.append(h)
     # The weighted fits read the played track's autocorrelation at the main lag only (see echo_path):
     # under heavy double-talk one pass can come out much noisier than the one before it. Keep the fit
     # that stands out of its own noise the most; the choice among a handful barely raises what noise
     # alone reaches (_NOISE_Z), far under the detection bar.
     h = max(fits, key=lambda f: _path_z(f, pre, search))
-    power = float(np.dot(x, x))
     causal = h[pre : pre + search]
     noise = _path_noise(h, pre, search)
     mag = np.abs(causal)
@@ -306,10 +314,16 @@ def estimate_echo(
     end = max(end, first + 1)
     region = np.zeros_like(causal)
     region[start:end] = causal[start:end]
-    predicted = _apply(x, region)
+    # The loss compares what was played with the echo it made, so only played audio whose whole echo
+    # lies inside the record counts: the echo of the last `end` samples (a reply cut by the hang-up)
+    # would have come after the inbound audio ended, and counting them read a far echo ~1.5 dB quiet.
+    whole = x.copy()
+    whole[max(0, n - end) :] = 0.0
+    power = float(np.dot(whole, whole))
+    predicted = _apply(whole, region)
     # The estimate's own noise adds energy of its own to the region; the non-causal taps, which hold
     # nothing else, say how much per tap through this very signal (coloured as the region's noise is).
-    through_noise = _apply(x, h[:pre])
+    through_noise = _apply(whole, h[:pre])
     echo_energy = float(np.dot(predicted, predicted)) - float(np.dot(through_noise, through_noise)) * (
         end - start
     ) / pre

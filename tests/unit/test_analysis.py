@@ -147,3 +147,90 @@ def test_step_times_and_counters_pass_through() -> None:
     assert m["steps_over_budget"] == 59
     assert (m["late_frames"], m["outbound_underruns"]) == (7, 3)
     assert m["turns"] == 0 and "response_latency_ms_p50" not in m
+
+
+def _runs_call(late_ms: list[float], *, echo: bool = True, caller_at: float | None = None,
+               seed: int = 3) -> tuple[MediaEvidence, dict[str, float]]:
+    """Model replies in separate runs, each placed by the marks `late_ms[r]` after it really played.
+
+    The inbound audio is the true played track through a room (the emulator's own response, after a
+    60 ms bulk delay, 15 dB), so truth (first arrival, loss over the whole response) comes from the
+    signals themselves, as the emulator computes it.
+    """
+    from scipy.signal import oaconvolve
+
+    from bridge.g711 import ulaw_decode, ulaw_encode
+    from orchestrator.emulator.audio import room_impulse_response
+    from tests.speech import speak
+
+    rate, n = 8000, 16 * 8000
+    rir, direct = room_impulse_response(0.4, 1.0, seed=seed)
+    bulk = round(0.060 * rate)
+    path = np.zeros(bulk + len(rir))
+    path[bulk:] = rir * 10 ** (-15 / 20)
+    sent_parts, rows, true_track = [], [], np.zeros(n)
+    t = 0.3
+    for r, late in enumerate(late_ms):
+        clip = speak(M[r % len(M)])
+        chunks = -(-len(clip) // 160)
+        pcm = np.zeros(chunks * 160, dtype=np.int16)
+        pcm[: len(clip)] = clip
+        start = round(t * rate) + 37 * r  # each run has its own packet phase
+        true_track[start : start + len(pcm)] = pcm
+        for k in range(chunks):
+            play = (start + 160 * k) / rate
+            rows.append([play - 0.1, play + late / 1000.0, 0.0])
+        sent_parts.append(pcm)
+        t += len(pcm) / rate + 0.8
+    inbound = oaconvolve(true_track, path)[:n] if echo else np.zeros(n)
+    if caller_at is not None:
+        voice = speak(C[0])
+        k = round(caller_at * rate)
+        inbound[k : k + len(voice)] += voice[: n - k]
+    inbound += np.random.default_rng(seed).normal(0.0, 32768 * 10 ** (-60 / 20), n)
+    pcm_in = ulaw_decode(ulaw_encode(np.clip(np.rint(inbound), -32768, 32767).astype(np.int16)))
+    frames = n // 160
+    arrivals = np.column_stack([0.02 + 0.02 * np.arange(frames), 20.0 * np.arange(frames)])
+    sends = np.asarray(rows)
+    last = float(sends[-1, 0])
+    ev = MediaEvidence(rate=rate, inbound_pcm=pcm_in[: frames * 160], inbound_arrivals=arrivals,
+                       sent_pcm=np.concatenate(sent_parts), sends=sends,
+                       marks=[("end", last + 0.01, last + 0.5, False)])
+    whole = oaconvolve(true_track, path)
+    truth = {"delay_ms": (bulk + direct) * 1000.0 / rate,
+             "loss_db": 10 * np.log10(np.dot(true_track, true_track) / np.dot(whole, whole))}
+    return ev, truth
+
+
+def test_runs_placed_late_by_different_amounts_are_aligned_by_their_own_echo() -> None:
+    from bridge.analysis import _confirmed_sends, align_runs, playout_runs
+    from bridge.meters.echo import estimate_echo
+
+    late = [0.875, 0.125, 2.5]  # ms: what a loaded far end's late mark echoes did on one run of the rig
+    ev, truth = _runs_call(late)
+    sends = _confirmed_sends(ev)
+    assert len(playout_runs(sends)) == 3
+    # As the marks placed them, one path over all three runs is smeared: the loss reads well off.
+    n = len(ev.inbound_pcm)
+    reference = np.zeros(n, dtype=np.int16)
+    track = played_track(ev.sent_pcm, sends)
+    reference[: min(n, len(track))] = track[:n]
+    as_marked = estimate_echo(reference, ev.inbound_pcm, 8000)
+    assert abs(as_marked.erl_db - truth["loss_db"]) > 1.0
+    # Each run's own first arrival puts it back: the least-late run (0.125 ms) anchors the others.
+    moves = align_runs(ev.sent_pcm, sends, ev.inbound_pcm, np.ones(n, bool), as_marked)
+    assert moves is not None
+    for run, ms in zip(playout_runs(sends), late, strict=True):
+        assert moves[run] * 1000.0 == pytest.approx(ms - min(late), abs=0.2)
+    m = analyse(ev).metrics
+    assert m["echo_detected"] == 1.0
+    # the anchor run itself was placed 0.125 ms late: its echo reads that much early
+    assert m["echo_delay_ms"] == pytest.approx(truth["delay_ms"] - min(late), abs=0.2)
+    assert m["echo_return_loss_db"] == pytest.approx(truth["loss_db"], abs=0.5)
+
+
+def test_runs_without_echo_are_left_where_the_marks_put_them() -> None:
+    ev, _ = _runs_call([0.875, 0.125, 2.5], echo=False, caller_at=2.0)
+    a = analyse(ev)
+    assert a.metrics["echo_detected"] == 0.0
+    assert a.echo.path_z < 6.0

@@ -121,3 +121,24 @@ def test_caller_audio_played_back_later_is_not_echo() -> None:
 def test_nothing_played_means_no_segments() -> None:
     est = estimate_echo(np.zeros(5 * R, dtype=np.int16), np.zeros(5 * R, dtype=np.int16))
     assert est == type(est)(False, None, None, 0.0, 0, 0)
+
+
+@pytest.mark.parametrize("delay_ms", [300, 500])
+def test_a_reply_cut_by_the_hang_up_does_not_read_the_echo_quiet(delay_ms: int) -> None:
+    # The record ends in the middle of the loudest reply: the echo of its last `delay_ms` never made it
+    # into the inbound audio. Counted as played-without-echo, it read a 300 ms echo at 25 dB 1.2-1.5 dB
+    # quiet (the normal equations take every played sample's whole echo as observed).
+    n, d = 9 * R, round(delay_ms * R / 1000)
+    played = np.zeros(n)
+    first, last = speak(MODEL_LINES[0]), speak(MODEL_LINES[2])
+    played[R // 2 : R // 2 + len(first)] = first
+    cut = n - len(last) // 2
+    played[cut:] = last[: n - cut]
+    inbound = np.zeros(n)
+    inbound[d:] = played[: n - d] * 10 ** (-25 / 20)
+    inbound += np.random.default_rng(0).normal(0, 32768 * 10 ** (-60 / 20), n)
+    received = ulaw_decode(ulaw_encode(np.clip(np.rint(inbound), -32768, 32767).astype(np.int16)))
+    est = estimate_echo(played.astype(np.int16), received)
+    assert est.detected
+    assert est.delay_ms == pytest.approx(delay_ms, abs=0.5)
+    assert est.erl_db == pytest.approx(25.0, abs=0.4)
