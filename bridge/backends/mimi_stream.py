@@ -18,8 +18,8 @@ its channel and `get_*()` raises. One `CodecStage` drives one direction:
   much CPU the rest spends. Silence for `stalled_after_s` of wall time alone also ends it (a stuck
   thread in an otherwise idle process spends no CPU), reported as stalled, not dead.
 - At hang-up the tokenizer is retired, not dropped (`retire`): a daemon thread keeps taking its outputs
-  until the queued frames are done, because a Rust thread finishing a frame after its receiver is gone
-  prints `sending on a closed channel`.
+  until the queued frames are done (a stage judged dead is not waited for), because a Rust thread
+  finishing a frame after its receiver is gone prints `sending on a closed channel`.
 
 Backtraces. The threads print errors with `{err:?}`, and anyhow appends a stack backtrace (~37 lines)
 to each when RUST_BACKTRACE=1 was set at the first error. `quiet_error_backtraces()` sets
@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from bridge.backends.base import BackendError
 
-__all__ = ["CodecStage", "Stall", "quiet_error_backtraces", "retire"]
+__all__ = ["CodecStage", "Retirement", "Stall", "quiet_error_backtraces", "retire"]
 
 log = logging.getLogger(__name__)
 
@@ -161,32 +161,44 @@ class CodecStage:
         return None
 
 
-def retire(
-    stages: Sequence[CodecStage], after: Future[Any] | None, patience_s: float, poll_s: float = 0.01
-) -> threading.Thread:
-    """Keep a finished call's tokenizer (held by its stages) alive until its queued frames are done.
+class Retirement(threading.Thread):
+    """The daemon thread `retire` starts; `left` is what was still pending when it let go (after join)."""
 
-    Runs on a daemon thread: waits for the call's last worker step (`after`), then takes and discards
-    outputs until nothing is pending, or until a stage has gone `patience_s` without an output (a
-    poisoned thread never answers; letting go of it then costs nothing, it sends nothing).
-    """
+    def __init__(self, stages: Sequence[CodecStage], after: Future[Any] | None, wait_s: float) -> None:
+        super().__init__(name="mimi-retire", daemon=True)
+        self.left: dict[str, int] | None = None  # None while running
+        self._stages = stages
+        self._after = after
+        self._wait_s = wait_s
 
-    def run() -> None:
-        if after is not None:
+    def run(self) -> None:
+        if self._after is not None:
             try:
-                after.result(timeout=patience_s)
+                self._after.result(timeout=self._wait_s)
             except BaseException:  # a failed, cancelled or hung step: drain what is there anyway
                 pass
-        while any(stage.pending for stage in stages):
+        stages = self._stages
+        while True:
             for stage in stages:
                 for _ in stage.drain():
                     pass
-            if any(stage.pending and stage.silent_for() >= patience_s for stage in stages):
-                left = {stage.name: stage.pending for stage in stages if stage.pending}
-                log.info("Mimi tokenizer released with frames still pending: %s", left)
-                return
-            time.sleep(poll_s)
+            if not any(stage.pending and stage.stall() is None for stage in stages):
+                break
+            time.sleep(0.01)
+        self.left = {stage.name: stage.pending for stage in stages if stage.pending}
+        if self.left:
+            log.info("Mimi tokenizer released with frames still pending (a dead thread): %s", self.left)
+        self._stages = ()  # the last reference to the tokenizer goes with them
 
-    thread = threading.Thread(target=run, name="mimi-retire", daemon=True)
+
+def retire(stages: Sequence[CodecStage], after: Future[Any] | None, wait_s: float) -> Retirement:
+    """Keep a finished call's tokenizer (held by its stages) alive until its queued frames are done.
+
+    A daemon thread waits up to `wait_s` for the call's last worker step (`after`), then takes and
+    discards outputs for as long as some stage has frames pending and is still alive by `stall()`. A
+    stage already dead (a poisoned thread never answers, and sends nothing) is not waited for, but its
+    live sibling is: a frame it finished after the tokenizer was dropped would print an error.
+    """
+    thread = Retirement(stages, after, wait_s)
     thread.start()
     return thread

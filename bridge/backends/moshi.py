@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -45,7 +44,7 @@ from bridge.backends.base import (
     SpeechBackend,
     StepOutput,
 )
-from bridge.backends.mimi_stream import CodecStage, retire
+from bridge.backends.mimi_stream import CodecStage, Retirement, retire
 from bridge.backends.moshi_loader import LoadedModel, MoshiConfig, load_model, new_tokenizer
 
 __all__ = ["CodecStage", "MoshiBackend", "MoshiConfig", "MoshiSession", "codec_stages"]
@@ -136,7 +135,7 @@ class MoshiSession(BackendSession):
         )
         self._encoder, self._decoder = codec_stages(tokenizer, cfg)
         self._last_step: Future[StepOutput] | None = None
-        self.retirement: threading.Thread | None = None  # the thread draining the tokenizer after close
+        self.retirement: Retirement | None = None  # the thread draining the tokenizer after close
         self._closed = False
         self.steps = 0
 
@@ -239,7 +238,7 @@ class MoshiSession(BackendSession):
         # Frames still queued in the Rust threads would be finished into a dropped receiver (an error
         # line each): keep the tokenizer until they are done, off the worker and off the loop.
         self.retirement = retire(
-            (self._encoder, self._decoder), self._last_step, self._backend.config.tokenizer_dead_after_s
+            (self._encoder, self._decoder), self._last_step, self._backend.config.step_timeout_s
         )
         if any(self.frames_dropped.values()):
             log.info("call %s: codec frames dropped: %s", self.call_id, self.frames_dropped)

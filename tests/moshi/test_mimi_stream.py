@@ -138,22 +138,30 @@ def test_retire_takes_every_queued_answer_before_letting_go() -> None:
     for _ in range(3):
         stages[0].submit(FRAME)
     stages[1].submit(FRAME)
-    thread = retire(stages, after=None, patience_s=10.0)
+    thread = retire(stages, after=None, wait_s=1.0)
     encoder.answer(3)
     decoder.answer(1)
     thread.join(timeout=10)
-    assert not thread.is_alive()
+    assert not thread.is_alive() and thread.left == {}
     assert [s.pending for s in stages] == [0, 0]
     assert not encoder.ready and not decoder.ready  # every answer was taken while a receiver existed
 
 
-def test_retire_lets_go_of_a_thread_that_never_answers() -> None:
-    silent = FakeThread()
-    s = CodecStage("decoder", silent.put, silent.get, dead_after_s=2.0, stalled_after_s=20.0, max_pending=6)
-    s.submit(FRAME)
-    thread = retire((s,), after=None, patience_s=0.05)
+def test_retire_waits_for_a_live_stage_beside_a_dead_one_and_then_lets_go() -> None:
+    clocks, poisoned, live = FakeClocks(), FakeThread(), FakeThread()
+    decoder, encoder = stage(poisoned, clocks), stage(live, clocks, name="encoder")
+    decoder.submit(FRAME)
+    clocks.advance(wall_s=3.0, cpu_s=3.0)  # the call ended because the decoder died
+    assert decoder.stall() is not None
+    encoder.submit(FRAME)
+    encoder.submit(FRAME)
+    thread = retire((encoder, decoder), after=None, wait_s=1.0)
+    thread.join(timeout=0.3)
+    assert thread.is_alive()  # the encoder is alive and owes two frames: its receiver must stay
+    live.answer(2)
     thread.join(timeout=10)
-    assert not thread.is_alive() and s.pending == 1
+    assert not thread.is_alive() and thread.left == {"decoder": 1}
+    assert (encoder.pending, decoder.pending) == (0, 1) and not live.ready
 
 
 def test_rust_error_backtraces_are_turned_off_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
