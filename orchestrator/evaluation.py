@@ -26,7 +26,7 @@ from orchestrator.store import parse_iso
 
 if TYPE_CHECKING:
     from bridge.session import MediaSession
-    from orchestrator.web.app import AppState
+    from orchestrator.web.state import AppState
 
 log = logging.getLogger(__name__)
 

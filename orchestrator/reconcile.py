@@ -7,9 +7,9 @@ live media session in this process is fetched from the carrier's REST API (`GET 
 
 - the carrier says it ended: it is settled with the carrier's status at the carrier's end time (event
   source `reconcile`, transition trigger `reconcile:<status>`, an end reason that names the carrier);
-- the carrier says it is still live: a `streaming` call lost its media stream with the old process
-  (`stream_lost`: back to in-progress, the call itself goes on); an answer we missed is applied; it is
-  asked again the next round;
+- the carrier says it is still live: a `streaming` call whose stream was still open lost it with the
+  old process (`stream_lost`, once: a timeline event, the call stays `streaming` and goes on); an
+  answer we missed is applied; it is asked again the next round;
 - the carrier cannot say (not configured, unreachable, no such call): an `unsettled` event says why
   (recorded again only when the why changes) and it is asked again the next round; a call still
   unfinished past MAX_CALL_SECONDS + 600 s is settled `interrupted` (failed), with why.
@@ -30,20 +30,18 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import CarrierError, SettingsError
-from orchestrator.lifecycle import RANK, CallState
+from orchestrator.lifecycle import CALL_STATUS_EVENTS, TERMINAL_STATES, CallState, moves
 from orchestrator.service import CallService, Recorded
 from orchestrator.settings import log_safe
 from orchestrator.store import iso, parse_iso, utcnow
 from orchestrator.twilio_rest import CarrierCall
 
 if TYPE_CHECKING:
-    from orchestrator.web.app import AppState
+    from orchestrator.web.state import AppState
 
 log = logging.getLogger(__name__)
 
 GRACE_S = 600.0  # past MAX_CALL_SECONDS + this, nothing can still be happening to a call
-CARRIER_TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
-_CARRIER_LIVE = {"queued": CallState.QUEUED, "ringing": CallState.RINGING, "in-progress": CallState.IN_PROGRESS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,24 +69,26 @@ def carrier_payload(c: CarrierCall) -> dict[str, Any]:
 
 
 def plan(call: Mapping[str, Any], answer: CarrierAnswer, *, now: datetime, max_call_seconds: float,
-         last_unsettled_why: str | None = None) -> list[Step]:
-    """What to record for an unfinished call (without a live media session here) given the carrier's answer."""
+         last_unsettled_why: str | None = None, stream_ended: bool = False) -> list[Step]:
+    """What to record for an unfinished call (without a live media session here) given the carrier's answer.
+
+    `stream_ended`: the call's last stream event says its stream stopped (so it is not lost now)."""
     state = CallState(call["state"])
+    stream_lost = state is CallState.STREAMING and not stream_ended
     if state.terminal:
         return []
     carrier = answer.call
     if carrier is not None:
         payload = carrier_payload(carrier)
-        if carrier.status in CARRIER_TERMINAL:
+        if carrier.status in TERMINAL_STATES:  # Twilio's final CallStatus values are our terminal states' names
             ended = carrier.end_time
             detail = f"reconciled: the carrier reports {carrier.status}" + (f", ended {iso(ended)}" if ended else "")
             return [Step(carrier.status, detail, payload, at=ended)]
         steps = []
-        if state is CallState.STREAMING:
+        if stream_lost:
             steps.append(Step("stream_lost", payload={**payload, "why": _STREAM_LOST}))
-            state = CallState.IN_PROGRESS
-        said = _CARRIER_LIVE.get(carrier.status)
-        if said is not None and RANK[said] > RANK[state]:  # an answer (or ringing) we never heard of
+        said = CALL_STATUS_EVENTS.get(carrier.status)
+        if said is not None and moves(state, said):  # an answer (or ringing) we never heard of
             steps.append(Step(carrier.status, payload=payload))
         return steps
     why = answer.why or "the carrier could not say"
@@ -97,7 +97,7 @@ def plan(call: Mapping[str, Any], answer: CarrierAnswer, *, now: datetime, max_c
         return [Step("interrupted", f"interrupted: still {state.value} past MAX_CALL_SECONDS + {GRACE_S:.0f} s, and "
                      f"the carrier could not say how it ended ({why})", {"found_state": state.value, "why": why})]
     steps = []
-    if state is CallState.STREAMING:
+    if stream_lost:
         steps.append(Step("stream_lost", payload={"why": _STREAM_LOST}))
     if why != last_unsettled_why:
         steps.append(Step("unsettled", payload={"found_state": state.value, "why": why}))
@@ -118,7 +118,8 @@ def reconcile_call(service: CallService, call_id: str, answer: CarrierAnswer, *,
     last_why = json.loads(last["payload"] or "{}").get("why") if last and last["type"] == "unsettled" else None
     now = now or utcnow()
     done = []
-    for step in plan(call, answer, now=now, max_call_seconds=max_call_seconds, last_unsettled_why=last_why):
+    for step in plan(call, answer, now=now, max_call_seconds=max_call_seconds, last_unsettled_why=last_why,
+                     stream_ended=service.stream_ended(call)):
         rec = service.record(source="reconcile", type=step.type, call_id=call_id, call_sid=call["call_sid"],
                              payload=step.payload, at=step.at or now, detail=step.detail)
         if step.detail:
@@ -186,13 +187,12 @@ class Reconciler:
         return done
 
     def _effects(self, call_id: str, recs: list[Recorded]) -> None:
-        from orchestrator.evaluation import evaluate_call_async
+        from orchestrator.web.effects import run_effects
 
         for rec in recs:
             if rec.call is not None:
                 self.state.prom.call_state(call_id, rec.call["state"])
-            if rec.changed and rec.outcome and "call_ended" in rec.outcome.effects:
-                self.state.spawn(evaluate_call_async(self.state, call_id), f"evaluate-{call_id}")
+            run_effects(self.state, rec)
 
     async def run(self, interval_s: float) -> None:
         """A round now, then one every `interval_s` for calls quiet that long. Never raises."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.web.app import AppState
+    from orchestrator.web.state import AppState
 
 log = logging.getLogger(__name__)
 

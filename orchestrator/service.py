@@ -31,41 +31,6 @@ from orchestrator.store import Store, iso, parse_iso, utcnow
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: (source, raw type) -> lifecycle event, for sources whose vocabulary is not a Twilio status.
-_OTHER_EVENTS: dict[tuple[str, str], EventType] = {
-    ("rest", "queued"): EventType.QUEUED,
-    ("rest", "create_failed"): EventType.FAILED,
-    ("rest", "hangup"): EventType.INITIATED,  # informative: we asked; the callback will tell
-    ("media", "start"): EventType.STREAM_STARTED,
-    ("media", "stop"): EventType.STREAM_STOPPED,
-    ("media", "ws_closed"): EventType.STREAM_STOPPED,
-    ("media", "dtmf"): EventType.DTMF,
-    ("local", "interrupted"): EventType.INTERRUPTED,
-    ("local", "reconciled_completed"): EventType.COMPLETED,
-    # reconciliation (orchestrator.reconcile); the carrier's own statuses map like a status callback's
-    ("reconcile", "stream_lost"): EventType.STREAM_STOPPED,
-    ("reconcile", "unsettled"): EventType.INITIATED,  # informative: the carrier could not say (why)
-    ("reconcile", "interrupted"): EventType.INTERRUPTED,
-    # informative: recorded on the call, never move the state
-    ("voice", "incoming"): EventType.INITIATED,
-    ("local", "refused_busy"): EventType.INITIATED,
-    ("local", "backend_ended"): EventType.INITIATED,
-    ("media", "long_gap"): EventType.INITIATED,
-    ("media", "protocol_error"): EventType.INITIATED,  # the stream is then ended (ws_closed)
-    ("local", "media_error"): EventType.INITIATED,
-}
-
-
-def event_type_for(source: str, raw_type: str) -> EventType | None:
-    if source == "status_callback":
-        return lifecycle.CALL_STATUS_EVENTS.get(raw_type)
-    if source == "reconcile" and raw_type in lifecycle.CALL_STATUS_EVENTS:
-        return lifecycle.CALL_STATUS_EVENTS[raw_type]
-    if source == "stream_status":
-        return lifecycle.STREAM_STATUS_EVENTS.get(raw_type)
-    return _OTHER_EVENTS.get((source, raw_type))
-
-
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What `record()` did with one event."""
@@ -177,16 +142,22 @@ class CallService:
         if dedupe_key and store.dedupe_seen(dedupe_key, event_id):
             store.judge_event(event_id, accepted=False, reason="duplicate", call_id=cid)
             return Recorded(event_id, False, "duplicate", call)
-        kind = event_type_for(source, type)
+        kind = lifecycle.classify(source, type)
         if kind is None:
             reason = f"unknown event {source}/{type}"
             store.judge_event(event_id, accepted=False, reason=reason, call_id=cid)
             return Recorded(event_id, False, reason, call)
-        state = CallState(call["state"])
-        outcome = lifecycle.handle(state, CallEvent(kind, at, source, detail))
         updates: dict[str, Any] = {}
         if call_sid and not call.get("call_sid"):
             updates["call_sid"] = call_sid
+        if isinstance(kind, lifecycle.Note):  # a fact about the call, not a lifecycle event: kept as it is
+            if updates:
+                store.update_call(call["id"], **updates)
+                call = {**call, **updates}
+            store.judge_event(event_id, accepted=True, reason=None, call_id=cid)
+            return Recorded(event_id, True, None, call)
+        state = CallState(call["state"])
+        outcome = lifecycle.handle(state, CallEvent(kind, at, source, detail))
         if outcome.changed:
             updates["state"] = outcome.state.value
             store.record_transition(
@@ -225,6 +196,18 @@ class CallService:
         if by_sid is not None and (by_id is None or by_sid["id"] != by_id["id"]):
             return f"identity mismatch: CallSid {call_sid} belongs to call {by_sid['id']}, not {call_id}"
         return None
+
+    def stream_ended(self, call: dict[str, Any]) -> bool:
+        """Whether the call's last accepted stream event says its stream stopped (a `streaming` call
+        stays `streaming` after its stream ends: the lifecycle only moves forward)."""
+        for e in reversed(self.store.events_for(call)):
+            if e["accepted"]:
+                kind = lifecycle.classify(e["source"], e["type"])
+                if kind is EventType.STREAM_STOPPED:
+                    return True
+                if kind is EventType.STREAM_STARTED:
+                    return False
+        return False
 
     # -- documents ----------------------------------------------------------------------------------
 

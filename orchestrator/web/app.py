@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -20,40 +19,10 @@ from orchestrator.service import AsyncService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.web.prom import Prom
+from orchestrator.web.state import STATE, AppState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    service: AsyncService
-    backend: SpeechBackend
-    prom: Prom
-    facts: dict[str, Any] = field(default_factory=dict)
-    sessions: dict[str, Any] = field(default_factory=dict)  # call id -> live MediaSession
-    websockets: set[web.WebSocketResponse] = field(default_factory=set)
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
-    analysis: Any = None  # orchestrator.evaluation.AnalysisPool, started on first use
-    guard: Any = None  # orchestrator.web.limits.ConnectionGuard: connection slots and timeouts
-    # set once the post-start warm-up (analysis imports, analysis process) is over: until then a thread
-    # importing scipy holds the GIL in bursts. Harnesses that time calls (the rig, the benchmarks) wait.
-    warmed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """Run slow follow-up work off the request path, keeping a reference so it is not lost."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.background.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self.background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
-
-
-STATE = web.AppKey("state", AppState)
+__all__ = ["STATE", "AppState", "create_app", "make_backend"]
 
 
 def make_backend(settings: Settings) -> SpeechBackend:

@@ -21,7 +21,8 @@ from orchestrator.redact import without_secrets
 from orchestrator.service import CallService, Recorded
 from orchestrator.settings import log_safe, mask_number, valid_call_id, valid_sid
 from orchestrator.twiml import busy_twiml, stream_twiml
-from orchestrator.web.app import STATE, AppState
+from orchestrator.web.effects import run_effects
+from orchestrator.web.state import STATE, AppState
 
 log = logging.getLogger(__name__)
 BUSY_MESSAGE = "Sorry, Moshi is on another call. Please try again in a few minutes."
@@ -130,14 +131,7 @@ async def _record_callback(request: web.Request, *, source: str, type_key: str, 
     if refused:
         log.warning("refused %s: %s", request.path, log_safe(refused, 200))
         return web.Response(status=400, text="identifiers refused\n"), rec
-    if rec.changed and rec.outcome and "call_ended" in rec.outcome.effects and rec.call:
-        session = state.sessions.get(rec.call["id"])
-        if session is not None:
-            state.spawn(session.remote_ended(f"call {rec.call['state']}"), f"end-{rec.call['id']}")
-        else:
-            from orchestrator.evaluation import evaluate_call_async
-
-            state.spawn(evaluate_call_async(state, rec.call["id"]), f"evaluate-{rec.call['id']}")
+    run_effects(state, rec)
     return web.Response(status=204), rec
 
 

@@ -18,15 +18,14 @@ from aiohttp import WSMsgType, web
 from twilio.request_validator import RequestValidator
 
 from bridge.backends.base import BackendBusy
-from bridge.errors import RemoteProtocolError
-from bridge.protocol import MAX_GAP_MS, Dtmf, Mark, Media, MediaStream, Start, Stop
-from bridge.session import MediaSession, SessionConfig
+from bridge.protocol import MAX_GAP_MS, Dtmf, MediaStream, Start, Stop
+from bridge.session import MediaLink, MediaSession, SessionConfig
 from orchestrator.lifecycle import CallState
 from orchestrator.service import CallService
 from orchestrator.settings import log_safe, valid_call_id, valid_sid
 from orchestrator.twiml import media_url
-from orchestrator.web.app import STATE, AppState
 from orchestrator.web.dtmf import DtmfBatch
+from orchestrator.web.state import STATE, AppState
 from orchestrator.web.wswrite import BatchSender
 
 log = logging.getLogger(__name__)
@@ -104,10 +103,11 @@ async def media_websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True, compress=False)
     await ws.prepare(request)
     state.websockets.add(ws)
-    stream = MediaStream(max_frame_bytes=MAX_FRAME)
+    link = MediaLink(max_frame_bytes=MAX_FRAME)  # the stream's one driver (bridge.session)
+    stream = link.stream
     reader = _Reader()
     try:
-        await _read_loop(state, ws, stream, BatchSender(ws, request.transport), reader)
+        await _read_loop(state, ws, link, BatchSender(ws, request.transport), reader)
     except Exception as exc:  # MemoryError included: whatever broke, this stream ends the normal way
         reader.end = "internal_error"
         reader.problem = f"{exc.__class__.__name__}: {exc}"[:300]
@@ -147,15 +147,17 @@ class _Reader:
 
 
 async def _read_loop(
-    state: AppState, ws: web.WebSocketResponse, stream: MediaStream, sender: BatchSender, reader: _Reader
+    state: AppState, ws: web.WebSocketResponse, link: MediaLink, sender: BatchSender, reader: _Reader
 ) -> None:
-    """Feed every frame to the protocol and dispatch its events until the stream ends.
+    """Feed every frame to the media link (media and marks reach the live session there) and handle the
+    events it returns until the stream ends.
 
     One plain `receive()` per frame (this runs 50 times a second per call). When the session ends on
     our side (budget, dead backend, the carrier hung up), its watcher closes the socket, which ends
     the pending `receive()`. Sets `reader.live` as soon as a call is live and `reader.end` to why the
     loop returned, so that whatever happens the caller ends the call through one path.
     """
+    stream = link.stream
     errors_seen = 0
     start_by = time.monotonic() + state.settings.media_start_timeout_s
     while True:
@@ -173,27 +175,13 @@ async def _read_loop(
             msg = await ws.receive()
         now = time.monotonic()
         live = reader.live
-        if msg.type == WSMsgType.TEXT:
-            stream.receive_text(msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            stream.receive_bytes(msg.data)
-        else:  # CLOSE, CLOSING, CLOSED, ERROR
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):  # CLOSE, CLOSING, CLOSED, ERROR
             ended_here = live is not None and live.session.done.is_set()
             reader.end = "session_ended" if ended_here else "ws_closed"
             return
-        for ev in stream.events_received():
-            if isinstance(ev, Media):
-                if live is not None:
-                    try:
-                        live.session.on_media(ev, now)
-                    except RemoteProtocolError as exc:  # a timestamp that cannot be real: end this stream
-                        stream.close_reason = stream.close_reason or exc.reason
-                        break
-            elif isinstance(ev, Mark):
-                if live is not None:
-                    live.session.on_mark(ev.name, now)
-            elif isinstance(ev, Start):
-                live = reader.live = await _on_start(state, ws, stream, ev, sender)
+        for ev in link.receive(msg.data, now):
+            if isinstance(ev, Start):
+                live = reader.live = await _on_start(state, ws, link, ev, sender)
                 if live is None:
                     reader.end = "start_rejected"
                     return
@@ -258,7 +246,7 @@ def start_identifier_problem(start: Start, call_id: str | None) -> str | None:
 
 
 async def _on_start(
-    state: AppState, ws: web.WebSocketResponse, stream: MediaStream, start: Start, sender: BatchSender
+    state: AppState, ws: web.WebSocketResponse, link: MediaLink, start: Start, sender: BatchSender
 ) -> LiveCall | None:
     params = start.custom_parameters
     call_id, token = params.get("call_id"), params.get("token")
@@ -315,7 +303,7 @@ async def _on_start(
         await ws.close(code=1008, message=(reason or "rejected").encode()[:120])
         return None
     try:
-        return await _go_live(state, ws, stream, start, sender, call, backend_session, payload)
+        return await _go_live(state, ws, link, start, sender, call, backend_session, payload)
     except _Refused:
         return None
     except BaseException:  # nothing is live yet: give the backend slot back before the error goes on
@@ -326,7 +314,7 @@ async def _on_start(
 async def _go_live(
     state: AppState,
     ws: web.WebSocketResponse,
-    stream: MediaStream,
+    link: MediaLink,
     start: Start,
     sender: BatchSender,
     call: dict[str, Any],
@@ -383,9 +371,8 @@ async def _go_live(
             "gap",
         )
 
-    session = MediaSession(
+    session = link.open_session(
         call_id=call["id"],
-        stream=stream,
         backend=backend_session,
         send=sender.send,
         config=config,

@@ -171,7 +171,7 @@ async def test_a_far_future_timestamp_ends_only_its_stream_and_the_server_keeps_
     row, events, _ = call_row_and_events(settings, call["id"])
     assert health["ok"]
     assert client.server.app[STATE].sessions == {}
-    assert row["state"] == "in-progress"  # streaming -> stream stopped; the carrier ends the call
+    assert row["state"] == "streaming"  # forward only: the stream stopped, the carrier ends the call
     kinds = {(e["source"], e["type"]): e for e in events}
     problem = json.loads(kinds[("media", "protocol_error")]["payload"])["reason"]
     assert why in problem
@@ -209,7 +209,7 @@ async def test_an_exception_in_the_read_path_ends_the_stream_the_normal_way(
     assert await wait_for(lambda: not backend.busy)
     assert await wait_for(lambda: call_row_and_events(settings, call["id"])[2])
     row, events, _ = call_row_and_events(settings, call["id"])
-    assert row["state"] == "in-progress" and app[STATE].sessions == {}
+    assert row["state"] == "streaming" and app[STATE].sessions == {}  # stopped, not stepped back
     errors = [e for e in events if e["type"] == "media_error"]
     assert errors and "MemoryError" in (errors[0]["reason"] or json.loads(errors[0]["payload"])["reason"])
     ended = next(e for e in events if e["type"] == "ws_closed")

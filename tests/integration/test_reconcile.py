@@ -124,7 +124,8 @@ async def test_a_call_the_carrier_does_not_know_is_marked_with_why_and_asked_aga
     [(lost, _), (unsettled, why)] = marks(call["id"])
     assert (lost, unsettled) == ("stream_lost", "unsettled")
     assert why.startswith(f"carrier refused to fetch {unknown_sid}: 20404")
-    assert doc(settings, call["id"])["call"]["state"] == "in-progress"  # not guessed: the stream was lost, no more
+    # not guessed: the stream was lost, no more (a timeline event: the call stays `streaming`)
+    assert doc(settings, call["id"])["call"]["state"] == "streaming"
     assert marks(no_sid["id"]) == [("unsettled", "no CallSid was recorded for this call: the carrier cannot be asked")]
 
     # the next round asks again, and says nothing new when nothing changed

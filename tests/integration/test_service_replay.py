@@ -34,7 +34,7 @@ SCENARIOS: dict[str, tuple[list[dict[str, Any]], str, list[tuple[str, str]], int
          cb("completed", 3)],
         "completed",
         [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "streaming"),
-         ("streaming", "in-progress"), ("in-progress", "completed")], 0),
+         ("streaming", "completed")], 0),
     "busy": ([cb("initiated", 0), cb("ringing", 1), cb("busy", 2)], "busy",
              [("queued", "ringing"), ("ringing", "busy")], 0),
     "no-answer": ([cb("initiated", 0), cb("ringing", 1), cb("no-answer", 3)], "no-answer",
@@ -46,8 +46,7 @@ SCENARIOS: dict[str, tuple[list[dict[str, Any]], str, list[tuple[str, str]], int
         [cb("initiated", 0), cb("ringing", 1), media("start"), cb("in-progress", 2), media("stop"),
          cb("completed", 4)],
         "completed",
-        [("queued", "ringing"), ("ringing", "streaming"), ("streaming", "in-progress"),
-         ("in-progress", "completed")], 1),
+        [("queued", "ringing"), ("ringing", "streaming"), ("streaming", "completed")], 1),
     "duplicates-and-shuffled": (
         [cb("ringing", 1), cb("initiated", 0), cb("ringing", 1, token=None), cb("in-progress", 2),
          cb("in-progress", 2), cb("completed", 5), cb("ringing", 1), cb("completed", 5),
@@ -118,13 +117,37 @@ def test_restart_reconciles_live_calls(tmp_path: Path) -> None:
     # no carrier to ask: the stream is known lost, how the call ended is not (marked, not guessed)
     done = reconcile_call(restarted, call["id"], CarrierAnswer(None, "the carrier cannot be asked"),
                           max_call_seconds=300)
-    assert [r.call["state"] for r in done if r.call] == ["in-progress", "in-progress"]
+    assert [r.call["state"] for r in done if r.call] == ["streaming", "streaming"]  # forward only
     events = restarted.store.events_for(restarted.store.get_call(SID))
     assert [(e["source"], e["type"], e["accepted"]) for e in events[-2:]] == [
         ("reconcile", "stream_lost", 1), ("reconcile", "unsettled", 1)]
+    # the next round knows the stream is already gone: not lost twice, and unsettled only when why changes
+    again = reconcile_call(restarted, call["id"], CarrierAnswer(None, "the carrier cannot be asked"),
+                           max_call_seconds=300)
+    assert again == []
     # a late real callback then settles it
     late = restarted.record(**cb("completed", 3))
     assert late.accepted and restarted.store.get_call(SID)["state"] == "completed"
+
+
+@pytest.mark.parametrize("terminal_first", [False, True])
+def test_notes_are_stored_as_they_are_and_never_move_the_state(tmp_path: Path, terminal_first: bool) -> None:
+    service = CallService(Store(tmp_path / "n.db"))
+    call = service.store.create_call(direction="outbound-api", to_number=None, from_number=None)
+    service.record(source="rest", type="queued", call_id=call["id"], call_sid=SID)
+    service.record(**media("start"))
+    if terminal_first:  # the carrier's end can beat the media's own end
+        service.record(**cb("completed", 3))
+    state = service.store.get_call(SID)["state"]
+    notes = [("local", "backend_ended"), ("local", "refused_busy"), ("media", "long_gap")]
+    for source, kind in notes:
+        rec = service.record(source=source, type=kind, call_id=call["id"], payload={"reason": "x"})
+        assert rec.accepted and rec.reason is None and rec.outcome is None and not rec.changed
+    assert service.store.get_call(SID)["state"] == state
+    rows = service.store.db.execute(
+        "SELECT source, type, accepted, reason FROM events WHERE source IN ('local', 'media') AND type != 'start'"
+    ).fetchall()
+    assert [tuple(r) for r in rows] == [(s, k, 1, None) for s, k in notes]
 
 
 def test_a_failing_judgement_keeps_the_raw_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,51 @@ def test_newer_migration_on_old_database_keeps_data(tmp_path: Path) -> None:
     assert store.get_call("c_old")["state"] == "completed"
 
 
+def test_old_backward_stream_stops_are_read_forward_after_upgrade(tmp_path: Path) -> None:
+    """0004: history written when a stopped stream stepped back to in-progress means what it means now."""
+    db = tmp_path / "o.db"
+    files = migration_files()
+    names = [f.name for f in files]
+    old = sqlite_utils.Database(sqlite3.connect(db, isolation_level=None))
+    build_migrations(files[: names.index("0004_forward_only_lifecycle")]).apply(old)
+    at = "2026-01-01T00:00:00Z"
+    moves = {
+        "c_done": ["queued>ringing", "ringing>in-progress", "in-progress>streaming", "streaming>in-progress",
+                   "in-progress>completed"],
+        "c_twice": ["queued>ringing", "ringing>streaming", "streaming>in-progress", "in-progress>streaming",
+                    "streaming>in-progress", "in-progress>completed"],
+        "c_live": ["queued>in-progress", "in-progress>streaming", "streaming>in-progress"],
+        "c_never": ["queued>in-progress", "in-progress>completed"],
+    }
+    final = {"c_done": "completed", "c_twice": "completed", "c_live": "in-progress", "c_never": "completed"}
+    for cid, steps in moves.items():
+        old["calls"].insert({"id": cid, "direction": "outbound-api", "state": final[cid], "created_at": at,
+                             "updated_at": at})
+        for step in steps:
+            a, b = step.split(">")
+            old["transitions"].insert({"call_id": cid, "from_state": a, "to_state": b, "trigger": "t", "at": at})
+    old["events"].insert_all([
+        {"call_id": "c_done", "source": "local", "type": "backend_ended", "at": at, "accepted": 0,
+         "reason": "terminal: call already completed"},
+        {"call_id": "c_done", "source": "status_callback", "type": "ringing", "at": at, "accepted": 0,
+         "reason": "terminal: call already completed"},
+    ])
+    old.conn.close()
+    store = Store(db)
+    got = {cid: [(t["from_state"], t["to_state"]) for t in store.transitions_for(cid)] for cid in moves}
+    assert got == {
+        "c_done": [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "streaming"),
+                   ("streaming", "completed")],
+        "c_twice": [("queued", "ringing"), ("ringing", "streaming"), ("streaming", "completed")],
+        "c_live": [("queued", "in-progress"), ("in-progress", "streaming")],
+        "c_never": [("queued", "in-progress"), ("in-progress", "completed")],
+    }
+    assert {cid: store.get_call(cid)["state"] for cid in moves} == {**final, "c_live": "streaming"}
+    verdicts = [tuple(r) for r in store.conn.execute("SELECT type, accepted, reason FROM events ORDER BY id")]
+    # a note is kept as accepted; a real late callback stays refused
+    assert verdicts == [("backend_ended", 1, None), ("ringing", 0, "terminal: call already completed")]
+
+
 def test_failed_migration_rolls_back(tmp_path: Path) -> None:
     db = sqlite_utils.Database(sqlite3.connect(tmp_path / "x.db", isolation_level=None))
     bad = [MigrationFile("0001_ok", "CREATE TABLE a (x);"),

@@ -56,6 +56,14 @@ def test_a_call_the_carrier_says_is_live(state: str, said: str, expected: list[s
     assert [t for t, _ in steps(state, carrier(said))] == expected
 
 
+def test_a_stream_already_stopped_is_not_lost_again() -> None:
+    # forward only: a call stays `streaming` after its stream stopped; that stop is not a loss
+    ended = plan(call("streaming"), carrier("in-progress"), now=NOW, max_call_seconds=300, stream_ended=True)
+    assert ended == []
+    unsure = plan(call("streaming"), CarrierAnswer(None, "404"), now=NOW, max_call_seconds=300, stream_ended=True)
+    assert [s.type for s in unsure] == ["unsettled"]
+
+
 def test_when_the_carrier_cannot_say_the_call_is_marked_with_why_once_per_reason() -> None:
     no = CarrierAnswer(None, "carrier unreachable: ConnectionError")
     [step] = plan(call("in-progress"), no, now=NOW, max_call_seconds=300)
