@@ -1,52 +1,56 @@
-"""One call's media session: caller audio to the backend and the backend's audio back, paced.
+"""One call's media session: the asyncio driver around the pure parts, and the only thing that drives its
+`MediaStream`.
 
-The session owns three concurrent parts, all on the event loop and none blocking it:
+The rules live in pure modules, tested without an event loop: inbound gap repair in `bridge.inbound`,
+pacing (jitter buffer, lead, marks, clear) over the playout clock in `bridge.pacer`, the recording's
+blocks in `bridge.recorder`. This module only moves data between them and the outside, on one loop:
 
-* **receive** (`on_media`, called by the socket reader): decode, fill timestamp gaps with silence so
-  the model's clock keeps running, re-chunk into 80 ms frames, and queue them for the backend. The
-  queue is bounded: if the backend falls behind, the oldest frame is dropped and counted
-  (`late_frames`), never an unbounded backlog.
-* **worker**: feeds frames to the backend session (which runs its compute off the loop) and turns each
-  output frame into 20 ms mu-law chunks.
-* **sender**: paces chunks to Twilio. Twilio plays whatever it gets in order and queues the rest, so
-  anything sent ahead of playout is latency. The sender keeps the playout lead under `max_lead_s`,
-  holds the very first chunk back by `jitter_buffer_s` (headroom against inbound jitter, so a late
-  frame does not underrun), sends a mark every `mark_every` chunks (playout confirmation, clock
-  recalibration), and records every chunk on the `PlayoutClock`.
+* **read** (`MediaLink.receive`, one call per socket frame, from the web layer's socket read): feeds the
+  stream; media goes to `on_media` (gap repair, 80 ms frames, a bounded queue for the backend: when the
+  backend falls behind the oldest frame is dropped and counted in `late_frames`), mark echoes to the
+  pacer's playout clock; `start`, `dtmf` and `stop` go back to the caller, which decides about the call.
+* **worker** task: feeds frames to the backend session (which runs its compute off the loop), turns each
+  output frame into 20 ms mu-law chunks and queues them on the pacer.
+* **sender** task: sends what `Pacer.poll` allows, every message of a wake-up in one `send` (one socket
+  write in the server: at 50 calls, a write per 20 ms chunk was a tenth of the event loop), then sleeps
+  until the pacer's `wake_at`, or until the worker queues audio.
+* **recorder**: the sender cuts a block of the recording about once a second; a worker thread writes it
+  (`CallRecording`), never the loop.
 
-Everything the metrics need is kept as evidence (`evidence()`), on one monotonic clock whose origin is
-the moment `start` was received.
+A task that dies ends the whole session (`failure`, `done`). Everything the metrics need is kept as
+evidence (`evidence()`), on one monotonic clock whose origin is the moment `start` was received.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from bridge.backends.base import BackendSession
 from bridge.errors import RemoteProtocolError
-from bridge.framing import CHUNK_SAMPLES_8K, InboundPipeline, OutboundPipeline
+from bridge.framing import OutboundPipeline
 from bridge.g711 import ulaw_decode
+from bridge.inbound import LONG_GAP_MS, InboundTrack
+from bridge.pacer import ChunkOut, Pacer, PacingConfig
 from bridge.playout import PlayoutClock
-from bridge.protocol import MAX_GAP_MS, Media, MediaStream
-from bridge.recorder import DualWavWriter
+from bridge.protocol import InboundMessage, Mark, Media, MediaStream
+from bridge.recorder import CallRecording
 
 if TYPE_CHECKING:  # bridge.analysis pulls in scipy.signal/stats (~0.6 s): only evidence() needs it
     from bridge.analysis import MediaEvidence
 
+__all__ = ["LONG_GAP_MS", "MediaLink", "MediaSession", "SessionConfig", "SessionStats"]
+
 log = logging.getLogger(__name__)
 RATE = 8000
-SILENCE = 0xFF
-LONG_GAP_MS = 500
 
 
 @dataclass
@@ -61,6 +65,10 @@ class SessionConfig:
     # time since `start` is a broken or hostile peer, not jitter (None: unchecked, for replays that feed
     # recorded audio faster than real time). The server sets it to MAX_GAP_MS.
     max_media_ahead_s: float | None = None
+
+    @property
+    def pacing(self) -> PacingConfig:
+        return PacingConfig(self.max_lead_s, self.jitter_buffer_s, self.mark_every)
 
 
 @dataclass
@@ -97,37 +105,58 @@ class MediaSession:
         self._on_text = on_text
         self._on_long_gap = on_long_gap
         self.t0 = clock()  # `start` received: the origin of every time in the evidence
-        self.inbound = InboundPipeline()
+        self.inbound = InboundTrack(max_ahead_s=self.config.max_media_ahead_s)
         self.outbound = OutboundPipeline()
-        self.playout = PlayoutClock()
-        self.stats = SessionStats()
-        self.inbound_codes = bytearray()  # caller audio on the media clock (timestamp ms * 8)
+        self.pacer = Pacer(self.config.pacing, origin=self.t0)
+        self._latency_in: list[float] = []
         self.sent_codes = bytearray()  # what we sent, in order
-        self.arrivals: list[tuple[float, int]] = []
         self.frames_to_model = 0
         self.late_frames = 0
         self.step_ms: list[float] = []
         self.end_reason: str | None = None
         self.failure: str | None = None  # why a media task died, when one did
-        self._next_ts: int | None = None
-        self._inq: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue(
+        self._inq: asyncio.Queue[tuple[npt.NDArray[np.float32], float] | None] = asyncio.Queue(
             self.config.max_queue_frames
         )
-        self._outq: deque[tuple[bytes, float, bool]] = deque()
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
-        self._mark_seq = 0
-        self._since_mark = 0
-        self._first_send_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # right channel of the recording: the mu-law we sent, placed on the local clock where it played
-        # (0xFF = silence), decoded only when a second of it is written out
-        self._played_codes = bytearray()
-        self._rec: DualWavWriter | None = (
-            DualWavWriter(self.config.recording) if self.config.recording else None
+        self._rec: CallRecording | None = (
+            CallRecording(self.config.recording, lag_s=self.config.record_lag_s)
+            if self.config.recording
+            else None
         )
-        self._rec_pos = 0
-        self._inbound_offset: float | None = None  # local s - media s, for the recording
+
+    # -- what the evidence, the metrics and the benchmarks read --------------------------------------
+
+    @property
+    def playout(self) -> PlayoutClock:
+        return self.pacer.playout
+
+    @property
+    def inbound_codes(self) -> bytearray:
+        """Caller audio on the media clock (timestamp ms * 8)."""
+        return self.inbound.codes
+
+    @property
+    def arrivals(self) -> list[tuple[float, int]]:
+        return self.inbound.arrivals
+
+    @property
+    def _mark_seq(self) -> int:  # read by benchmarks/concurrency.py
+        return self.pacer.marks_sent
+
+    @property
+    def stats(self) -> SessionStats:
+        p, i = self.pacer, self.inbound
+        return SessionStats(
+            self._latency_in,
+            p.outbound_latency_s,
+            p.send_lateness_s,
+            p.outbound_added_s,
+            i.gaps,
+            i.out_of_order,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -139,17 +168,25 @@ class MediaSession:
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
+        if self._rec is not None:
+            self._rec.open(self._recorder_failed)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
-        # A direction that dies (a write to a reset socket, a backend that raised, MemoryError) must not
-        # leave the call half-alive: the whole session ends, and the socket's watcher closes the stream,
-        # so the reader takes the normal end-of-stream path.
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        self.failure = (
-            self.failure or f"{task.get_name().split('-')[0]} failed: {exc.__class__.__name__}: {exc}"[:300]
-        )
+        assert exc is not None
+        self._fail(task.get_name().split("-")[0], exc)
+
+    def _recorder_failed(self, exc: BaseException) -> None:
+        if self._rec is not None:  # not after finish: its own failure is reported there
+            self._fail("recorder", exc)
+
+    def _fail(self, part: str, exc: BaseException) -> None:
+        # A part that dies (a write to a reset socket, a backend that raised, a full disk, MemoryError)
+        # must not leave the call half-alive: the whole session ends, and the socket's watcher closes the
+        # stream, so the reader takes the normal end-of-stream path.
+        self.failure = self.failure or f"{part} failed: {exc.__class__.__name__}: {exc}"[:300]
         if self.end_reason is None:
             self.end_reason = self.failure
         log.error("call %s: %s", self.call_id, self.failure, exc_info=exc)
@@ -176,18 +213,15 @@ class MediaSession:
             await asyncio.wait_for(self.backend.close(), timeout=5.0)
         except (asyncio.TimeoutError, Exception):
             log.exception("call %s: backend did not close cleanly", self.call_id)
-        if self._rec is not None:
-            rec, self._rec = self._rec, None
+        rec, self._rec = self._rec, None
+        if rec is not None:
             try:  # a full disk loses the recording, not the call's evidence
-                self._rec = rec
-                self._flush_recording(final=True)
+                await rec.finish(
+                    self._clock() - self.t0, self.inbound.codes, self.inbound.offset, self._played_end()
+                )
             except Exception as exc:
                 self.failure = self.failure or f"recording failed: {exc.__class__.__name__}: {exc}"[:300]
                 log.exception("call %s: recording not finished", self.call_id)
-            finally:
-                self._rec = None
-                with contextlib.suppress(Exception):
-                    rec.close()
 
     @property
     def done(self) -> asyncio.Event:
@@ -198,70 +232,35 @@ class MediaSession:
     def on_media(self, msg: Media, now: float) -> None:
         """Take one inbound media message. Raises `RemoteProtocolError` for a timestamp that cannot be
         real (ahead of the wall clock, or a jump past `MAX_GAP_MS`): the caller ends the stream."""
-        rel = now - self.t0
-        ts = msg.timestamp_ms
-        ahead = self.config.max_media_ahead_s
-        if ahead is not None and ts > (rel + ahead) * 1000.0:
-            raise RemoteProtocolError(
-                f"media.timestamp {ts} ms is {ts - rel * 1000.0:.0f} ms ahead of the "
-                f"time since start (limit {ahead * 1000.0:.0f} ms)",
-                field="media.timestamp",
-            )
-        if (
-            ts - (self._next_ts or 0) > MAX_GAP_MS
-        ):  # MediaStream refuses these first; a guard for other feeders
-            raise RemoteProtocolError(
-                f"media.timestamp jumped past the limit of {MAX_GAP_MS} ms", field="media.timestamp"
-            )
-        self.arrivals.append((rel, ts))
-        payload = msg.payload
-        if self._next_ts is not None and ts < self._next_ts:
-            self.stats.out_of_order += 1  # late or repeated audio: its slot was already filled
-            return
-        frames: list[np.ndarray] = []
-        if self._next_ts is not None and ts > self._next_ts:
-            missing = ts - self._next_ts
-            self.stats.gaps.append((self._next_ts, missing))
-            frames += self.inbound.push_silence(missing * RATE // 1000)
-            if missing >= LONG_GAP_MS and self._on_long_gap:
-                self._on_long_gap(self._next_ts, missing)
-        pos = ts * RATE // 1000
-        if len(self.inbound_codes) < pos:
-            self.inbound_codes.extend(b"\xff" * (pos - len(self.inbound_codes)))
-        self.inbound_codes[pos : pos + len(payload)] = payload
-        self._next_ts = ts + len(payload) * 1000 // RATE
-        if self._inbound_offset is None:
-            self._inbound_offset = rel - ts / 1000 - len(payload) / RATE  # sent after its last sample
-        frames += self.inbound.push(payload)
-        for frame in frames:
-            self._enqueue(frame, now)
-
-    def _enqueue(self, frame: np.ndarray, now: float) -> None:
-        if self._inq.full():
-            self._inq.get_nowait()  # the backend is behind: drop the oldest, keep the clock
-            self.late_frames += 1
-        self._inq.put_nowait((frame, now))
+        got = self.inbound.receive(msg.timestamp_ms, msg.payload, now - self.t0)
+        if got.long_gap is not None and self._on_long_gap:
+            self._on_long_gap(*got.long_gap)
+        for frame in got.frames:
+            if self._inq.full():
+                self._inq.get_nowait()  # the backend is behind: drop the oldest, keep the clock
+                self.late_frames += 1
+            self._inq.put_nowait((frame, now))
 
     def on_mark(self, name: str, now: float) -> None:
-        self.playout.on_mark_echo(name, now - self.t0)
+        self.pacer.on_mark_echo(name, now)
 
     def clear(self) -> None:
         """Barge-in: drop what Twilio has buffered and what we have not sent yet."""
-        self._outq.clear()
+        self.pacer.clear(self._clock())
         self.stream.send_clear()
-        self.playout.on_clear(self._clock() - self.t0)
         self._wake.set()
 
     # -- worker: frames to the backend and back ------------------------------------------------------
 
     async def _worker(self) -> None:
+        pacer = self.pacer
         while True:
             item = await self._inq.get()
             if item is None:
                 return
             frame, arrived = item
             now = self._clock()
-            self.stats.inbound_latency_s.append(now - arrived)
+            self._latency_in.append(now - arrived)
             self.frames_to_model += 1
             out = await self.backend.process(frame)
             if out.step_ms is not None:
@@ -269,7 +268,7 @@ class MediaSession:
             ready = self._clock()
             for i, f in enumerate(out.frames):
                 for j, chunk in enumerate(self.outbound.push(f)):
-                    self._outq.append((chunk, ready, i == 0 and j == 0))
+                    pacer.queue(chunk, ready, i == 0 and j == 0)
             if out.text and self._on_text:
                 for piece in out.text:
                     self._on_text((ready - self.t0) * 1000.0, piece)
@@ -280,89 +279,35 @@ class MediaSession:
                 self._done.set()
                 return
 
-    # -- sender: paced chunks, marks, playout clock ---------------------------------------------------
+    # -- sender: what the pacer allows, on the wire ---------------------------------------------------
 
     async def _sender(self) -> None:
-        # One wake-up sends every chunk that pacing allows, and everything queued on the stream goes out
-        # in one `send` (one socket write in the server): at 50 calls, a write per 20 ms chunk was a
-        # tenth of the server's event loop and woke each caller once per chunk.
-        cfg = self.config
-        chunk_s = CHUNK_SAMPLES_8K / RATE
+        pacer, stream = self.pacer, self.stream
         while not self._done.is_set():
-            wait = 0.0
-            if self._outq:
-                now = self._clock()
-                if self._first_send_at is None:
-                    self._first_send_at = now + cfg.jitter_buffer_s
-                while self._outq:
-                    wait = max(
-                        self._first_send_at - now, self.playout.lead(now - self.t0) + chunk_s - cfg.max_lead_s
-                    )
-                    if wait > 0.0005:
-                        break
-                    self._send_chunk(now, wait)
-                if self._rec is not None and (now - self.t0) - self._rec_pos / RATE > 1.0 + cfg.record_lag_s:
-                    self._flush_recording(final=False)
-            texts = self.stream.data_to_send()  # chunks and marks, or a clear with nothing else
+            now = self._clock()
+            had_audio = pacer.queued > 0
+            burst = pacer.poll(now)
+            rec = self._rec
+            for item in burst.sends:
+                if isinstance(item, ChunkOut):
+                    stream.send_media(item.payload)
+                    if rec is not None:  # only the recording reads the played audio back
+                        rec.place_played(item.payload, item.playout_start)
+                    self.sent_codes += item.payload
+                else:
+                    stream.send_mark(item.name)
+            if had_audio and rec is not None and rec.due(now - self.t0):
+                rec.write_behind(
+                    self._clock() - self.t0, self.inbound.codes, self.inbound.offset, self._recorder_failed
+                )
+            texts = stream.data_to_send()  # chunks and marks, or a clear with nothing else
             if texts:
                 await self._send(texts)
-            if not self._outq:
+            if not pacer.queued:
                 self._wake.clear()
                 await self._wake.wait()
-            elif wait > 0.0005:
-                await asyncio.sleep(wait)
-
-    def _send_chunk(self, now: float, wait: float) -> None:
-        chunk, ready, first_of_frame = self._outq.popleft()
-        late = max(0.0, min(now - ready, -wait))  # since it was ready and pacing allowed it
-        self.stats.send_lateness_s.append(late)
-        if first_of_frame:
-            self.stats.outbound_latency_s.append(now - ready)
-            self.stats.outbound_added_s.append(late)
-        self.stream.send_media(chunk)
-        start, _ = self.playout.on_send(now - self.t0, len(chunk))
-        if self._rec is not None:  # only the recording reads the played audio back
-            self._place_played(chunk, start)
-        self.sent_codes += chunk
-        self._since_mark += 1
-        if self._since_mark >= self.config.mark_every:
-            self._mark_seq += 1
-            name = f"m{self._mark_seq}"
-            self.stream.send_mark(name)
-            self.playout.mark_sent(name, now - self.t0)
-            self._since_mark = 0
-
-    def _place_played(self, chunk: bytes, start_s: float) -> None:
-        at = int(round(start_s * RATE))
-        codes = self._played_codes
-        if at > len(codes):
-            codes.extend(b"\xff" * (at - len(codes)))
-        codes[at : at + len(chunk)] = chunk
-
-    # -- recording -----------------------------------------------------------------------------------
-
-    def _flush_recording(self, *, final: bool) -> None:
-        assert self._rec is not None
-        now_rel = self._clock() - self.t0
-        upto = int((now_rel - (0 if final else self.config.record_lag_s)) * RATE)
-        if final:
-            upto = max(upto, self._played_end())
-        if upto <= self._rec_pos:
-            return
-        right = np.zeros(upto - self._rec_pos, dtype=np.int16)
-        have = self._played_codes[self._rec_pos : upto]
-        if have:
-            right[: len(have)] = ulaw_decode(bytes(have))
-        left = np.zeros_like(right)
-        if self._inbound_offset is not None:
-            shift = int(round(self._inbound_offset * RATE))
-            lo, hi = self._rec_pos - shift, upto - shift
-            src = self.inbound_codes[max(lo, 0) : max(min(hi, len(self.inbound_codes)), 0)]
-            if src:
-                start = max(0, -lo)
-                left[start : start + len(src)] = ulaw_decode(bytes(src))
-        self._rec.write(left, right)
-        self._rec_pos = upto
+            elif burst.wake_at is not None:
+                await asyncio.sleep(burst.wake_at - now)
 
     def _played_end(self) -> int:
         chunks = self.playout.chunks
@@ -377,8 +322,8 @@ class MediaSession:
         sends = np.array([(c.send_time, c.playout_start, float(c.flushed)) for c in chunks], dtype=np.float64)
         return MediaEvidence(
             rate=RATE,
-            inbound_pcm=ulaw_decode(bytes(self.inbound_codes)),
-            inbound_arrivals=np.array(self.arrivals, dtype=np.float64).reshape(-1, 2),
+            inbound_pcm=ulaw_decode(bytes(self.inbound.codes)),
+            inbound_arrivals=np.array(self.inbound.arrivals, dtype=np.float64).reshape(-1, 2),
             sent_pcm=ulaw_decode(bytes(self.sent_codes)),
             sends=sends.reshape(-1, 3),
             marks=[(e.name, e.sent_at, e.echoed_at, e.flushed) for e in self.playout.echoes],
@@ -387,3 +332,66 @@ class MediaSession:
             step_ms=list(self.step_ms),
             late_frames=self.late_frames,
         )
+
+
+class MediaLink:
+    """One media socket's protocol from the upgrade on, and its session once the call is live.
+
+    The web layer reads the socket and hands every frame to `receive`; it never touches the
+    `MediaStream` itself (it may read its counters: `errors`, `close_reason`, `error_log`, ...).
+    """
+
+    def __init__(self, *, max_frame_bytes: int = 64 * 1024) -> None:
+        self.stream = MediaStream(max_frame_bytes=max_frame_bytes)
+        self.session: MediaSession | None = None
+
+    def receive(self, data: str | bytes, now: float) -> list[InboundMessage]:
+        """Feed one socket frame received at `now`. Media and mark echoes go to the live session (and are
+        dropped before there is one); every other event is returned, in order. Then check
+        `stream.close_reason`: when set, close the socket with it."""
+        stream = self.stream
+        if isinstance(data, str):
+            stream.receive_text(data)
+        else:
+            stream.receive_bytes(data)
+        events = stream.events_received()
+        session = self.session
+        rest: list[InboundMessage] = []
+        for ev in events:
+            if isinstance(ev, Media):
+                if session is not None:
+                    try:
+                        session.on_media(ev, now)
+                    except RemoteProtocolError as exc:  # a timestamp that cannot be real: end this stream
+                        stream.close_reason = stream.close_reason or exc.reason
+                        break
+            elif isinstance(ev, Mark):
+                if session is not None:
+                    session.on_mark(ev.name, now)
+            else:
+                rest.append(ev)
+        return rest
+
+    def open_session(
+        self,
+        *,
+        call_id: str,
+        backend: BackendSession,
+        send: Callable[[list[str]], Awaitable[None]],
+        config: SessionConfig | None = None,
+        on_text: Callable[[float, str], None] | None = None,
+        on_long_gap: Callable[[int, int], None] | None = None,
+    ) -> MediaSession:
+        """The call is live (its `start` accepted): the session that carries its media from now on."""
+        if self.session is not None:
+            raise RuntimeError(f"a session is already open on this stream (call {self.session.call_id})")
+        self.session = MediaSession(
+            call_id=call_id,
+            stream=self.stream,
+            backend=backend,
+            send=send,
+            config=config,
+            on_text=on_text,
+            on_long_gap=on_long_gap,
+        )
+        return self.session
