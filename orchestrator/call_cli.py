@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,69 +11,14 @@ from typing import Any
 import click
 
 from orchestrator import exits
-from orchestrator.errors import CarrierError, OrchestratorError, SettingsError
-from orchestrator.service import CallService
+from orchestrator.bootstrap import open_service, place
+from orchestrator.errors import CarrierError, OrchestratorError
+from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.settings import Settings, check_e164, mask_number
 from orchestrator.store import Store
-from orchestrator.twilio_rest import hang_up, make_client, place_call
-from orchestrator.twiml import stream_twiml
+from orchestrator.twilio_rest import hang_up, make_client
 
-TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled"}
-
-
-def server_health(settings: Settings) -> dict[str, Any] | None:
-    url = f"http://{settings.host}:{settings.port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return dict(json.loads(resp.read()))
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def place(settings: Settings, service: CallService, *, to: str, from_: str | None, run: str | None,
-          say: str | None, timeout_s: int, record: bool, check_server: bool = True) -> dict[str, Any]:
-    """Create the call row, dial, record the outcome. Returns the call row. Raises on refusal.
-
-    The running server is asked first: it must be up, not busy, and it knows the public URL it serves
-    (with `serve --tunnel`, a fresh one each start), which wins over PUBLIC_URL in the settings so the
-    TwiML always points at the tunnel that is really there.
-    """
-    to = check_e164(to, "TO")  # the argument first: it is what the user just typed
-    settings.require_twilio()
-    from_ = check_e164(from_ or settings.twilio_from_number or "", "TWILIO_FROM_NUMBER (or --from)")
-    backend = settings.backend
-    if check_server:
-        health = server_health(settings)
-        if health is None:
-            raise SettingsError(
-                f"no server answers at http://{settings.host}:{settings.port}/healthz: start `orchestrator serve` "
-                "first (ORCHESTRATOR_HOST/ORCHESTRATOR_PORT must point at it)")
-        if health.get("busy"):
-            raise OrchestratorError("the model is busy with another call; try again when it ends")
-        backend = health.get("backend", backend)
-        if health.get("public_url"):
-            settings = settings.with_overrides(public_url=health["public_url"])
-    public_url = settings.require_public_url()
-    say_text = settings.greeting if say is None else say
-    store = service.store
-    call = store.create_call(direction="outbound-api", to_number=to, from_number=from_, run=run, backend=backend,
-                             say_text=say_text or None)
-    twiml = stream_twiml(public_url, call_id=call["id"], token=call["token"], say=say_text or None)
-    client = make_client(settings)
-    try:
-        placed = place_call(client, to=to, from_=from_, twiml=twiml,
-                            status_callback=f"{public_url}/twilio/status?call_id={call['id']}",
-                            timeout_s=timeout_s, record=record)
-    except CarrierError as exc:
-        # kept as a failed call with the reason, not deleted: a run's report must show the attempt
-        # (call_initiated: fail, and why); no row is made for mistakes caught before dialing
-        service.record(source="rest", type="create_failed", call_id=call["id"],
-                       payload={"code": exc.code, "status": exc.status, "message": str(exc),
-                                "unreachable": exc.unreachable}, detail=str(exc))
-        raise
-    service.record(source="rest", type="queued", call_id=call["id"], call_sid=placed.sid,
-                   payload={"sid": placed.sid, "status": placed.status})
-    return store.get_call(call["id"])
+__all__ = ["call", "hangup", "place", "wait_for_end"]  # place: re-exported for the benchmarks
 
 
 def wait_for_end(store: Store, call_id: str, timeout_s: float,
@@ -88,7 +31,7 @@ def wait_for_end(store: Store, call_id: str, timeout_s: float,
         if progress is not None and row["state"] != seen:
             seen = row["state"]
             progress(row, time.monotonic() - started)
-        if row["state"] in TERMINAL or time.monotonic() - started > timeout_s:
+        if row["state"] in TERMINAL_STATES or time.monotonic() - started > timeout_s:
             return row
         time.sleep(0.25)
 
@@ -127,7 +70,7 @@ def call(ctx: click.Context, to: str, from_: str | None, run: str | None, say: s
     """
     check_e164(to, "TO")
     settings = Settings.from_env().with_overrides(db=db)
-    service = CallService(Store(settings.db))
+    service = open_service(settings.db)
     try:
         row = place(settings, service, to=to, from_=from_, run=run, say=say, timeout_s=timeout_s, record=record)
     except CarrierError as exc:
@@ -170,7 +113,7 @@ def hangup(call_ref: str, cancel: bool, db: Path | None, as_json: bool) -> None:
     Example: orchestrator hangup c_1a2b3c4d5e6f7a8b
     """
     settings = Settings.from_env().with_overrides(db=db)
-    service = CallService(Store(settings.db, create=False))
+    service = open_service(settings.db, create=False)
     row = service.store.get_call(call_ref)
     if not row["call_sid"]:
         raise OrchestratorError(f"call {row['id']} has no CallSid: it was never accepted by the carrier")

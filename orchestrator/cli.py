@@ -19,17 +19,12 @@ import click
 
 from orchestrator import exits
 from orchestrator.commands import LazyGroup
+from orchestrator.criteria import CRITERIA
 from orchestrator.lifecycle import CallState
 from orchestrator.redact import personal_data_masked
 from orchestrator.service import CallService, relative_ms
 from orchestrator.settings import Settings, load_env_file, mask_number
 from orchestrator.store import Store, iso, migration_files, utcnow
-
-CRITERIA = (
-    "model_loads_quickly", "server_listening", "tunnel_exposed", "call_initiated", "answered_ivr_heard",
-    "websocket_connected", "caller_hears_model", "model_hears_caller", "conversation_interactive",
-    "audio_quality_ok", "no_latency_echo_issues",
-)
 
 db_option = click.option(
     "--db", type=click.Path(dir_okay=False, path_type=Path), default=None,

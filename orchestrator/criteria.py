@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from orchestrator.errors import SettingsError
+from orchestrator.errors import ThresholdError
 
 Status = Literal["pass", "fail", "unknown"]
 Doc = Mapping[str, Any]
@@ -49,10 +49,6 @@ CRITERIA: tuple[str, ...] = (
 
 ANSWERED_STATES = frozenset({"in-progress", "streaming"})
 NEVER_ANSWERED_STATES = frozenset({"busy", "no-answer", "failed", "canceled"})
-
-
-class ThresholdError(SettingsError):
-    """A CHECK_* setting is unknown or its value is malformed."""
 
 
 @dataclass(frozen=True, slots=True)

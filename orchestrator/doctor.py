@@ -50,7 +50,8 @@ def settings_findings(environ: Mapping[str, str], db: Path | None = None) -> tup
 
 def threshold_findings(environ: Mapping[str, str]) -> list[Finding]:
     """Each CHECK_* threshold that is unknown or malformed, one finding each."""
-    from orchestrator.criteria import ThresholdError, Thresholds
+    from orchestrator.criteria import Thresholds
+    from orchestrator.errors import ThresholdError
 
     found = []
     for key in sorted(k for k in environ if k.startswith("CHECK_")):
@@ -129,7 +130,7 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     attempt("database", database)
     if settings.public_url:
-        from orchestrator.serve_cli import probe_health
+        from orchestrator.bootstrap import probe_health
 
         healthy = asyncio.run(probe_health(settings.public_url))
         out.append(Finding("tunnel", healthy,

@@ -4,11 +4,15 @@ Hierarchy:
 
     OrchestratorError            base; `str(err)` is one line a user can act on
     ├── SettingsError            a setting is missing or malformed (names the setting and the fix)
+    │   └── ThresholdError       a CHECK_* threshold is unknown or its value malformed
     ├── StoreError               the database cannot be opened, is newer than this code, ...
     ├── UnknownCall              no call with that id or CallSid
     ├── LifecycleError           an impossible *local* command (a bug): remote surprises never raise
     └── Unavailable              something outside did not cooperate (a port taken, a network down)
         └── CarrierError         the carrier (Twilio or the emulator) refused or did not answer a request
+
+Errors of other packages: `bridge.errors` (media protocol), `bridge.backends.base.BackendError`
+(speech backends), `orchestrator.emulator.errors` (the carrier emulator).
 
 The command line turns each into one line and an exit code (orchestrator.exits): 3 for Unavailable,
 2 for the rest.
@@ -26,6 +30,10 @@ class OrchestratorError(Exception):
 
 class SettingsError(OrchestratorError):
     pass
+
+
+class ThresholdError(SettingsError):
+    """A CHECK_* setting is unknown or its value is malformed."""
 
 
 class StoreError(OrchestratorError):

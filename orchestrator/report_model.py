@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.criteria import CRITERIA, Thresholds, evaluate
+from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.settings import mask_number as _mask
-
-TERMINAL_STATES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 
 # Metrics summarised across calls (p50/p95): the ones a person compares between runs.
 SUMMARY_METRICS: tuple[str, ...] = (

@@ -19,15 +19,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from orchestrator.bootstrap import RunningServer, open_service, place, start_server
 from orchestrator.emulator import CallOptions, CarrierEmulator
-from orchestrator.serve_cli import RunningServer, start_server
+from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.service import CallService
 from orchestrator.settings import Settings
-from orchestrator.store import Store
+from orchestrator.web.state import STATE
 
 log = logging.getLogger(__name__)
 RIG_PUBLIC_URL = "https://demo-tunnel.invalid"
-TERMINAL = ("completed", "busy", "no-answer", "failed", "canceled")
 
 
 def rig_settings(workdir: Path, **overrides: Any) -> Settings:
@@ -59,12 +59,10 @@ class LocalRig:
         self.server = await start_server(s, backend=self.backend)
         self.emulator.webhooks.routes[s.require_public_url()] = self.server.local_url  # the emulated tunnel
         self.settings = s.with_overrides(port=self.server.port)
-        self.service = CallService(Store(self.settings.db))
+        self.service = open_service(self.settings.db)
         # The server imports its analysis modules in a thread just after start; a call timed through that
         # import shares the GIL with it (the same process holds the emulator's phones here), so the rig
         # dials only once the server is warm.
-        from orchestrator.web.app import STATE
-
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.server.app[STATE].warmed.wait(), timeout=60)
         return self
@@ -77,13 +75,11 @@ class LocalRig:
     async def place(self, options: CallOptions | None = None, *, to: str = "+15005550010", run: str | None = None,
                     say: str | None = None) -> dict[str, Any]:
         """Place one call through the real REST path (`orchestrator call`'s code) with these far-end options."""
-        from orchestrator.call_cli import place
-
         if options is not None:
             self.emulator.set_number(to, options)
 
         def dial() -> dict[str, Any]:
-            service = CallService(Store(self.settings.db))
+            service = open_service(self.settings.db)
             try:
                 return place(self.settings, service, to=to, from_=self.settings.twilio_from_number, run=run,
                              say=say, timeout_s=30, record=False)
@@ -98,7 +94,7 @@ class LocalRig:
         deadline = loop.time() + timeout_s
         while True:
             doc = self.service.document(call_id)
-            terminal = doc["call"]["state"] in TERMINAL
+            terminal = doc["call"]["state"] in TERMINAL_STATES
             streamed = any(e["source"] == "media" and e["type"] == "start" and e["accepted"] for e in doc["events"])
             analysed = bool(doc["analysis"]) or not streamed
             checked = any(c["decided_by"] == "auto" for c in doc["checks"])

@@ -5,79 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import click
-from aiohttp import ClientSession, ClientTimeout, web
 
 from orchestrator import exits
-from orchestrator.exits import listen_error
+from orchestrator.bootstrap import RunningServer, probe_health, start_server
 from orchestrator.settings import Settings
-from orchestrator.web.app import STATE, create_app
-from orchestrator.web.limits import GuardedSite
 
 log = logging.getLogger(__name__)
-
-
-class RunningServer:
-    """A started server: its bound address, public URL and the runner to stop it."""
-
-    def __init__(self, runner: web.AppRunner, app: web.Application, host: str, port: int) -> None:
-        self.runner, self.app, self.host, self.port = runner, app, host, port
-
-    @property
-    def local_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
-async def start_server(settings: Settings, *, backend: Any = None, tunnel_health: bool | None = None) -> RunningServer:
-    """Start the app on settings.host:settings.port (0 = any free port) and record `server_listening`."""
-    started = time.monotonic()
-    app = create_app(settings, backend=backend)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=settings.keepalive_timeout_s)
-    await runner.setup()
-    state = app[STATE]
-    site = GuardedSite(runner, settings.host, settings.port, state.guard)  # connection slots and timeouts
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise listen_error(exc, settings.host, settings.port, "the server", "--port / ORCHESTRATOR_PORT") from exc
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else settings.port
-    address = f"{settings.host}:{port}"
-    if settings.public_url and tunnel_health is None:
-        tunnel_health = await probe_health(settings.public_url)
-    state.facts.update({
-        "server_listening": address,
-        "public_url": settings.public_url,
-        "tunnel_health": tunnel_health,
-        "offline": bool(settings.twilio_api_base_url),
-        "backend": state.backend.name,
-        "ready_s": round(time.monotonic() - started, 3),
-    })
-    await state.service.record(source="server", type="listening", payload=dict(state.facts))
-    log.info("listening on http://%s (public URL %s, backend %s)", address, settings.public_url or "not set",
-             state.backend.name)
-    return RunningServer(runner, app, settings.host, port)
-
-
-async def probe_health(public_url: str, timeout_s: float = 3.0) -> bool | None:
-    """Does the public URL reach us? None when it cannot be resolved or connected at all."""
-    try:
-        async with ClientSession(timeout=ClientTimeout(total=timeout_s)) as http:
-            async with http.get(public_url.rstrip("/") + "/healthz") as resp:
-                return resp.status == 200
-    except Exception as exc:
-        log.info("public URL %s did not answer /healthz: %s", public_url, exc)
-        return None
+__all__ = ["RunningServer", "probe_health", "serve", "serve_forever", "start_server"]  # re-exported: benchmarks
 
 
 async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = None) -> None:

@@ -18,21 +18,17 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from email.utils import format_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from orchestrator.emulator.audio import Turn, render_turns
 from orchestrator.emulator.faults import Faults
 from orchestrator.emulator.media import MediaStreamClient, StreamSpec
-
-if TYPE_CHECKING:
-    from orchestrator.emulator.rest import Webhooks
+from orchestrator.emulator.wire import TERMINAL, rfc2822_now
 
 logger = logging.getLogger(__name__)
 
 SAY_SECONDS_PER_WORD = 0.4
 API_VERSION = "2010-04-01"
-TERMINAL = ("completed", "busy", "no-answer", "failed", "canceled")
 SIP_CODES = {"completed": 200, "busy": 486, "no-answer": 487, "failed": 404, "canceled": 487}
 # StatusCallbackEvent name for each CallStatus (answered is delivered as in-progress).
 _SUBSCRIPTION = {
@@ -99,8 +95,26 @@ def _country(number: str) -> str:
     return ""
 
 
-def rfc2822_now() -> str:
-    return format_datetime(datetime.now(timezone.utc))
+class WebhookSender(Protocol):
+    """What a playing call asks of the HTTP side (`rest.Webhooks` is one): this module never imports it."""
+
+    def new_sid(self, prefix: str) -> str: ...
+
+    def route(self, url: str) -> str: ...
+
+    def deliver(self, call: EmulatedCall, url: str, params: dict[str, str], *, kind: str, event: str,
+                seq: int | None) -> None: ...
+
+    def on_fired(self, call: EmulatedCall, status: str, seq: int) -> None: ...
+
+    async def fetch_twiml(self, call: EmulatedCall, url: str | None = None,
+                          method: str | None = None) -> str | None: ...
+
+    async def save_audio(self, call_sid: str, client: MediaStreamClient) -> dict[str, str]: ...
+
+    async def drain(self, call: EmulatedCall) -> None: ...
+
+    def write_truth(self, truth: GroundTruth) -> None: ...
 
 
 class EmulatedCall:
@@ -123,7 +137,7 @@ class EmulatedCall:
         time_limit_s: float,
         timeout_s: float,
         options: CallOptions,
-        webhooks: Webhooks,
+        webhooks: WebhookSender,
     ) -> None:
         self.sid, self.account_sid, self.token = sid, account_sid, auth_token
         self.to, self.from_, self.direction = to, from_, direction

@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -26,35 +26,16 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from orchestrator.emulator.audio import write_wav
+from orchestrator.emulator.calls import EmulatedCall, GroundTruth
+from orchestrator.emulator.errors import ApiError
 from orchestrator.emulator.faults import shuffled
-
-if TYPE_CHECKING:
-    from orchestrator.emulator import CarrierEmulator
-    from orchestrator.emulator.calls import EmulatedCall, GroundTruth
-    from orchestrator.emulator.media import MediaStreamClient
+from orchestrator.emulator.media import MediaStreamClient
+from orchestrator.emulator.wire import ANSWERED_OR_OVER, TERMINAL, rfc2822_now
 
 logger = logging.getLogger(__name__)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 USER_AGENT = "TwilioProxy/1.1"
-_ANSWERED_OR_OVER = ("in-progress", "completed", "busy", "no-answer", "failed", "canceled")
-
-
-class ApiError(Exception):
-    """A Twilio-shaped REST error (legacy body: code, message, more_info, status)."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def response(self) -> web.Response:
-        body = {
-            "code": self.code,
-            "message": self.message,
-            "more_info": f"https://www.twilio.com/docs/errors/{self.code}",
-            "status": self.status,
-        }
-        return web.json_response(body, status=self.status)
 
 
 def route(url: str, routes: dict[str, str]) -> str:
@@ -130,7 +111,7 @@ class Webhooks:
         if kind == "status" and faults.shuffle:
             held = self._held.setdefault(call.sid, [])
             held.extend(items)
-            if event not in _ANSWERED_OR_OVER:
+            if event not in ANSWERED_OR_OVER:
                 return
             items = shuffled(held, call.options.faults.seed)
             held.clear()
@@ -142,14 +123,14 @@ class Webhooks:
     def on_fired(self, call: EmulatedCall, status: str, seq: int) -> None:
         """Forge one badly signed callback after the answer (or the end), if the call asks for it."""
         faults = call.options.faults.callbacks
-        if faults.bad_signature is None or call.sid in self._forged or status not in _ANSWERED_OR_OVER:
+        if faults.bad_signature is None or call.sid in self._forged or status not in ANSWERED_OR_OVER:
             return
         if not call.status_callback:
             return
         self._forged.add(call.sid)
         params = call.callback_params(faults.bad_signature)
         params.update(CallbackSource="call-progress-events", SequenceNumber=str(seq + 1))
-        if faults.bad_signature in _ANSWERED_OR_OVER[1:]:
+        if faults.bad_signature in ANSWERED_OR_OVER[1:]:
             params.update(CallDuration="0", SipResponseCode="200")
         item = {
             "url": call.status_callback,
@@ -179,8 +160,6 @@ class Webhooks:
     async def _later(self, call: EmulatedCall, item: dict[str, Any], delay: float) -> None:
         await asyncio.sleep(delay)
         if item["delivery"] == "forged":
-            from orchestrator.emulator.calls import rfc2822_now
-
             item["params"]["Timestamp"] = rfc2822_now()
         await self._post(call, item)
 
@@ -277,10 +256,23 @@ class Webhooks:
 
 # --- the REST surface ----------------------------------------------------------------------------------
 
-EMULATOR_KEY: web.AppKey[CarrierEmulator] = web.AppKey("emulator")
+class Carrier(Protocol):
+    """What the REST surface asks of the emulator (`orchestrator.emulator.Carrier` is one)."""
+
+    account_sid: str
+    auth_token: str
+
+    calls: dict[str, EmulatedCall]
+
+    def place_call(self, *, to: str, from_: str, twiml: str | None, url: str | None = None, method: str = "POST",
+                   status_callback: str | None = None, events: list[str] | None = None, timeout_s: float = 60,
+                   time_limit_s: float = 14400) -> EmulatedCall: ...
 
 
-def _check_auth(request: web.Request) -> CarrierEmulator:
+EMULATOR_KEY: web.AppKey[Carrier] = web.AppKey("emulator")
+
+
+def _check_auth(request: web.Request) -> Carrier:
     emu = request.app[EMULATOR_KEY]
     user = password = ""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -296,7 +288,7 @@ def _check_auth(request: web.Request) -> CarrierEmulator:
     return emu
 
 
-def _call_or_404(emu: CarrierEmulator, request: web.Request) -> EmulatedCall:
+def _call_or_404(emu: Carrier, request: web.Request) -> EmulatedCall:
     call = emu.calls.get(request.match_info["sid"])
     if call is None:
         raise ApiError(404, 20404, f"The requested resource {request.path} was not found")
@@ -356,7 +348,7 @@ async def _update(request: web.Request) -> web.Response:
         if status == "completed" or call.status in ("queued", "initiated", "ringing"):
             call.hang_up(str(status))
     elif twiml is not None:
-        if call.status in ("completed", "busy", "no-answer", "failed", "canceled"):
+        if call.status in TERMINAL:
             raise ApiError(400, 21220, "Call is not in-progress. Cannot redirect.")
         call.redirect(str(twiml))
     return web.json_response(call_resource(call))
@@ -421,15 +413,15 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
         return response
-    except ApiError as exc:
-        return exc.response()
+    except ApiError as exc:  # Twilio's legacy error body
+        return web.json_response(exc.body(), status=exc.status)
 
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "calls": len(request.app[EMULATOR_KEY].calls)})
 
 
-def create_rest_app(emulator: CarrierEmulator) -> web.Application:
+def create_rest_app(emulator: Carrier) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[EMULATOR_KEY] = emulator
     base = "/2010-04-01/Accounts/{account}/Calls"

@@ -1,8 +1,8 @@
 """Twilio webhooks: call-progress callbacks, `<Stream>` status callbacks and the voice webhook.
 
-Every request is checked against `X-Twilio-Signature` with the `twilio` package's RequestValidator, over
-the URL Twilio requested, which we rebuild from PUBLIC_URL (behind a tunnel, `request.url` has the
-wrong scheme, host and port). A bad or missing signature is answered 403 and still stored as a
+Every request is checked against `X-Twilio-Signature` (orchestrator.web.signing: over the URL Twilio
+requested, rebuilt from PUBLIC_URL, since behind a tunnel `request.url` has the wrong scheme, host and
+port). A bad or missing signature is answered 403 and still stored as a
 rejected event. Handlers store the event and answer: no slow work here (Twilio times out at 15 s and
 retries), follow-ups are spawned.
 """
@@ -11,51 +11,20 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import MultiDictProxy
-from twilio.request_validator import RequestValidator
 
 from orchestrator.redact import without_secrets
 from orchestrator.service import CallService, Recorded
 from orchestrator.settings import log_safe, mask_number, valid_call_id, valid_sid
 from orchestrator.twiml import busy_twiml, stream_twiml
 from orchestrator.web.effects import run_effects
-from orchestrator.web.state import STATE, AppState
+from orchestrator.web.signing import signature_problem
+from orchestrator.web.state import STATE
 
 log = logging.getLogger(__name__)
 BUSY_MESSAGE = "Sorry, Moshi is on another call. Please try again in a few minutes."
-
-
-def public_request_url(state: AppState, request: web.Request) -> str:
-    """The URL Twilio signed: our public base + the path and query it requested."""
-    base = (state.settings.public_url or f"http://{request.host}").rstrip("/")
-    parts = urlsplit(base)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}{request.rel_url}"
-
-
-def signature_problem(state: AppState, request: web.Request, params: Any) -> str | None:
-    """None when the signature is valid for our public URL; else why not (one line, no secrets)."""
-    signature = request.headers.get("X-Twilio-Signature")
-    if not signature:
-        return "bad signature: missing X-Twilio-Signature"
-    token = state.settings.twilio_auth_token
-    if not token:
-        return "bad signature: TWILIO_AUTH_TOKEN not configured, cannot verify"
-    validator = RequestValidator(token)
-    expected_url = public_request_url(state, request)
-    if validator.validate(expected_url, params, signature):
-        return None
-    if validator.validate(str(request.url), params, signature):
-        log.warning(
-            "rejected %s: signature is valid only for the local URL %s; expected it for %s "
-            "(is PUBLIC_URL the tunnel's URL?)", log_safe(request.path), log_safe(request.url, 200),
-            log_safe(expected_url, 200),
-        )
-    else:
-        log.warning("rejected %s: bad X-Twilio-Signature for %s", log_safe(request.path), log_safe(expected_url, 200))
-    return "bad signature"
 
 
 def _dedupe_key(form: MultiDictProxy[Any], request: web.Request, *extra: str) -> str | None:
@@ -103,7 +72,7 @@ async def _record_callback(request: web.Request, *, source: str, type_key: str, 
                            extra_key: tuple[str, ...] = ()) -> tuple[web.Response, Recorded]:
     state = request.app[STATE]
     form = await request.post()
-    problem = signature_problem(state, request, form)
+    problem = signature_problem(state.settings, request, form)
     call_id = request.query.get("call_id")
     bad_ids = identifier_problem(call_id, form)
     payload = _payload(form, request.headers.get("I-Twilio-Idempotency-Token"), clean=bad_ids is None)
@@ -151,7 +120,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     """A call to our number: create the inbound call and answer with TwiML (or a spoken busy)."""
     state = request.app[STATE]
     form = await request.post()
-    problem = signature_problem(state, request, form)
+    problem = signature_problem(state.settings, request, form)
     bad_ids = identifier_problem(None, form) or (None if "CallSid" in form else "no CallSid")
     payload = _payload(form, None, clean=bad_ids is None)
     call_sid = str(form["CallSid"]) if bad_ids is None else None

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from twilio.request_validator import RequestValidator
 
 from bridge.backends.base import BackendBusy
 from bridge.protocol import MAX_GAP_MS, Dtmf, MediaStream, Start, Stop
@@ -23,28 +22,13 @@ from bridge.session import MediaLink, MediaSession, SessionConfig
 from orchestrator.lifecycle import CallState
 from orchestrator.service import CallService
 from orchestrator.settings import log_safe, valid_call_id, valid_sid
-from orchestrator.twiml import media_url
 from orchestrator.web.dtmf import DtmfBatch
+from orchestrator.web.signing import handshake_problem
 from orchestrator.web.state import STATE, AppState
 from orchestrator.web.wswrite import BatchSender
 
 log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
-
-
-def handshake_problem(state: AppState, request: web.Request) -> str | None:
-    signature = request.headers.get("x-twilio-signature")
-    if not signature:
-        return "bad signature: missing x-twilio-signature on the WebSocket handshake"
-    token = state.settings.twilio_auth_token
-    if not token:
-        return "bad signature: TWILIO_AUTH_TOKEN not configured, cannot verify"
-    expected = media_url(state.settings.public_url or f"http://{request.host}")
-    validator = RequestValidator(token)
-    if validator.validate(expected, {}, signature) or validator.validate(expected + "/", {}, signature):
-        return None
-    log.warning("rejected media handshake: bad signature for %s (is PUBLIC_URL the tunnel's URL?)", expected)
-    return "bad signature"
 
 
 class LiveCall:
@@ -89,7 +73,7 @@ class LiveCall:
 
 async def media_websocket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    problem = handshake_problem(state, request)
+    problem = handshake_problem(state.settings, request)
     if problem:
         await state.service.record(
             source="media",

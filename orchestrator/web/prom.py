@@ -8,7 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-_TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+from orchestrator.lifecycle import TERMINAL_STATES
+
 _LATENCY_BUCKETS = (50, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000, 5000, 10000)
 _STEP_BUCKETS = (5, 10, 20, 40, 60, 80, 100, 150, 250, 500)
 
@@ -45,7 +46,7 @@ class Prom:
         if old is not None:
             self.calls_by_state.labels(old).dec()
         self.calls_by_state.labels(state).inc()
-        if state in _TERMINAL:
+        if state in TERMINAL_STATES:
             # its last state stays counted; only a bounded memory of ended calls is kept
             self._states.pop(call_id, None)
             self._ended[call_id] = None

@@ -13,11 +13,11 @@ from orchestrator.criteria import (
     CRITERIA,
     JUDGES,
     SAY_SECONDS_PER_WORD,
-    ThresholdError,
     Thresholds,
     env_example_lines,
     evaluate,
 )
+from orchestrator.errors import SettingsError, ThresholdError
 from orchestrator.report_samples import iso, sample_docs
 
 Doc = dict[str, Any]
@@ -256,6 +256,7 @@ def test_from_env_rejects_malformed_values_clearly(environ: dict[str, str], mess
     with pytest.raises(ThresholdError) as err:
         Thresholds.from_env(environ)
     assert message in str(err.value)
+    assert isinstance(err.value, SettingsError)  # in the package's hierarchy: the CLI exits 2 with one line
 
 
 def test_env_example_lines_round_trip_to_the_defaults() -> None:
