@@ -73,16 +73,12 @@ def _thresholds(items: tuple[tuple[str, str], ...]) -> criteria.Thresholds:
 
 def evaluate_call(service: CallService, ref: str) -> list[criteria.Verdict]:
     """Derive the call-level metrics, decide every criterion, replace the automatic checks."""
-    store = service.store
     doc = service.document(ref)
     call_id = doc["call"]["id"]
     derived = call_level_metrics(doc)
     doc["metrics"] = {**doc["metrics"], **derived}
     verdicts = criteria.evaluate(doc, thresholds())
-    with store.transaction():
-        store.put_metrics(call_id, derived, UNITS)
-        for v in verdicts:
-            store.add_check(call_id, v.criterion, v.status, v.evidence, "auto")
+    service.save_evaluation(call_id, metrics=derived, units=UNITS, verdicts=verdicts)
     return verdicts
 
 
@@ -191,10 +187,7 @@ async def finalize_media(state: AppState, call_id: str, session: MediaSession,
         prom.step_ms.observe(step)
 
     def save(service: CallService) -> None:
-        with service.store.transaction():
-            service.store.put_metrics(call_id, metrics, UNITS)
-            service.store.put_analysis(call_id, summary)
-            service.store.add_transcript(call_id, transcript)
+        service.save_media_results(call_id, metrics=metrics, units=UNITS, summary=summary, transcript=transcript)
         evaluate_call(service, call_id)
 
     await state.service.run(save, background=True)

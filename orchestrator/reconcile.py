@@ -110,11 +110,10 @@ _STREAM_LOST = "no media session in this server process: the stream was lost whe
 def reconcile_call(service: CallService, call_id: str, answer: CarrierAnswer, *, max_call_seconds: float,
                    now: datetime | None = None) -> list[Recorded]:
     """Apply `plan()` to the call as it is now (run on the store's writer thread)."""
-    store = service.store
-    call = store.find_call(call_id=call_id)
+    call = service.find_call(call_id=call_id)
     if call is None:
         return []
-    last = store.last_event(call_id, "reconcile")
+    last = service.last_event(call_id, "reconcile")
     last_why = json.loads(last["payload"] or "{}").get("why") if last and last["type"] == "unsettled" else None
     now = now or utcnow()
     done = []
@@ -168,8 +167,7 @@ class Reconciler:
         """Reconcile the unfinished calls (only those quiet for `quiet_s`, when given)."""
         state = self.state
         quiet_before = iso(utcnow() - timedelta(seconds=quiet_s)) if quiet_s else None
-        calls = await state.service.run(lambda s: s.store.unfinished_calls(quiet_before=quiet_before,
-                                                                           limit=self.batch))
+        calls = await state.service.unfinished_calls(quiet_before=quiet_before, limit=self.batch)
         unreachable: CarrierAnswer | None = None
         done: list[Recorded] = []
         for call in calls:

@@ -122,13 +122,7 @@ async def prune_once(state: AppState, folder: Path) -> list[Removal]:
     if not done:
         return done
 
-    def forget(service: object) -> None:
-        store = service.store  # type: ignore[attr-defined]
-        for r in done:
-            store.conn.execute("UPDATE calls SET recording_path = NULL WHERE id = ? AND recording_path = ?",
-                               [r.recording.call_id, str(r.recording.path)])
-
-    await state.service.run(forget, background=True)
+    await state.service.forget_recordings([(r.recording.call_id, str(r.recording.path)) for r in done])
     whys = sorted({r.why for r in done})
     log.info("recordings: removed %d (%.1f MB): %s", len(done), sum(r.recording.size for r in done) / 2**20,
              "; ".join(whys))

@@ -5,31 +5,29 @@ with the lifecycle, save the new state and the transition, record the verdict on
 what happened so the caller can run the effects. All of it runs on one thread (the store's writer), so
 read-judge-write cannot interleave between two events of the same call.
 
-`AsyncService` gives the server the same API as coroutines, executed on a dedicated single writer
-thread so the event loop never waits on SQLite.
+Entrypoints name what they do (`create_inbound_call`, `authorize_start`, `attach_stream`,
+`note_backend_ended`, `save_media_results`, ...) and never touch the store themselves. The server
+reaches this through `orchestrator.writer.AsyncService`, the same API as coroutines on one writer thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import logging
-import queue
-import threading
-from collections.abc import Callable
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestrator import lifecycle
+from orchestrator.criteria import Verdict
 from orchestrator.lifecycle import CallEvent, CallState, EventType, Outcome
 from orchestrator.redact import without_secrets
 from orchestrator.settings import log_safe
 from orchestrator.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
@@ -209,6 +207,82 @@ class CallService:
                     return False
         return False
 
+    # -- what the server's handlers do ---------------------------------------------------------------
+
+    def find_call(self, *, call_id: str | None = None, call_sid: str | None = None) -> dict[str, Any] | None:
+        return self.store.find_call(call_id=call_id, call_sid=call_sid)
+
+    def create_inbound_call(self, *, call_sid: str | None, to_number: str | None, from_number: str | None,
+                            backend: str, say_text: str | None, facts: dict[str, Any],
+                            payload: dict[str, Any]) -> dict[str, Any]:
+        """A call to our number (the voice webhook): created `ringing`, once per CallSid (a retried
+        webhook finds the call it made), with the `voice/incoming` note."""
+        existing = self.store.find_call(call_sid=call_sid) if call_sid else None
+        call = existing or self.store.create_call(
+            direction="inbound", to_number=to_number, from_number=from_number, call_sid=call_sid,
+            backend=backend, say_text=say_text, facts=facts, state="ringing")
+        self.record(source="voice", type="incoming", payload=payload, call_id=call["id"], call_sid=call_sid,
+                    dedupe_key=f"{call_sid}:voice" if call_sid else None)
+        return call
+
+    def authorize_start(self, call_id: str, token: str | None,
+                        call_sid: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The call a media `start` names, and why it may not stream now (None: it may).
+
+        The per-call token must match, the start's CallSid must be that call's, and the call must not
+        have ended. Whether a stream is already open for it is the server's to know, not the store's.
+        """
+        call = self.store.find_call(call_id=call_id)
+        if call is None:
+            return None, f"unknown call id {log_safe(call_id, 40)} in start.customParameters"
+        if not token or not secrets.compare_digest(token.encode(), str(call["token"]).encode()):
+            return call, "wrong or missing per-call token in start.customParameters"
+        mismatch = self.identity_problem(call_id, call_sid)
+        if mismatch:
+            return call, f"start.callSid: {mismatch}"
+        if CallState(call["state"]).terminal:
+            return call, f"call already {call['state']}: no stream for a call that has ended"
+        return call, None
+
+    def attach_stream(self, call_id: str, *, stream_sid: str, recording_path: str | None) -> None:
+        """The call's stream went live: remember its StreamSid and where its recording goes."""
+        self.store.update_call(call_id, stream_sid=stream_sid, recording_path=recording_path)
+
+    def note_backend_ended(self, call_id: str, reason: str) -> Recorded:
+        """The speech backend could not go on (budget spent, dead worker): a note, and the call's end reason."""
+        with self.store.transaction():
+            rec = self.record(source="local", type="backend_ended", call_id=call_id, payload={"reason": reason},
+                              detail=reason)
+            self.store.update_call(call_id, end_reason=reason)
+        return rec
+
+    def save_media_results(self, call_id: str, *, metrics: Mapping[str, float | None], units: Mapping[str, str],
+                           summary: dict[str, Any], transcript: list[tuple[float, str]]) -> None:
+        """What the end-of-call analysis found: metrics, the report's summary and the transcript, at once."""
+        with self.store.transaction():
+            self.store.put_metrics(call_id, metrics, units)
+            self.store.put_analysis(call_id, summary)
+            self.store.add_transcript(call_id, transcript)
+
+    def save_evaluation(self, call_id: str, *, metrics: Mapping[str, float | None], units: Mapping[str, str],
+                        verdicts: Sequence[Verdict]) -> None:
+        """The call-level metrics and the automatic verdicts (replacing earlier automatic ones), at once."""
+        with self.store.transaction():
+            self.store.put_metrics(call_id, metrics, units)
+            for v in verdicts:
+                self.store.add_check(call_id, v.criterion, v.status, v.evidence, "auto")
+
+    def unfinished_calls(self, *, quiet_before: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return self.store.unfinished_calls(quiet_before=quiet_before, limit=limit)
+
+    def last_event(self, call_id: str, source: str) -> dict[str, Any] | None:
+        return self.store.last_event(call_id, source)
+
+    def forget_recordings(self, removed: Iterable[tuple[str, str]]) -> None:
+        """(call id, path) of recordings removed from disk: their calls no longer point at them."""
+        for call_id, path in removed:
+            self.store.forget_recording(call_id, path)
+
     # -- documents ----------------------------------------------------------------------------------
 
     def server_facts(self) -> dict[str, Any]:
@@ -283,99 +357,3 @@ class CallService:
 
 def relative_ms(at: str, origin: str) -> float:
     return (parse_iso(at) - parse_iso(origin)).total_seconds() * 1000.0
-
-
-class AsyncService:
-    """The service on one writer thread: every store access of the server goes through here.
-
-    Group commit: the writer takes every job waiting in its queue (up to `batch`) and runs them inside
-    one transaction, each job atomic on its own (`Store.transaction` nests as a savepoint), then commits
-    once and only then answers them all. Under load that turns N commits into one; a lone job is
-    committed at once. A job that raises has rolled back its own savepoint and gets its exception.
-
-    Background jobs (`run(..., background=True)`: end-of-call evaluation, saving an analysis) yield to
-    callbacks: they run one at a time, only when no request is waiting, so a burst of Twilio callbacks
-    is never held behind them.
-    """
-
-    def __init__(self, store_factory: Callable[[], Store], batch: int = 64) -> None:
-        self._store_factory = store_factory
-        self._batch = batch
-        self._jobs: queue.PriorityQueue[tuple[int, int, Any, Any]] = queue.PriorityQueue()
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.service: CallService | None = None
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        opened: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(target=self._writer, args=(opened,), name="store-writer", daemon=True)
-        self._thread.start()
-        await opened
-
-    def _writer(self, opened: asyncio.Future[None]) -> None:
-        loop = self._loop
-        assert loop is not None
-        try:
-            service = self.service = CallService(self._store_factory())
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, opened, None, exc)
-            return
-        loop.call_soon_threadsafe(_settle, opened, None, None)
-        store = service.store
-        while True:
-            prio, _, fn, fut = self._jobs.get()
-            if fn is None:  # stop: queued last, so everything before it has run
-                break
-            jobs = [(fn, fut)]
-            while prio == _FOREGROUND and len(jobs) < self._batch:
-                try:
-                    item = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if item[0] != _FOREGROUND:
-                    self._jobs.put(item)  # background work and the stop wait for the next round
-                    break
-                jobs.append((item[2], item[3]))
-            done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            try:
-                with store.transaction():
-                    for fn, fut in jobs:
-                        try:
-                            done.append((fut, fn(service), None))
-                        except Exception as exc:  # the job's own error, for its caller
-                            done.append((fut, None, exc))
-            except BaseException as exc:  # the commit failed: nobody's writes are durable
-                done = [(fut, None, exc) for _, fut in jobs]
-            for fut, result, error in done:
-                loop.call_soon_threadsafe(_settle, fut, result, error)
-        store.close()
-
-    async def run(self, fn: Callable[[CallService], T], *, background: bool = False) -> T:
-        """Run `fn(service)` on the writer thread; returns once its writes are committed."""
-        assert self._loop is not None and self._thread is not None, "AsyncService.start() first"
-        fut: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((_BACKGROUND if background else _FOREGROUND, next(self._seq), fn, fut))
-        return await fut
-
-    async def record(self, **kw: Any) -> Recorded:
-        return await self.run(lambda s: s.record(**kw))
-
-    async def close(self) -> None:
-        if self._thread is not None:
-            self._jobs.put((_STOP, next(self._seq), None, None))
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-
-
-_FOREGROUND, _BACKGROUND, _STOP = 0, 1, 2
-
-
-def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)

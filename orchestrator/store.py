@@ -6,7 +6,7 @@ recorded in ``_sqlite_migrations`` (sqlite-utils' ``Migrations``). A database th
 this code does not know was written by a newer version: we refuse to touch it rather than guess.
 
 Threading: a ``Store`` is used by one thread at a time. The server gives it a dedicated writer thread
-(see ``orchestrator.service.AsyncStore``); the CLI uses it directly. Keep this module free of business
+(see ``orchestrator.writer.AsyncService``); the CLI uses it directly. Keep this module free of business
 rules: the lifecycle decides, the service orchestrates, the store only reads and writes rows.
 """
 
@@ -285,6 +285,11 @@ class Store:
         names = list(fields)
         self.conn.execute(f"UPDATE calls SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
                           [*(fields[n] for n in names), call_id])
+
+    def forget_recording(self, call_id: str, path: str) -> None:
+        """The call no longer points at `path` (removed from disk); a newer recording is left alone."""
+        self.conn.execute("UPDATE calls SET recording_path = NULL WHERE id = ? AND recording_path = ?",
+                          [call_id, path])
 
     def list_calls(
         self, *, run: str | None = None, state: str | None = None, since: str | None = None, limit: int = 100

@@ -15,11 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from bridge.backends.base import SpeechBackend
-from orchestrator.service import AsyncService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.web.prom import Prom
 from orchestrator.web.state import STATE, AppState
+from orchestrator.writer import AsyncService
 
 log = logging.getLogger(__name__)
 __all__ = ["STATE", "AppState", "create_app", "make_backend"]

@@ -137,18 +137,9 @@ async def voice_webhook(request: web.Request) -> web.Response:
     busy = state.backend.busy
     facts = dict(state.facts)
 
-    def create(service: Any) -> Any:
-        existing = service.store.find_call(call_sid=call_sid) if call_sid else None
-        call = existing or service.store.create_call(
-            direction="inbound", to_number=form.get("To"), from_number=form.get("From"), call_sid=call_sid,
-            backend=state.backend.name, say_text=None if busy else settings.greeting, facts=facts,
-            state="ringing",
-        )
-        service.record(source="voice", type="incoming", payload=payload, call_id=call["id"], call_sid=call_sid,
-                       dedupe_key=f"{call_sid}:voice" if call_sid else None)
-        return call
-
-    call = await state.service.run(create)
+    call = await state.service.create_inbound_call(
+        call_sid=call_sid, to_number=form.get("To"), from_number=form.get("From"), backend=state.backend.name,
+        say_text=None if busy else settings.greeting, facts=facts, payload=payload)
     state.prom.callbacks.labels("voice", "accepted").inc()
     log.info("inbound call %s from %s", call["id"], mask_number(str(form.get("From") or "")))
     if busy:

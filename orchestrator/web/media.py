@@ -20,7 +20,6 @@ from bridge.backends.base import BackendBusy
 from bridge.protocol import MAX_GAP_MS, Dtmf, MediaStream, Start, Stop
 from bridge.session import MediaLink, MediaSession, SessionConfig
 from orchestrator.lifecycle import CallState
-from orchestrator.service import CallService
 from orchestrator.settings import log_safe, valid_call_id, valid_sid
 from orchestrator.web.dtmf import DtmfBatch
 from orchestrator.web.signing import handshake_problem
@@ -247,24 +246,15 @@ async def _on_start(
                                        if k != "token"}
         call_id = None
 
-    def look_up(s: CallService) -> tuple[dict[str, Any] | None, str | None]:
-        if bad_ids or not call_id:
-            return None, None
-        return s.store.find_call(call_id=call_id), s.identity_problem(call_id, start.call_sid)
-
-    call, mismatch = await state.service.run(look_up)
-    reason = None
+    call: dict[str, Any] | None = None
+    reason: str | None
     if bad_ids:
         reason = bad_ids
-    elif call is None:
+    elif not call_id:
         reason = f"unknown call id {log_safe(call_id, 40)} in start.customParameters"
-    elif not token or token != call["token"]:
-        reason = "wrong or missing per-call token in start.customParameters"
-    elif mismatch:
-        reason = f"start.callSid: {mismatch}"
-    elif CallState(call["state"]).terminal:
-        reason = f"call already {call['state']}: no stream for a call that has ended"
-    elif call["id"] in state.sessions:
+    else:
+        call, reason = await state.service.authorize_start(call_id, token, start.call_sid)
+    if reason is None and call is not None and call["id"] in state.sessions:
         reason = "a media stream is already open for this call"
     backend_session = None
     if reason is None and call is not None:
@@ -325,11 +315,8 @@ async def _go_live(
     recording = None
     if state.settings.recordings_dir is not None:
         recording = Path(state.settings.recordings_dir) / f"{call['id']}.wav"
-    await state.service.run(
-        lambda s: s.store.update_call(
-            call["id"], stream_sid=start.stream_sid, recording_path=str(recording) if recording else None
-        )
-    )
+    await state.service.attach_stream(call["id"], stream_sid=start.stream_sid,
+                                      recording_path=str(recording) if recording else None)
     if rec.call:
         state.prom.call_state(call["id"], rec.call["state"])
 
@@ -403,14 +390,7 @@ async def _end_live_call(
     if backend_reason:
         # the backend cannot go on (budget spent, dead worker): we hang up by closing the stream;
         # the TwiML's <Hangup/> then ends the call at the carrier
-        await state.service.record(
-            source="local",
-            type="backend_ended",
-            call_id=call_id,
-            payload={"reason": backend_reason},
-            detail=backend_reason,
-        )
-        await state.service.run(lambda s: s.store.update_call(call_id, end_reason=backend_reason))
+        await state.service.note_backend_ended(call_id, backend_reason)
     from orchestrator.evaluation import finalize_media
 
     state.spawn(finalize_media(state, call_id, session, live.transcript), f"finalize-{call_id}")

@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from bridge.backends.base import SpeechBackend
-from orchestrator.service import AsyncService
 from orchestrator.settings import Settings
 from orchestrator.web.prom import Prom
+from orchestrator.writer import AsyncService
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.service import AsyncService, CallService
+from orchestrator.service import CallService
 from orchestrator.store import Store
+from orchestrator.writer import AsyncService
 
 
 def count(db: Path, sql: str) -> int:
