@@ -185,16 +185,17 @@ def align_runs(
         a = max(0, int(np.rint(sends[run[0], 1] * rate)) - CHUNK)
         b = min(n, int(np.rint(sends[run[-1], 1] * rate)) + CHUNK + tail)
         own = estimate_echo(x[a:b], inbound[a:b], rate, received=received[a:b])
-        near = own.delay_ms is not None and abs(own.delay_ms - echo.delay_ms) <= _ALIGN_SPAN_S * 1000.0
-        arrivals.append(own.delay_ms if near and own.path_z >= _ALIGN_Z else None)
+        d = own.delay_ms
+        near = d is not None and abs(d - echo.delay_ms) <= _ALIGN_SPAN_S * 1000.0
+        arrivals.append(d if near and own.path_z >= _ALIGN_Z else None)
     seen = [d for d in arrivals if d is not None]
     if len(seen) < 2:
         return None
     anchor = max(seen)
     moves = np.zeros(len(sends))
-    for run, d in zip(runs, arrivals, strict=True):
-        if d is not None:
-            moves[run] = (anchor - d) / 1000.0
+    for run, arrival in zip(runs, arrivals, strict=True):
+        if arrival is not None:
+            moves[run] = (anchor - arrival) / 1000.0
     return moves if moves.any() else None
 
 
@@ -316,6 +317,7 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     m["echo_peak"] = echo.peak
     m["echo_confidence"] = echo.confidence
     m["echo_path_z"] = echo.path_z
+    m["echo_absent_ratio"] = echo.absent_ratio
     m["echo_segments_used"] = float(echo.segments_used)
     m["echo_segments_flagged"] = float(echo.segments_flagged)
 

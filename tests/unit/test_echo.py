@@ -142,3 +142,31 @@ def test_a_reply_cut_by_the_hang_up_does_not_read_the_echo_quiet(delay_ms: int) 
     assert est.detected
     assert est.delay_ms == pytest.approx(delay_ms, abs=0.5)
     assert est.erl_db == pytest.approx(25.0, abs=0.4)
+
+
+def test_a_voice_like_itself_over_our_replay_of_it_is_not_an_echo() -> None:
+    # The caller counts while we replay their earlier counting: over seconds of double talk one voice
+    # resembles itself enough for a path to stand out (z ~9-10 at ~250 ms in the rig's clean calls).
+    # Such a path predicts echo where the caller was silent and the line held only noise.
+    n = 12 * R
+    played, inbound = np.zeros(n), np.zeros(n)
+    rng = np.random.default_rng(5)
+    inbound += rng.normal(0, 32768 * 10 ** (-55 / 20), n)
+    first, second = speak(CALLER_LINES[0]), speak(CALLER_LINES[1])
+    played[R // 2 : R // 2 + len(second)] = second  # our reply alone: the line holds only noise
+    k = 6 * R
+    played[k : k + len(second)] = second  # and again, while the caller talks over it
+    inbound[k + 2000 : k + 2000 + len(first)] += first
+    x = played.astype(np.int16)
+    y = ulaw_decode(ulaw_encode(np.clip(np.rint(inbound), -32768, 32767).astype(np.int16)))
+    # a path that explained the double talk would have to put its echo into the quiet first reply
+    from bridge.meters.echo import _absent_ratio
+
+    fake = np.zeros(n)
+    fake[2000:] = x[:-2000] * 10 ** (-26 / 20)
+    received = np.ones(n, dtype=bool)
+    assert _absent_ratio(fake, y.astype(np.float64), received, 160) > 0.5
+    # a real echo of the same replies at the same level is where it should be
+    real = y.astype(np.float64) + fake
+    assert _absent_ratio(fake, real, received, 160) < 0.05
+    assert not estimate_echo(x, y).detected
