@@ -31,7 +31,19 @@ from bridge.backends.moshi_loader import (
 )
 from orchestrator import exits
 
-MOSHI_PACKAGES = ("moshi_mlx", "rustymimi", "mlx", "sentencepiece")
+MOSHI_PACKAGES = ("moshi_mlx", "rustymimi", "mlx", "sentencepiece", "huggingface_hub")
+EXTRA_FIX = "pip install -e '.[moshi]'"
+
+
+def _missing_packages() -> list[str]:
+    return [p for p in MOSHI_PACKAGES if importlib.util.find_spec(p) is None]
+
+
+def _needs_hub() -> None:
+    """`models` reads and fills the Hugging Face cache: without the moshi extra there is no hub client."""
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise exits.UserError(f"`orchestrator models` needs the moshi extra (huggingface_hub is not "
+                              f"installed): {EXTRA_FIX}")
 
 
 def _config(settings: Any | None, **overrides: Any) -> MoshiConfig:
@@ -53,12 +65,12 @@ def model_status(
     MoshiConfig fields a caller overrides (moshi_weight, mimi_weight, tokenizer, lm_config, cache_dir...).
     """
     config = config or _config(settings, **overrides)
-    missing_packages = [p for p in MOSHI_PACKAGES if importlib.util.find_spec(p) is None]
+    missing_packages = _missing_packages()
     status: dict[str, Any] = {
         "ready": False,
         "repo": config.hf_repo,
         "quantize": "none" if config.quantize is None else config.quantize,
-        "cache_dir": str(hub_cache_dir(config)),
+        "cache_dir": str(hub_cache_dir(config)) if "huggingface_hub" not in missing_packages else None,
         "files": {},
         "lm_config": None,
         "missing_packages": missing_packages,
@@ -66,6 +78,11 @@ def model_status(
         "fix": None,
         "detail": "",  # one line for `doctor`
     }
+    if "huggingface_hub" in missing_packages:  # the cache cannot even be read
+        status["error"] = f"the moshi extra is not installed (missing {', '.join(missing_packages)})"
+        status["fix"] = EXTRA_FIX
+        status["detail"] = f"{status['error']}; fix: {status['fix']}"
+        return status
     try:
         files = resolve_files(config)
     except BackendError as err:
@@ -84,7 +101,7 @@ def model_status(
     status["lm_config"] = files.lm_config_source
     if missing_packages:
         status["error"] = f"the moshi extra is not installed (missing {', '.join(missing_packages)})"
-        status["fix"] = "pip install -e '.[moshi]'"
+        status["fix"] = EXTRA_FIX
         status["detail"] = f"{status['error']}; fix: {status['fix']}"
         return status
     status["ready"] = True
@@ -245,6 +262,7 @@ def pull(repo: str | None, quantize: str | None, cache_dir: Path | None, as_json
 
     Example: orchestrator models pull --repo kyutai/moshika-mlx-q8 --quantize 8
     """
+    _needs_hub()
     config = _moshi_config(hf_repo=repo, quantize=quantize, cache_dir=cache_dir)
     try:
         fetched = pull_files(config, echo=(lambda _m: None) if as_json else click.echo)
@@ -265,6 +283,7 @@ def list_(cache_dir: Path | None, as_json: bool) -> None:
 
     Example: orchestrator models list --json
     """
+    _needs_hub()
     config = _moshi_config(cache_dir=cache_dir)
     root = hub_cache_dir(config)
     repos = cached_repos(root)

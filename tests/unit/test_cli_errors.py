@@ -6,6 +6,8 @@ traceback would show up as an exception in the result and coverage sees the comm
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import socket
 import sqlite3
@@ -24,6 +26,10 @@ from orchestrator.service import CallService
 from orchestrator.store import Store
 
 SID = "AC" + "0" * 31 + "1"
+
+
+needs_hub = pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is None,
+                               reason="needs the moshi extra (huggingface_hub)")
 
 
 @pytest.fixture(autouse=True)
@@ -245,6 +251,7 @@ def test_host_that_is_not_ours_is_one_line(tmp_path: Path, host: str, why: str) 
     one_line_error(result, exits.UNAVAILABLE, why)
 
 
+@needs_hub
 def test_missing_moshi_model_is_one_line(tmp_path: Path) -> None:
     """MissingModelFile is a BackendError, not an OrchestratorError: still one line with the fix."""
     result = invoke("serve", "--backend", "moshi", "--port", "0", "--db", str(tmp_path / "s.db"),
@@ -264,6 +271,7 @@ def test_out_into_a_missing_folder_is_refused_before_any_work(tmp_path: Path, co
     assert not (tmp_path / "no").exists() and db.stat().st_mtime_ns == before
 
 
+@needs_hub
 def test_bad_moshi_quantize_is_one_line() -> None:
     result = invoke("models", "list", env={"MOSHI_QUANTIZE": "7"})
     one_line_error(result, exits.USAGE, "MOSHI_QUANTIZE", "'7'")
@@ -410,6 +418,7 @@ def test_demo_exit_code_follows_failed_criteria() -> None:
     assert failed_criteria(build_report(docs[:1], "sample")) == []
 
 
+@needs_hub
 def test_models_pull_offline_says_so_without_a_false_config_note(tmp_path: Path) -> None:
     from bridge.backends.moshi_loader import MoshiConfig
     from orchestrator.models_cli import _fetch_error, pull_files
@@ -556,3 +565,19 @@ def test_hangup_says_the_call_is_ending_not_that_it_failed(tmp_path: Path) -> No
         server.server_close()
     assert result.exit_code == 0, result.output
     assert "done, it will end in a moment" in result.stdout and "answered in-progress" not in result.stdout
+
+
+def test_models_without_the_moshi_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The base install (the demo's) has no Hugging Face client: `models` says which extra adds it."""
+    import orchestrator.models_cli as models_cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models_cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "huggingface_hub" else real(name, *a))
+    for args in (("models", "list"), ("models", "pull")):
+        result = invoke(*args, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+        one_line_error(result, exits.USAGE, "needs the moshi extra", "pip install -e '.[moshi]'")
+    assert not (tmp_path / "hub").exists()
+    status = models_cli.model_status()
+    assert not status["ready"] and "huggingface_hub" in status["missing_packages"]
+    assert status["fix"] == "pip install -e '.[moshi]'"
