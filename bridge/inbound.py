@@ -19,7 +19,8 @@ Rules (conventions in DESIGN.md, "Measurements"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -32,11 +33,10 @@ RATE = 8000
 LONG_GAP_MS = 500
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
+class Received(NamedTuple):
     """What one inbound message produced."""
 
-    frames: tuple[npt.NDArray[np.float32], ...] = ()  # complete model frames, in order
+    frames: Sequence[npt.NDArray[np.float32]] = ()  # complete model frames, in order
     long_gap: tuple[int, int] | None = None  # (timestamp ms, missing ms) of a gap >= LONG_GAP_MS
 
 
@@ -77,12 +77,12 @@ class InboundTrack:
         if next_ts is not None and ts < next_ts:
             self.out_of_order += 1  # late or repeated audio: its slot was already filled
             return _NOTHING
-        frames: list[npt.NDArray[np.float32]] = []
+        silence: list[npt.NDArray[np.float32]] = []
         long_gap = None
         if next_ts is not None and ts > next_ts:
             missing = ts - next_ts
             self.gaps.append((next_ts, missing))
-            frames += self.pipeline.push_silence(missing * RATE // 1000)
+            silence = self.pipeline.push_silence(missing * RATE // 1000)
             if missing >= LONG_GAP_MS:
                 long_gap = (next_ts, missing)
         pos = ts * RATE // 1000
@@ -93,5 +93,7 @@ class InboundTrack:
         self._next_ts = ts + len(payload) * 1000 // RATE
         if self.offset is None:
             self.offset = rel - ts / 1000 - len(payload) / RATE  # sent after its last sample
-        frames += self.pipeline.push(payload)
-        return Received(tuple(frames), long_gap) if frames or long_gap else _NOTHING
+        frames = self.pipeline.push(payload)
+        if silence:
+            frames = silence + frames
+        return Received(frames, long_gap) if frames or long_gap else _NOTHING

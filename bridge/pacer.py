@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bridge.framing import CHUNK_SAMPLES_8K
 from bridge.playout import MarkEcho, PlayoutClock
@@ -42,23 +43,20 @@ class PacingConfig:
     mark_every: int = 5  # chunks (100 ms)
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkOut:
+class ChunkOut(NamedTuple):  # tuples: one per 20 ms chunk, cheaper to make than frozen dataclasses
     """A media chunk to send now."""
 
     payload: bytes
     playout_start: float  # its estimated playout start, seconds since the pacer's origin
 
 
-@dataclass(frozen=True, slots=True)
-class MarkOut:
+class MarkOut(NamedTuple):
     """A mark to send now, after the chunks before it."""
 
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Burst:
+class Burst(NamedTuple):
     """What `poll` decided: send `sends` in order, then look again at `wake_at`."""
 
     sends: list[ChunkOut | MarkOut]
