@@ -30,14 +30,15 @@ direct arrival and, in a room, reflections and a decaying tail spread over hundr
 6. Detected when z >= 9 and ERL <= 55 dB (a quieter path is reported but not flagged: it is inaudible
    and at mu-law's smallest steps), and the echo is where the path puts it: of the 20 ms blocks where
    its predicted echo stands out of the line's noise, at most a quarter may hold less than half that
-   energy (an echo hides under the caller's voice, never under a quieter line). Per-second GCC-PHAT figures are kept as evidence (segments used,
-   segments agreeing with the found lag).
+   energy (an echo hides under the caller's voice, never under a quieter line). Per-second GCC-PHAT
+   figures are kept as evidence (segments used, segments agreeing with the found lag).
 
 Where it stops (benchmarks/fidelity.py, benchmarks/echo_detection.py): pure delays 20-500 ms at
 0-35 dB and rooms (RT60 0.2-0.6 s, 0.3-1.5 m) are found with the first arrival within a fraction of a
 millisecond and the loss within tenths of a dB when the caller talks in turns. When the caller talks
-over nearly all of the played audio, few single-talk seconds remain: the loss can read up to ~3 dB
-low and a room at 30 dB can be missed. Line noise above the echo hides it (as it hides it from the ear).
+over much of the played audio, few single-talk seconds remain: the loss can read up to ~3 dB off
+(in the rig, under load, 0.6-2.6 dB high with the caller over half of it: the fit's neighbouring taps
+take some of the arrival's energy) and a room at 30 dB can be missed. Line noise above the echo hides it (as it hides it from the ear).
 `cancel_echo` subtracts the found path's prediction (for the caller's own speech detection). Pure
 numpy/scipy: no I/O, no clocks.
 """
