@@ -319,16 +319,16 @@ def hostile_frame(rng: random.Random, stream_sid: str, seq: int) -> str | bytes:
     return json.dumps(frame)
 
 
-async def fuzzer(server: Server, stop: asyncio.Event, rng: random.Random, counts: dict[str, int]) -> None:
+async def fuzzer(url: str, public: str, db: Path, stop: Any, rng: random.Random, counts: dict[str, int]) -> None:
     import websockets
     from twilio.request_validator import RequestValidator
 
     from orchestrator.store import Store
     from orchestrator.twiml import media_url
 
-    signed = {"x-twilio-signature": RequestValidator(TOKEN).compute_signature(media_url(server.public), {})}
+    signed = {"x-twilio-signature": RequestValidator(TOKEN).compute_signature(media_url(public), {})}
     while not stop.is_set():
-        store = Store(server.db)
+        store = Store(db)
         call_sid, stream_sid = "CA" + uuid.uuid4().hex, "MZ" + uuid.uuid4().hex
         row = store.create_call(direction="outbound-api", to_number="+15005550040", from_number=FROM, run="fuzz",
                                 call_sid=call_sid, state="in-progress")
@@ -338,7 +338,7 @@ async def fuzzer(server: Server, stop: asyncio.Event, rng: random.Random, counts
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
             "customParameters": {"call_id": row["id"], "token": row["token"]}}}
         try:
-            async with websockets.connect(server.url.replace("http", "ws") + "/media", additional_headers=signed,
+            async with websockets.connect(url.replace("http", "ws") + "/media", additional_headers=signed,
                                           max_size=None, open_timeout=5) as ws:
                 counts["streams"] += 1
                 await ws.send(json.dumps(start))
@@ -351,6 +351,26 @@ async def fuzzer(server: Server, stop: asyncio.Event, rng: random.Random, counts
                         await asyncio.sleep(0)
         except (websockets.ConnectionClosed, websockets.InvalidStatus, OSError, asyncio.TimeoutError):
             counts["closed_by_server"] += 1
+
+
+def fuzz_process(url: str, public: str, db: str, n: int, seed: float, stop: Any, out: Any) -> None:
+    """The hostile peers in a process of their own: in the emulator's event loop they starved the
+    legitimate caller's own 20 ms timers (its inbound jitter read 19 ms), which is not the server's doing."""
+    counts = {"streams": 0, "frames": 0, "closed_by_server": 0}
+
+    async def main() -> None:
+        flag = asyncio.Event()
+
+        async def watch() -> None:
+            await asyncio.to_thread(stop.wait)  # a multiprocessing event: waited for in a thread
+            flag.set()
+
+        rng = random.Random(seed)
+        await asyncio.gather(watch(), *(fuzzer(url, public, Path(db), flag, random.Random(rng.random()), counts)
+                                        for _ in range(n)))
+
+    asyncio.run(main())
+    out.put(counts)
 
 
 async def legit_call(emu: Any, server: Server, seconds: float, spoken: bool) -> dict[str, Any]:
@@ -370,32 +390,48 @@ async def legit_call(emu: Any, server: Server, seconds: float, spoken: bool) -> 
     return {"state": state, **{n: metrics.get(n) for n in names}}
 
 
+def _fuzz_started(db: Path) -> bool:
+    return bool(db_rows(db, "SELECT 1 FROM calls WHERE run_id = (SELECT id FROM runs WHERE label = 'fuzz') LIMIT 1"))
+
+
 async def fuzz(emu: Any, server: Server, seconds: float, n_fuzzers: int, rng: random.Random) -> dict[str, Any]:
     import shutil
 
     spoken = shutil.which("espeak-ng") is not None
     alone = await legit_call(emu, server, seconds, spoken)
-    stop = asyncio.Event()
-    counts = {"streams": 0, "frames": 0, "closed_by_server": 0}
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=fuzz_process, args=(server.url, server.public, str(server.db), n_fuzzers, rng.random(),
+                                                  stop, out), daemon=True)
     probes: list[tuple[int, float]] = []
+    done = asyncio.Event()
 
     async def probe() -> None:
-        while not stop.is_set():
+        while not done.is_set():
             probes.append(await healthz(server.url))
             await asyncio.sleep(0.2)
 
-    tasks = [asyncio.create_task(fuzzer(server, stop, random.Random(rng.random()), counts)) for _ in range(n_fuzzers)]
-    tasks.append(asyncio.create_task(probe()))
+    cpu_before = proc_cpu_s(server.proc.pid) if server.proc is not None else 0.0
+    proc.start()
+    await until(lambda: not proc.is_alive() or _fuzz_started(server.db), 30)
+    prober = asyncio.create_task(probe())
     try:
         beside = await legit_call(emu, server, seconds, spoken)
     finally:
+        done.set()
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        counts = await asyncio.to_thread(out.get, True, 60)
+        await asyncio.to_thread(proc.join, 30)
+        await asyncio.gather(prober, return_exceptions=True)
+    server_cpu = (proc_cpu_s(server.proc.pid) - cpu_before) if server.proc is not None else float("nan")
     # the fuzz calls' rows: ended here, so reconciliation does not ask the carrier about calls it never had
     with contextlib.closing(sqlite3.connect(server.db, timeout=10)) as con, con:
         con.execute("UPDATE calls SET state = 'completed' WHERE run_id = (SELECT id FROM runs WHERE label = 'fuzz')")
     assert server.proc is not None
     return {"alone": alone, "beside": beside, "spoken": spoken, **counts, "server_alive": server.proc.poll() is None,
+            "server_cpu_s": server_cpu,
             "probes": len(probes), "probes_ok": sum(s == 200 for s, _ in probes),
             "healthz_p50_ms": pct((t for _, t in probes), 50), "healthz_max_ms": max((t for _, t in probes), default=0) * 1e3}
 
@@ -528,7 +564,8 @@ async def run(a: argparse.Namespace) -> None:
                 t = time.monotonic()
                 fz = await fuzz(emu, server, a.fuzz_s, a.fuzzers, rng)
                 print(f"\nmedia fuzz ({time.monotonic() - t:.0f} s): {fz['frames']} hostile frames over "
-                      f"{fz['streams']} streams ({a.fuzzers} at a time), server alive {fz['server_alive']}; /healthz "
+                      f"{fz['streams']} streams ({a.fuzzers} at a time, from a process of their own), server "
+                      f"alive {fz['server_alive']}, server CPU {fz['server_cpu_s']:.1f} s; /healthz "
                       f"{fz['probes_ok']}/{fz['probes']} ok, p50 {fz['healthz_p50_ms']:.1f} ms, "
                       f"max {fz['healthz_max_ms']:.1f} ms")
                 print(f"  the legitimate call{' (spoken caller)' if fz['spoken'] else ' (silent caller)'}:"
