@@ -1,7 +1,7 @@
 """The SQLite store: one database file, schema from numbered migrations, one writer.
 
 sqlite-utils over a single connection in WAL mode with a busy timeout. The schema is created only by
-the numbered SQL files in ``orchestrator/migrations/``, applied in order, each inside a transaction and
+the numbered SQL files in ``migrations/`` (installed as ``orchestrator.migrations``), applied in order, each inside a transaction and
 recorded in ``_sqlite_migrations`` (sqlite-utils' ``Migrations``). A database that records a migration
 this code does not know was written by a newer version: we refuse to touch it rather than guess.
 
@@ -55,7 +55,7 @@ class MigrationFile:
 
 def migration_files() -> list[MigrationFile]:
     """The numbered SQL files shipped with the package, in order."""
-    folder = resources.files("orchestrator") / "migrations"
+    folder = resources.files("orchestrator.migrations")
     files = sorted(
         (f for f in folder.iterdir() if f.name.endswith(".sql") and f.name[:4].isdigit()),
         key=lambda f: f.name,
