@@ -19,6 +19,7 @@ import abc
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one Mimi / Moshi step
@@ -32,11 +33,14 @@ class BackendBusy(BackendError):
     """The backend already serves as many calls as it can."""
 
 
+
+Audio = npt.NDArray[np.float32]  # mono float32 samples (24 kHz frames of 1920 inside the bridge)
+
 @dataclass(slots=True)
 class StepOutput:
     """What one `process()` step produced."""
 
-    frames: list[np.ndarray] = field(default_factory=list)  # each (1920,) float32 at 24 kHz
+    frames: list[Audio] = field(default_factory=list)  # each (1920,) float32 at 24 kHz
     text: list[str] = field(default_factory=list)  # text pieces the model emitted, in order
     step_ms: float | None = None  # model compute time of this step, when the backend measures it
 
@@ -48,7 +52,7 @@ class BackendSession(abc.ABC):
     ended: str | None = None
 
     @abc.abstractmethod
-    async def process(self, frame: np.ndarray) -> StepOutput:
+    async def process(self, frame: Audio) -> StepOutput:
         """Push one (1920,) float32 frame of caller audio; return what is ready to play."""
 
     @abc.abstractmethod

@@ -18,7 +18,7 @@ from collections import deque
 
 import numpy as np
 
-from bridge.backends.base import FRAME_SAMPLES, SAMPLE_RATE, BackendSession, SpeechBackend, StepOutput
+from bridge.backends.base import FRAME_SAMPLES, SAMPLE_RATE, Audio, BackendSession, SpeechBackend, StepOutput
 
 log = logging.getLogger(__name__)
 MODES = ("delay", "turns")
@@ -31,7 +31,7 @@ class EchoSession(BackendSession):
         # a line of past audio: `delay` samples of silence first
         self._line = np.zeros(self.delay + FRAME_SAMPLES, dtype=np.float32)
 
-    async def process(self, frame: np.ndarray) -> StepOutput:
+    async def process(self, frame: Audio) -> StepOutput:
         _check(frame)
         line = self._line
         line[self.delay : self.delay + FRAME_SAMPLES] = frame
@@ -46,22 +46,22 @@ class EchoSession(BackendSession):
 class TurnEchoSession(BackendSession):
     """Repeats each utterance after the caller pauses; speaks `greeting` (24 kHz float32) first."""
 
-    def __init__(self, greeting: np.ndarray | None, hangover_ms: float = 400.0, min_speech_ms: float = 200.0) -> None:
+    def __init__(self, greeting: Audio | None, hangover_ms: float = 400.0, min_speech_ms: float = 200.0) -> None:
         frame_ms = 1000 * FRAME_SAMPLES / SAMPLE_RATE
         self.hang_frames = max(1, round(hangover_ms / frame_ms))
         self.min_frames = max(1, round(min_speech_ms / frame_ms))
-        self._play: deque[np.ndarray] = deque()
+        self._play: deque[Audio] = deque()
         if greeting is not None and len(greeting):
             pad = (-len(greeting)) % FRAME_SAMPLES
             audio = np.concatenate([greeting, np.zeros(pad, np.float32)]).astype(np.float32)
             self._play.extend(audio.reshape(-1, FRAME_SAMPLES))
-        self._utterance: list[np.ndarray] = []
+        self._utterance: list[Audio] = []
         self._loud = 0
         self._quiet = 0
-        self._previous: np.ndarray | None = None
+        self._previous: Audio | None = None
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
 
-    async def process(self, frame: np.ndarray) -> StepOutput:
+    async def process(self, frame: Audio) -> StepOutput:
         _check(frame)
         rms = float(np.sqrt(np.mean(np.square(frame, dtype=np.float64))))
         loud = 20 * np.log10(max(rms, 1e-9)) > _SPEECH_DBFS
@@ -85,7 +85,7 @@ class TurnEchoSession(BackendSession):
         return None
 
 
-def _check(frame: np.ndarray) -> None:
+def _check(frame: Audio) -> None:
     if frame.shape != (FRAME_SAMPLES,):
         raise ValueError(f"echo backend expects ({FRAME_SAMPLES},) frames, got {frame.shape}")
 
@@ -100,7 +100,7 @@ class EchoBackend(SpeechBackend):
         if mode not in MODES:
             raise ValueError(f"echo mode {mode!r}: choose delay or turns")
         self.delay_ms, self.mode, self.greeting, self.hangover_ms = delay_ms, mode, greeting, hangover_ms
-        self._greeting_audio: np.ndarray | None = None
+        self._greeting_audio: Audio | None = None
 
     async def load(self) -> None:
         if self.mode == "turns" and self.greeting:

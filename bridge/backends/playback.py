@@ -15,6 +15,7 @@ import soxr
 from bridge.backends.base import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
+    Audio,
     BackendError,
     BackendSession,
     SpeechBackend,
@@ -25,7 +26,7 @@ from bridge.speech import SpeechUnavailable, read_wav_mono, synthesize
 DEFAULT_PROMPT = "Hello, this is the playback backend. I can hear you. Goodbye for now."
 
 
-def read_wav_float(path: Path) -> tuple[np.ndarray, int]:
+def read_wav_float(path: Path) -> tuple[Audio, int]:
     """The WAV as mono float32 in [-1, 1], and its rate."""
     try:
         samples, rate = read_wav_mono(path)
@@ -34,7 +35,7 @@ def read_wav_float(path: Path) -> tuple[np.ndarray, int]:
     return samples / 32768.0, rate
 
 
-def speak(text: str, rate: int = SAMPLE_RATE) -> np.ndarray:
+def speak(text: str, rate: int = SAMPLE_RATE) -> Audio:
     """Text to float32 speech at `rate` with espeak-ng (blocking: call it off the event loop)."""
     try:
         pcm = synthesize(text, rate)
@@ -44,13 +45,13 @@ def speak(text: str, rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 class PlaybackSession(BackendSession):
-    def __init__(self, audio: np.ndarray) -> None:
+    def __init__(self, audio: Audio) -> None:
         pad = (-len(audio)) % FRAME_SAMPLES
         self._audio = np.concatenate([audio, np.zeros(pad, dtype=np.float32)]).astype(np.float32)
         self._pos = 0
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
 
-    async def process(self, frame: np.ndarray) -> StepOutput:
+    async def process(self, frame: Audio) -> StepOutput:
         if self._pos >= len(self._audio):
             return StepOutput(frames=[self._silence])
         out = self._audio[self._pos : self._pos + FRAME_SAMPLES]
@@ -70,7 +71,7 @@ class PlaybackBackend(SpeechBackend):
         self.wav = wav
         self.prompt = prompt
         self.lead_silence_s = lead_silence_s
-        self._audio: np.ndarray | None = None
+        self._audio: Audio | None = None
 
     async def load(self) -> None:
         if self.wav is not None:
