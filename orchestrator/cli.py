@@ -25,6 +25,7 @@ from orchestrator.redact import personal_data_masked
 from orchestrator.service import CallService, relative_ms
 from orchestrator.settings import Settings, load_env_file, mask_number
 from orchestrator.store import Store, iso, migration_files, utcnow
+from orchestrator.textwidth import wrap
 
 db_option = click.option(
     "--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -260,7 +261,7 @@ def render_call(doc: dict[str, Any]) -> str:
     for t in doc["transitions"]:
         items.append((relative_ms(t["at"], origin), f"  -> {t['from']} => {t['to']}  ({t['trigger']})"))
     for ms, text in sorted(items, key=lambda x: x[0]):
-        lines.append(f"  {fmt_offset(ms):>11}  {text}")
+        lines += wrap(text, f"  {fmt_offset(ms):>11}  ", " " * 19)
     units = doc.get("metric_units") or {}
     if doc["metrics"]:
         lines += ["", "metrics:"] + [f"  {k:28s} {fmt_metric(v, units.get(k))}"
@@ -268,7 +269,7 @@ def render_call(doc: dict[str, Any]) -> str:
     if doc["checks"]:
         lines += ["", "checks:", *check_lines(doc["checks"])]
     if doc.get("transcript"):
-        lines += ["", "transcript: " + "".join(p["text"] for p in doc["transcript"])]
+        lines += ["", *wrap("".join(p["text"] for p in doc["transcript"]), "transcript: ", "  ")]
     return "\n".join(lines)
 
 
@@ -276,7 +277,7 @@ def check_lines(checks: list[dict[str, Any]]) -> list[str]:
     out = []
     for ch in checks:
         note = f"  note: {ch['note']}" if ch.get("note") else ""
-        out.append(f"  {ch['criterion']:26s} {ch['status']:8s} {ch['decided_by']:6s} {ch['evidence'] or ''}{note}")
+        out += wrap(f"{ch['evidence'] or ''}{note}", f"  {ch['criterion']:26s} {ch['status']:8s} {ch['decided_by']:6s} ")
     return out
 
 

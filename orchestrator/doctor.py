@@ -19,6 +19,7 @@ import click
 from orchestrator import exits
 from orchestrator.errors import OrchestratorError, SettingsError
 from orchestrator.settings import Settings, check_e164, load_env_file
+from orchestrator.textwidth import wrap
 
 
 @dataclass
@@ -191,6 +192,7 @@ def doctor(ctx: click.Context, db: Path | None, as_json: bool) -> None:
     else:
         for f in findings:
             mark = {True: "ok  ", False: "FIX ", None: "-   "}[f.ok]
-            click.echo(f"{mark} {f.check:20s} {f.detail}")
+            for line in wrap(f.detail, f"{mark} {f.check:20s} "):
+                click.echo(line)
     if not ok:
         ctx.exit(exits.OUTCOME)

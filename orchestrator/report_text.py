@@ -9,6 +9,7 @@ Pure string building: never prints, never reads files.
 from __future__ import annotations
 
 from orchestrator.report_model import CallReport, Cell, MetricSummary, Report, RunReport
+from orchestrator.textwidth import wrap
 
 LABELS: dict[str, str] = {
     "model_loads_quickly": "Model loads quickly",
@@ -129,8 +130,9 @@ def render_table(report: Report) -> str:
             out.append("Metrics across calls")
             out += _table(["metric", "n", "p50", "p95", "min", "max"], _summary_rows(run.summaries))
         for c in run.calls:
-            out += ["", f"Call {_call_head(c)}"]
-            out += ["  " + line for line in _verdict_lines(c, False)]
+            out += ["", *wrap(_call_head(c), "Call ", "  ")]
+            for line in _verdict_lines(c, False):
+                out += wrap(line, "  ", "      ")
             out += ["  timeline:"] + ["  " + line for line in _timeline_lines(c)]
     return "\n".join(out) + "\n"
 
