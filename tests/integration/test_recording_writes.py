@@ -8,6 +8,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bridge.recorder import CallRecording, DualWavWriter
@@ -99,3 +100,49 @@ async def test_a_recording_that_cannot_be_created_is_reported_at_open(tmp_path: 
     rec.open(errors.append)
     await until(lambda: errors)
     assert len(errors) == 1 and isinstance(errors[0], OSError)
+
+
+async def test_a_live_sessions_recording_is_written_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.backends.echo import EchoSession
+    from bridge.protocol import Media, MediaStream, Start
+    from bridge.session import MediaSession, SessionConfig
+
+    loop_thread = threading.get_ident()
+    writes: list[tuple[int, int]] = []  # (thread, samples)
+    real_write = DualWavWriter.write
+
+    def watched(self: DualWavWriter, left: Any, right: Any) -> None:
+        writes.append((threading.get_ident(), len(left)))
+        real_write(self, left, right)
+
+    monkeypatch.setattr(DualWavWriter, "write", watched)
+    sid = "MZ" + "3" * 32
+    stream = MediaStream()
+    stream.receive_text(Start(1, sid, "AC" + "0" * 32, "CA" + "0" * 32).serialize())
+    stream.events_received()
+
+    async def send(texts: list[str]) -> None:
+        pass
+
+    path = tmp_path / "rec" / "c.wav"
+    config = SessionConfig(jitter_buffer_s=0.0, recording=path, record_lag_s=0.2)
+    session = MediaSession(call_id="c", stream=stream, backend=EchoSession(0.0), send=send, config=config)
+    session.start()
+    loop = asyncio.get_running_loop()
+    for i in range(75):  # 1.5 s of caller audio at real-time pace: the first block is due after 1.2 s
+        session.on_media(Media(i + 2, sid, "inbound", i + 1, 20 * i, b"\x10" * 160), loop.time())
+        await asyncio.sleep(0.02)
+    await session.finish("test")
+    assert session.failure is None
+    assert len(writes) >= 2 and all(
+        t != loop_thread for t, _ in writes
+    )  # a block during the call, the rest at the end
+    with wave.open(str(path)) as w:
+        frames = w.getnframes()
+        pcm = np.frombuffer(w.readframes(frames), dtype="<i2").reshape(-1, 2)
+    assert frames == sum(n for _, n in writes)
+    assert (pcm[:, 0] != 0).sum() >= 70 * 160 and (
+        pcm[:, 1] != 0
+    ).sum() >= 60 * 160  # both channels hold audio
