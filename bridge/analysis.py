@@ -54,7 +54,14 @@ from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_
 from bridge.meters.vad import Segment, detect_speech, total_speech_s
 
 __all__ = [
-    "Analysis", "MediaEvidence", "Turn", "align_runs", "analyse", "find_turns", "first_audio", "played_track",
+    "Analysis",
+    "MediaEvidence",
+    "Turn",
+    "align_runs",
+    "analyse",
+    "find_turns",
+    "first_audio",
+    "played_track",
     "playout_runs",
 ]
 
@@ -270,7 +277,9 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     played_n = _shift(played, 0, n)
     inbound_local = _shift(inbound, off, n)
 
-    received = _received_mask(len(inbound), arrivals[:, 1], rate) if len(arrivals) else np.ones(len(inbound), bool)
+    received = (
+        _received_mask(len(inbound), arrivals[:, 1], rate) if len(arrivals) else np.ones(len(inbound), bool)
+    )
     # The echo's reference is what the phone is known to have played when: audio sent after the last
     # echoed mark (a call hung up mid-reply) may never have played, and if it did, its run's playout
     # phase was never measured (up to one 20 ms packet off), which would smear the path.
@@ -282,8 +291,12 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     moves = align_runs(sent_pcm, confirmed, inbound_local, received_local, echo, rate)
     if moves is not None:
         confirmed[:, 1] -= moves
-        echo = estimate_echo(_shift(played_track(sent_pcm, confirmed, rate), 0, n), inbound_local, rate,
-                             received=received_local)
+        echo = estimate_echo(
+            _shift(played_track(sent_pcm, confirmed, rate), 0, n),
+            inbound_local,
+            rate,
+            received=received_local,
+        )
         aligned = _sends(ev).copy()
         aligned[:, 1] -= moves
         played_n = _shift(played_track(sent_pcm, aligned, rate), 0, n)
@@ -292,8 +305,10 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     # What we played holds nothing but our own output: its speech is found by the onset convention alone
     # (the same one the first audio uses), so a model turn starts where its speech really starts.
     played_threshold = speech_threshold_dbfs(noise_floor_dbfs(played_n, rate))
-    outbound_segments = [Segment(a / rate, b / rate)
-                         for a, b in speech_segments(played_n, rate, threshold_dbfs=played_threshold)]
+    outbound_segments = [
+        Segment(a / rate, b / rate)
+        for a, b in speech_segments(played_n, rate, threshold_dbfs=played_threshold)
+    ]
     turns = find_turns(inbound_segments, [s.start_s for s in outbound_segments])
 
     m: dict[str, float] = {}

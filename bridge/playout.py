@@ -193,7 +193,9 @@ class PlayoutClock:
             lateness = max(0.0, now - mark.raw_end)
             if mark.run < 0:  # nothing was queued: the echo measures the path alone
                 if self._offsets:
-                    self._offsets[-1] = lateness if not self._measured[-1] else min(self._offsets[-1], lateness)
+                    self._offsets[-1] = (
+                        lateness if not self._measured[-1] else min(self._offsets[-1], lateness)
+                    )
             elif not self._measured[mark.run] or lateness < self._offsets[mark.run]:
                 self._offsets[mark.run] = lateness
                 self._measured[mark.run] = True

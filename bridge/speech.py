@@ -26,13 +26,15 @@ def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def synthesize(text: str, rate: int = 8000, *, voice: str | None = "en-us", words_per_minute: int = 165
-               ) -> npt.NDArray[np.int16]:
+def synthesize(
+    text: str, rate: int = 8000, *, voice: str | None = "en-us", words_per_minute: int = 165
+) -> npt.NDArray[np.int16]:
     """`text` spoken by espeak-ng, mono int16 at `rate` Hz (`voice=None`: espeak-ng's default voice)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise SpeechUnavailable(
-            "espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)")
+            "espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)"
+        )
     args = [exe, *(["-v", voice] if voice else []), "-s", str(words_per_minute), "--stdout", text]
     out = subprocess.run(args, check=True, capture_output=True, timeout=60).stdout
     src_rate, pcm = parse_streamed_wav(out)

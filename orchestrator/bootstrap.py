@@ -50,7 +50,9 @@ class RunningServer:
         await self.runner.cleanup()
 
 
-async def start_server(settings: Settings, *, backend: Any = None, tunnel_health: bool | None = None) -> RunningServer:
+async def start_server(
+    settings: Settings, *, backend: Any = None, tunnel_health: bool | None = None
+) -> RunningServer:
     """Start the app on settings.host:settings.port (0 = any free port) and record `server_listening`."""
     # the server's modules load here, not on import: `orchestrator call` and `hangup` never need them
     from aiohttp import web
@@ -60,7 +62,9 @@ async def start_server(settings: Settings, *, backend: Any = None, tunnel_health
 
     started = time.monotonic()
     app = create_app(settings, backend=backend)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=settings.keepalive_timeout_s)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, keepalive_timeout=settings.keepalive_timeout_s
+    )
     await runner.setup()
     state = app[STATE]
     site = GuardedSite(runner, settings.host, settings.port, state.guard)  # connection slots and timeouts
@@ -68,24 +72,32 @@ async def start_server(settings: Settings, *, backend: Any = None, tunnel_health
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise listen_error(exc, settings.host, settings.port, "the server", "--port / ORCHESTRATOR_PORT") from exc
+        raise listen_error(
+            exc, settings.host, settings.port, "the server", "--port / ORCHESTRATOR_PORT"
+        ) from exc
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else settings.port
     address = f"{settings.host}:{port}"
     if settings.public_url and tunnel_health is None:
         tunnel_health = await probe_health(settings.public_url)
-    state.facts.update({
-        "server_listening": address,
-        "public_url": settings.public_url,
-        "tunnel_health": tunnel_health,
-        "offline": bool(settings.twilio_api_base_url),
-        "backend": state.backend.name,
-        "ready_s": round(time.monotonic() - started, 3),
-    })
+    state.facts.update(
+        {
+            "server_listening": address,
+            "public_url": settings.public_url,
+            "tunnel_health": tunnel_health,
+            "offline": bool(settings.twilio_api_base_url),
+            "backend": state.backend.name,
+            "ready_s": round(time.monotonic() - started, 3),
+        }
+    )
     await state.service.record(source="server", type="listening", payload=dict(state.facts))
-    log.info("listening on http://%s (public URL %s, backend %s)", address, settings.public_url or "not set",
-             state.backend.name)
+    log.info(
+        "listening on http://%s (public URL %s, backend %s)",
+        address,
+        settings.public_url or "not set",
+        state.backend.name,
+    )
     return RunningServer(runner, app, settings.host, port)
 
 
@@ -102,7 +114,6 @@ async def probe_health(public_url: str, timeout_s: float = 3.0) -> bool | None:
         return None
 
 
-
 def server_health(settings: Settings) -> dict[str, Any] | None:
     url = f"http://{settings.host}:{settings.port}/healthz"
     try:
@@ -112,8 +123,18 @@ def server_health(settings: Settings) -> dict[str, Any] | None:
         return None
 
 
-def place(settings: Settings, service: CallService, *, to: str, from_: str | None, run: str | None,
-          say: str | None, timeout_s: int, record: bool, check_server: bool = True) -> dict[str, Any]:
+def place(
+    settings: Settings,
+    service: CallService,
+    *,
+    to: str,
+    from_: str | None,
+    run: str | None,
+    say: str | None,
+    timeout_s: int,
+    record: bool,
+    check_server: bool = True,
+) -> dict[str, Any]:
     """Create the call row, dial, record the outcome. Returns the call row. Raises on refusal.
 
     The running server is asked first: it must be up, not busy, and it knows the public URL it serves
@@ -129,7 +150,8 @@ def place(settings: Settings, service: CallService, *, to: str, from_: str | Non
         if health is None:
             raise SettingsError(
                 f"no server answers at http://{settings.host}:{settings.port}/healthz: start `orchestrator serve` "
-                "first (ORCHESTRATOR_HOST/ORCHESTRATOR_PORT must point at it)")
+                "first (ORCHESTRATOR_HOST/ORCHESTRATOR_PORT must point at it)"
+            )
         if health.get("busy"):
             raise OrchestratorError("the model is busy with another call; try again when it ends")
         backend = health.get("backend", backend)
@@ -138,23 +160,47 @@ def place(settings: Settings, service: CallService, *, to: str, from_: str | Non
     public_url = settings.require_public_url()
     say_text = settings.greeting if say is None else say
     store = service.store
-    call = store.create_call(direction="outbound-api", to_number=to, from_number=from_, run=run, backend=backend,
-                             say_text=say_text or None)
+    call = store.create_call(
+        direction="outbound-api",
+        to_number=to,
+        from_number=from_,
+        run=run,
+        backend=backend,
+        say_text=say_text or None,
+    )
     twiml = stream_twiml(public_url, call_id=call["id"], token=call["token"], say=say_text or None)
     client = make_client(settings)
     try:
-        placed = place_call(client, to=to, from_=from_, twiml=twiml,
-                            status_callback=f"{public_url}/twilio/status?call_id={call['id']}",
-                            timeout_s=timeout_s, record=record)
+        placed = place_call(
+            client,
+            to=to,
+            from_=from_,
+            twiml=twiml,
+            status_callback=f"{public_url}/twilio/status?call_id={call['id']}",
+            timeout_s=timeout_s,
+            record=record,
+        )
     except CarrierError as exc:
         # kept as a failed call with the reason, not deleted: a run's report must show the attempt
         # (call_initiated: fail, and why); no row is made for mistakes caught before dialing
-        service.record(source="rest", type="create_failed", call_id=call["id"],
-                       payload={"code": exc.code, "status": exc.status, "message": str(exc),
-                                "unreachable": exc.unreachable}, detail=str(exc))
+        service.record(
+            source="rest",
+            type="create_failed",
+            call_id=call["id"],
+            payload={
+                "code": exc.code,
+                "status": exc.status,
+                "message": str(exc),
+                "unreachable": exc.unreachable,
+            },
+            detail=str(exc),
+        )
         raise
-    service.record(source="rest", type="queued", call_id=call["id"], call_sid=placed.sid,
-                   payload={"sid": placed.sid, "status": placed.status})
+    service.record(
+        source="rest",
+        type="queued",
+        call_id=call["id"],
+        call_sid=placed.sid,
+        payload={"sid": placed.sid, "status": placed.status},
+    )
     return store.get_call(call["id"])
-
-

@@ -28,13 +28,20 @@ from orchestrator.store import Store, iso, migration_files, utcnow
 from orchestrator.textwidth import wrap
 
 db_option = click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="SQLite database file (default: $ORCHESTRATOR_DB or the user data dir).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-redact_option = click.option("--redact", is_flag=True,
-                             help="Mask phone numbers (last four digits kept) and the caller's name and place, "
-                                  "for output shared beyond this database's owner.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document instead of a table."
+)
+redact_option = click.option(
+    "--redact",
+    is_flag=True,
+    help="Mask phone numbers (last four digits kept) and the caller's name and place, "
+    "for output shared beyond this database's owner.",
+)
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
@@ -69,13 +76,21 @@ class Since(click.ParamType):
                 if at.tzinfo is None:
                     at = at.replace(tzinfo=timezone.utc)
         except (ValueError, OverflowError):
-            self.fail(f"{text!r} is not a time: give an ISO date or time (2026-11-24, 2026-11-24T10:00) "
-                      "or an age (30m, 12h, 7d)", param, ctx)
+            self.fail(
+                f"{text!r} is not a time: give an ISO date or time (2026-11-24, 2026-11-24T10:00) "
+                "or an age (30m, 12h, 7d)",
+                param,
+                ctx,
+            )
         return iso(at)
 
 
-since_option = click.option("--since", type=Since(), help="Only calls created at or after this time: ISO "
-                            "(2026-11-24, 2026-11-24T10:00; UTC unless it says) or an age (30m, 12h, 7d).")
+since_option = click.option(
+    "--since",
+    type=Since(),
+    help="Only calls created at or after this time: ISO "
+    "(2026-11-24, 2026-11-24T10:00; UTC unless it says) or an age (30m, 12h, 7d).",
+)
 
 
 def check_out(out: Path) -> None:
@@ -108,7 +123,9 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(out)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="moshi-call-orchestrator")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -150,7 +167,9 @@ def migrate(db: Path | None, list_only: bool, as_json: bool) -> None:
         return
     if list_only:
         click.echo(f"database: {path}" + ("" if Path(path).exists() else " (does not exist yet)"))
-        click.echo(table([[m["name"], m["applied_at"] or "pending"] for m in status], ["migration", "applied"]))
+        click.echo(
+            table([[m["name"], m["applied_at"] or "pending"] for m in status], ["migration", "applied"])
+        )
     elif applied_now:
         click.echo(f"{path}: applied {len(applied_now)} migration(s): {', '.join(applied_now)}")
     else:
@@ -162,11 +181,20 @@ def migrate(db: Path | None, list_only: bool, as_json: bool) -> None:
 @click.option("--run", help="Only calls of this run label.")
 @click.option("--state", type=click.Choice([s.value for s in CallState]), help="Only calls in this state.")
 @since_option
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many calls.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many calls."
+)
 @json_option
 @redact_option
-def calls(db: Path | None, run: str | None, state: str | None, since: str | None, limit: int, as_json: bool,
-          redact: bool) -> None:
+def calls(
+    db: Path | None,
+    run: str | None,
+    state: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+    redact: bool,
+) -> None:
     """List calls, newest first. The table masks phone numbers; --json holds them in full (for you, the
     owner of this database) unless --redact.
 
@@ -180,20 +208,45 @@ def calls(db: Path | None, run: str | None, state: str | None, since: str | None
         return
     if not rows:
         total = store.count_calls()
-        click.echo(f"no calls match (the database holds {total}; drop --run/--state/--since to see them)" if total
-                   else "no calls yet (place one with `orchestrator call` or run `orchestrator demo`)")
+        click.echo(
+            f"no calls match (the database holds {total}; drop --run/--state/--since to see them)"
+            if total
+            else "no calls yet (place one with `orchestrator call` or run `orchestrator demo`)"
+        )
         return
-    click.echo(table(
-        [[r["id"], r["call_sid"] or "-", r["direction"], mask_number(r["to_number"]), r["state"],
-          r["run"] or "-", r["created_at"], r["end_reason"] or ""] for r in rows],
-        ["id", "call_sid", "direction", "to", "state", "run", "created", "end reason"],
-    ))
+    click.echo(
+        table(
+            [
+                [
+                    r["id"],
+                    r["call_sid"] or "-",
+                    r["direction"],
+                    mask_number(r["to_number"]),
+                    r["state"],
+                    r["run"] or "-",
+                    r["created_at"],
+                    r["end_reason"] or "",
+                ]
+                for r in rows
+            ],
+            ["id", "call_sid", "direction", "to", "state", "run", "created", "end reason"],
+        )
+    )
 
 
 def _call_summary(r: dict[str, Any]) -> dict[str, Any]:
-    return {"id": r["id"], "call_sid": r["call_sid"], "direction": r["direction"], "to": r["to_number"],
-            "from": r["from_number"], "state": r["state"], "run": r.get("run"), "created_at": r["created_at"],
-            "ended_at": r["ended_at"], "end_reason": r["end_reason"]}
+    return {
+        "id": r["id"],
+        "call_sid": r["call_sid"],
+        "direction": r["direction"],
+        "to": r["to_number"],
+        "from": r["from_number"],
+        "state": r["state"],
+        "run": r.get("run"),
+        "created_at": r["created_at"],
+        "ended_at": r["ended_at"],
+        "end_reason": r["end_reason"],
+    }
 
 
 @cli.command(epilog=exits.epilog(unavailable=None))
@@ -264,8 +317,9 @@ def render_call(doc: dict[str, Any]) -> str:
         lines += wrap(text, f"  {fmt_offset(ms):>11}  ", " " * 19)
     units = doc.get("metric_units") or {}
     if doc["metrics"]:
-        lines += ["", "metrics:"] + [f"  {k:28s} {fmt_metric(v, units.get(k))}"
-                                     for k, v in sorted(doc["metrics"].items())]
+        lines += ["", "metrics:"] + [
+            f"  {k:28s} {fmt_metric(v, units.get(k))}" for k, v in sorted(doc["metrics"].items())
+        ]
     if doc["checks"]:
         lines += ["", "checks:", *check_lines(doc["checks"])]
     if doc.get("transcript"):
@@ -277,20 +331,32 @@ def check_lines(checks: list[dict[str, Any]]) -> list[str]:
     out = []
     for ch in checks:
         note = f"  note: {ch['note']}" if ch.get("note") else ""
-        out += wrap(f"{ch['evidence'] or ''}{note}", f"  {ch['criterion']:26s} {ch['status']:8s} {ch['decided_by']:6s} ")
+        out += wrap(
+            f"{ch['evidence'] or ''}{note}",
+            f"  {ch['criterion']:26s} {ch['status']:8s} {ch['decided_by']:6s} ",
+        )
     return out
 
 
 @cli.command(epilog=exits.epilog(unavailable=None))
 @click.argument("call", required=False)
 @click.argument("criterion", required=False, type=click.Choice(CRITERIA), metavar="[CRITERION]")
-@click.argument("verdict", required=False, type=click.Choice(["pass", "fail", "unknown"]), metavar="[VERDICT]")
+@click.argument(
+    "verdict", required=False, type=click.Choice(["pass", "fail", "unknown"]), metavar="[VERDICT]"
+)
 @click.option("--note", help="Why (kept beside the verdict).")
 @click.option("--recompute", is_flag=True, help="Re-evaluate the automatic criteria from stored evidence.")
 @db_option
 @json_option
-def check(call: str | None, criterion: str | None, verdict: str | None, note: str | None, recompute: bool,
-          db: Path | None, as_json: bool) -> None:
+def check(
+    call: str | None,
+    criterion: str | None,
+    verdict: str | None,
+    note: str | None,
+    recompute: bool,
+    db: Path | None,
+    as_json: bool,
+) -> None:
     """List a call's checks, record a manual verdict for one criterion, or re-evaluate automatic ones.
 
     CALL alone lists its checks. With CRITERION and VERDICT (pass, fail or unknown) a manual verdict is
@@ -325,13 +391,23 @@ def check(call: str | None, criterion: str | None, verdict: str | None, note: st
         elif checks:
             click.echo("\n".join([f"{row['id']}:", *check_lines(checks)]))
         else:
-            click.echo(f"{row['id']}: no checks yet (`orchestrator check --recompute {row['id']}` decides them)")
+            click.echo(
+                f"{row['id']}: no checks yet (`orchestrator check --recompute {row['id']}` decides them)"
+            )
         return
     if verdict is None:
         raise click.UsageError(f"give a VERDICT for {criterion}: pass, fail or unknown")
     store.add_check(row["id"], criterion, verdict, note or "", "manual", note)
     if as_json:
-        emit({"call": row["id"], "criterion": criterion, "status": verdict, "decided_by": "manual", "note": note})
+        emit(
+            {
+                "call": row["id"],
+                "criterion": criterion,
+                "status": verdict,
+                "decided_by": "manual",
+                "note": note,
+            }
+        )
     else:
         click.echo(f"{row['id']}: {criterion} = {verdict} (manual)")
 

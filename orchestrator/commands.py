@@ -38,7 +38,7 @@ LAZY_HELP = {
     "demo": "Run whole calls against the built-in carrier emulator and print the report.",
     "emulator": "Run a local Twilio stand-in (REST API, status callbacks, Media Streams) until Ctrl-C.",
     "doctor": "Check settings, thresholds, carrier, database, tunnel, tools and the model cache; say how to fix "
-              "what is wrong.",
+    "what is wrong.",
     "models": "Fetch and inspect the Moshi model files (Hugging Face cache).",
 }
 
@@ -54,14 +54,16 @@ class LazyGroup(click.Group):
             loaded = self.commands.get(name)
             if loaded is not None and loaded.hidden:
                 continue
-            text = (loaded.get_short_help_str(limit) if loaded is not None
-                    else _shortened(LAZY_HELP[name], limit))
+            text = (
+                loaded.get_short_help_str(limit) if loaded is not None else _shortened(LAZY_HELP[name], limit)
+            )
             rows.append((name, text))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
-                                                                                 list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
@@ -72,8 +74,14 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         """click's main, but every failure is one line `error: ...` and an exit code of orchestrator.exits
         (also a usage error, and Ctrl-C: no "Aborted!", no traceback). The same under click's test runner."""
         from orchestrator import exits

@@ -57,8 +57,9 @@ class DemoOptions:
     moshi_paths: dict[str, Path | None] | None = None
 
 
-def choose_backend(requested: str | None, moshi_paths: dict[str, Path | None] | None,
-                   settings: Settings) -> tuple[str, str]:
+def choose_backend(
+    requested: str | None, moshi_paths: dict[str, Path | None] | None, settings: Settings
+) -> tuple[str, str]:
     """(backend, why). moshi when its model is in the local cache, otherwise echo."""
     if requested:
         return requested, "asked for with --backend"
@@ -74,7 +75,10 @@ def choose_backend(requested: str | None, moshi_paths: dict[str, Path | None] | 
         return "moshi", f"model {settings.moshi_hf_repo} found in the local cache"
     if "huggingface_hub" in status.get("missing_packages", ()):
         return "echo", f"the moshi extra is not installed ({status['fix']} adds the Moshi backend)"
-    return "echo", f"no Moshi model in the local cache ({settings.moshi_hf_repo}; `orchestrator models pull` fetches it)"
+    return (
+        "echo",
+        f"no Moshi model in the local cache ({settings.moshi_hf_repo}; `orchestrator models pull` fetches it)",
+    )
 
 
 def caller_script(seconds: float) -> tuple[Any, ...]:
@@ -84,10 +88,12 @@ def caller_script(seconds: float) -> tuple[Any, ...]:
     if not have_espeak:
         raise click.ClickException(
             "espeak-ng is not installed: the emulated caller speaks with it "
-            "(Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)")
+            "(Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)"
+        )
     n = 2 if seconds < 15 else 3
-    return tuple(Turn(text=line, wait_for_answer=True, answer_timeout_s=6.0, pause_s=0.6)
-                 for line in DEMO_LINES[:n])
+    return tuple(
+        Turn(text=line, wait_for_answer=True, answer_timeout_s=6.0, pause_s=0.6) for line in DEMO_LINES[:n]
+    )
 
 
 class Interrupted(Exception):
@@ -137,10 +143,16 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     base = Settings.from_env()
     backend_name, why = choose_backend(opts.backend, opts.moshi_paths, base)
     settings = rig_settings(
-        workdir, db=opts.db or workdir / "demo.db", backend=backend_name, greeting=opts.say or "",
-        max_call_seconds=max(opts.seconds + 30, 60), echo_delay_ms=opts.echo_delay_ms, echo_mode=opts.echo_mode,
+        workdir,
+        db=opts.db or workdir / "demo.db",
+        backend=backend_name,
+        greeting=opts.say or "",
+        max_call_seconds=max(opts.seconds + 30, 60),
+        echo_delay_ms=opts.echo_delay_ms,
+        echo_mode=opts.echo_mode,
         echo_greeting=ECHO_GREETING if opts.echo_mode == "turns" else None,
-        moshi_hf_repo=base.moshi_hf_repo, moshi_quantize=base.moshi_quantize,
+        moshi_hf_repo=base.moshi_hf_repo,
+        moshi_quantize=base.moshi_quantize,
     )
     click.echo(f"backend: {backend_name} ({why})", err=True)
     backend = None
@@ -149,8 +161,11 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
         backend = MoshiBackend(MoshiConfig.from_settings(settings, **opts.moshi_paths))
     faults = Faults(
-        jitter_ms=opts.jitter_ms, loss_rate=opts.loss,
-        echo=EchoSpec(delay_ms=opts.echo_path_ms, loss_db=opts.echo_loss_db) if opts.echo_loss_db is not None else None,
+        jitter_ms=opts.jitter_ms,
+        loss_rate=opts.loss,
+        echo=EchoSpec(delay_ms=opts.echo_path_ms, loss_db=opts.echo_loss_db)
+        if opts.echo_loss_db is not None
+        else None,
         hangup_after_stream_s=opts.seconds,
     )
     far_end = CallOptions(turns=caller_script(opts.seconds), faults=faults, caller_start_s=CALLER_START_S)
@@ -158,17 +173,30 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     with _ctrl_c_sets(stop):
         async with LocalRig(settings, workdir / "ground_truth", backend=backend) as rig:
             rig.emulator.set_defaults(far_end)
-            click.echo(f"server {rig.server.local_url} (public {settings.public_url} via the emulated tunnel), "
-                       f"emulator {rig.settings.twilio_api_base_url}, work dir {workdir}", err=True)
+            click.echo(
+                f"server {rig.server.local_url} (public {settings.public_url} via the emulated tunnel), "
+                f"emulator {rig.settings.twilio_api_base_url}, work dir {workdir}",
+                err=True,
+            )
             try:
                 if stop.is_set():
                     raise Interrupted
-                rows = await _unless_stopped(stop, asyncio.gather(
-                    *[rig.place(to=DEMO_TO, run=opts.run, say=opts.say) for _ in range(opts.calls)]))
-                click.echo(f"placed {len(rows)} call(s): " + ", ".join(f"{r['id']} ({r['call_sid']})" for r in rows),
-                           err=True)
-                truths = await _unless_stopped(stop, asyncio.gather(
-                    *[rig.emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60) for r in rows]))
+                rows = await _unless_stopped(
+                    stop,
+                    asyncio.gather(
+                        *[rig.place(to=DEMO_TO, run=opts.run, say=opts.say) for _ in range(opts.calls)]
+                    ),
+                )
+                click.echo(
+                    f"placed {len(rows)} call(s): " + ", ".join(f"{r['id']} ({r['call_sid']})" for r in rows),
+                    err=True,
+                )
+                truths = await _unless_stopped(
+                    stop,
+                    asyncio.gather(
+                        *[rig.emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60) for r in rows]
+                    ),
+                )
                 docs = [await _unless_stopped(stop, rig.settled(r["id"])) for r in rows]
             except Interrupted:
                 click.echo("interrupted: hanging up and stopping the server and emulator", err=True)
@@ -177,8 +205,14 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
                 interrupted = False
     if interrupted:
         raise KeyboardInterrupt
-    return {"report": build_report(docs, opts.run), "docs": docs, "truths": truths, "workdir": str(workdir),
-            "backend": backend_name, "why": why}
+    return {
+        "report": build_report(docs, opts.run),
+        "docs": docs,
+        "truths": truths,
+        "workdir": str(workdir),
+        "backend": backend_name,
+        "why": why,
+    }
 
 
 def true_latencies(stream: dict[str, Any]) -> list[float]:
@@ -199,75 +233,174 @@ def truth_lines(docs: list[dict[str, Any]], truths: list[Any]) -> list[str]:
         stream = (truth.stream or {}) if truth else {}
         first = stream.get("first_heard_speech_onset") or {}
         lost = stream.get("frames_lost")
-        lines.append(f"  {doc['call']['id']}: state {doc['call']['state']} (carrier: {getattr(truth, 'status', '?')})")
+        lines.append(
+            f"  {doc['call']['id']}: state {doc['call']['state']} (carrier: {getattr(truth, 'status', '?')})"
+        )
         if first.get("onset_ms") is not None and m.get("first_audio_heard_ms") is not None:
             # the metric counts from our receipt of `start`, the truth from the phone's: put both on the
             # phone's clock with the server's own inbound clock offset (the start's transit)
             transit = -(m.get("inbound_media_offset_ms") or 0.0)
-            lines.append(f"    first audio heard (from the phone's stream start): truth {first['onset_ms']:.0f} ms, "
-                         f"measured {m['first_audio_heard_ms'] + transit:.0f} ms "
-                         f"({m['first_audio_heard_ms']:.0f} ms after the server received start, "
-                         f"which came {transit:.0f} ms after the phone's)")
+            lines.append(
+                f"    first audio heard (from the phone's stream start): truth {first['onset_ms']:.0f} ms, "
+                f"measured {m['first_audio_heard_ms'] + transit:.0f} ms "
+                f"({m['first_audio_heard_ms']:.0f} ms after the server received start, "
+                f"which came {transit:.0f} ms after the phone's)"
+            )
         latencies = true_latencies(stream)
         measured = [t[2] for t in (doc.get("analysis") or {}).get("turns", [])]
         if latencies or measured:
-            lines.append("    response latency per turn: truth " + ", ".join(f"{x:.0f}" for x in latencies)
-                         + " ms; measured " + ", ".join(f"{x:.0f}" for x in measured) + " ms")
+            lines.append(
+                "    response latency per turn: truth "
+                + ", ".join(f"{x:.0f}" for x in latencies)
+                + " ms; measured "
+                + ", ".join(f"{x:.0f}" for x in measured)
+                + " ms"
+            )
         if lost is not None:
             lines.append(f"    lost frames: truth {len(lost)}, measured {m.get('lost_frames', 0):.0f}")
         echo = stream.get("echo")  # from the emulator's own signals: first arrival, loss over what was played
         if echo:
             loss = echo.get("loss_db")
-            lines.append(f"    echo: truth {echo['direct_delay_ms']:.1f} ms / "
-                         f"{'-' if loss is None else f'{loss:.1f}'} dB, measured "
-                         f"{'flagged' if m.get('echo_detected') else 'not flagged'} "
-                         f"{m.get('echo_delay_ms', float('nan')):.0f} ms / {m.get('echo_return_loss_db', float('nan')):.1f} dB")
+            lines.append(
+                f"    echo: truth {echo['direct_delay_ms']:.1f} ms / "
+                f"{'-' if loss is None else f'{loss:.1f}'} dB, measured "
+                f"{'flagged' if m.get('echo_detected') else 'not flagged'} "
+                f"{m.get('echo_delay_ms', float('nan')):.0f} ms / {m.get('echo_return_loss_db', float('nan')):.1f} dB"
+            )
     return lines
 
 
-DEMO_EXITS = exits.epilog(outcome="the calls ran but a criterion FAILed (unknown ones do not count): the "
-                          "report says which", unavailable="a local port could not be opened")
+DEMO_EXITS = exits.epilog(
+    outcome="the calls ran but a criterion FAILed (unknown ones do not count): the report says which",
+    unavailable="a local port could not be opened",
+)
 NOT_NEGATIVE = click.FloatRange(min=0)
 
 
 @click.command(epilog=DEMO_EXITS)
-@click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True,
-              help="How long the caller stays on the line (at least 1).")
-@click.option("--calls", "n_calls", type=click.IntRange(1, 32), default=1, show_default=True,
-              help="Concurrent calls to place (1-32).")
-@click.option("--backend", type=click.Choice(["echo", "playback", "moshi"]), default=None,
-              help="Speech backend (default: moshi when its model is cached, else echo).")
-@click.option("--echo-mode", type=click.Choice(["turns", "delay"]), default="turns", show_default=True,
-              help="echo backend: 'turns' greets, then repeats each line when the caller pauses; "
-              "'delay' returns everything --echo-delay-ms later.")
-@click.option("--echo-delay-ms", type=NOT_NEGATIVE, default=400.0, show_default=True,
-              help="echo backend, delay mode: the delay.")
-@click.option("--echo-loss-db", type=NOT_NEGATIVE, default=None,
-              help="Inject an acoustic echo at the phone with this loss (dB); off by default.")
-@click.option("--echo-path-ms", type=NOT_NEGATIVE, default=120.0, show_default=True,
-              help="Delay of the injected acoustic echo.")
-@click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Fraction of caller frames lost (0 to just under 1).")
-@click.option("--jitter-ms", type=NOT_NEGATIVE, default=0.0, show_default=True,
-              help="Random network jitter on caller frames.")
-@click.option("--say", default="Connecting you to Moshi.", show_default=True, help="Greeting before the stream.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1),
+    default=20.0,
+    show_default=True,
+    help="How long the caller stays on the line (at least 1).",
+)
+@click.option(
+    "--calls",
+    "n_calls",
+    type=click.IntRange(1, 32),
+    default=1,
+    show_default=True,
+    help="Concurrent calls to place (1-32).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["echo", "playback", "moshi"]),
+    default=None,
+    help="Speech backend (default: moshi when its model is cached, else echo).",
+)
+@click.option(
+    "--echo-mode",
+    type=click.Choice(["turns", "delay"]),
+    default="turns",
+    show_default=True,
+    help="echo backend: 'turns' greets, then repeats each line when the caller pauses; "
+    "'delay' returns everything --echo-delay-ms later.",
+)
+@click.option(
+    "--echo-delay-ms",
+    type=NOT_NEGATIVE,
+    default=400.0,
+    show_default=True,
+    help="echo backend, delay mode: the delay.",
+)
+@click.option(
+    "--echo-loss-db",
+    type=NOT_NEGATIVE,
+    default=None,
+    help="Inject an acoustic echo at the phone with this loss (dB); off by default.",
+)
+@click.option(
+    "--echo-path-ms",
+    type=NOT_NEGATIVE,
+    default=120.0,
+    show_default=True,
+    help="Delay of the injected acoustic echo.",
+)
+@click.option(
+    "--loss",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Fraction of caller frames lost (0 to just under 1).",
+)
+@click.option(
+    "--jitter-ms",
+    type=NOT_NEGATIVE,
+    default=0.0,
+    show_default=True,
+    help="Random network jitter on caller frames.",
+)
+@click.option(
+    "--say", default="Connecting you to Moshi.", show_default=True, help="Greeting before the stream."
+)
 @click.option("--run", "run_label", default="demo", show_default=True, help="Run label of the calls.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Keep the calls in this database (default: a temp dir).")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "html"]), default="table",
-              show_default=True, help="Report format.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the report here (its folder must exist).")
-@click.option("--moshi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Moshi LM weights.")
-@click.option("--mimi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Mimi codec weights.")
-@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None, help="Text tokenizer.")
-@click.option("--lm-config", type=click.Path(exists=True, path_type=Path), default=None, help="LM config.json.")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the calls in this database (default: a temp dir).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "md", "json", "html"]),
+    default="table",
+    show_default=True,
+    help="Report format.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report here (its folder must exist).",
+)
+@click.option(
+    "--moshi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Moshi LM weights."
+)
+@click.option(
+    "--mimi-weight", type=click.Path(exists=True, path_type=Path), default=None, help="Mimi codec weights."
+)
+@click.option(
+    "--tokenizer", type=click.Path(exists=True, path_type=Path), default=None, help="Text tokenizer."
+)
+@click.option(
+    "--lm-config", type=click.Path(exists=True, path_type=Path), default=None, help="LM config.json."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (the report in machine form).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the server's and emulator's logs.")
-def demo(seconds: float, n_calls: int, backend: str | None, echo_mode: str, echo_delay_ms: float, echo_loss_db: float | None,
-         echo_path_ms: float, loss: float, jitter_ms: float, say: str, run_label: str, db: Path | None, fmt: str,
-         out: Path | None, moshi_weight: Path | None, mimi_weight: Path | None, tokenizer: Path | None,
-         lm_config: Path | None, as_json: bool, verbose: bool) -> None:
+def demo(
+    seconds: float,
+    n_calls: int,
+    backend: str | None,
+    echo_mode: str,
+    echo_delay_ms: float,
+    echo_loss_db: float | None,
+    echo_path_ms: float,
+    loss: float,
+    jitter_ms: float,
+    say: str,
+    run_label: str,
+    db: Path | None,
+    fmt: str,
+    out: Path | None,
+    moshi_weight: Path | None,
+    mimi_weight: Path | None,
+    tokenizer: Path | None,
+    lm_config: Path | None,
+    as_json: bool,
+    verbose: bool,
+) -> None:
     """Run whole calls against the built-in carrier emulator and print the report.
 
     Everything runs locally: the server, a Twilio stand-in that rings, answers, speaks and listens,
@@ -275,8 +408,10 @@ def demo(seconds: float, n_calls: int, backend: str | None, echo_mode: str, echo
 
     Example: orchestrator demo --seconds 20 --echo-loss-db 15 --loss 0.02
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from orchestrator.cli import check_out, write_out
 
     if out is not None:
@@ -286,11 +421,27 @@ def demo(seconds: float, n_calls: int, backend: str | None, echo_mode: str, echo
 
         Store(db).close()  # another application's file, or a newer schema: refused before anything starts
     caller_script(seconds)  # espeak-ng missing: said before anything starts
-    paths = {"moshi_weight": moshi_weight, "mimi_weight": mimi_weight, "tokenizer": tokenizer,
-             "lm_config": lm_config}
-    opts = DemoOptions(seconds=seconds, calls=n_calls, backend=backend, echo_delay_ms=echo_delay_ms, echo_mode=echo_mode,
-                       echo_loss_db=echo_loss_db, echo_path_ms=echo_path_ms, loss=loss, jitter_ms=jitter_ms,
-                       say=say, run=run_label, db=db, moshi_paths=paths if any(paths.values()) else None)
+    paths = {
+        "moshi_weight": moshi_weight,
+        "mimi_weight": mimi_weight,
+        "tokenizer": tokenizer,
+        "lm_config": lm_config,
+    }
+    opts = DemoOptions(
+        seconds=seconds,
+        calls=n_calls,
+        backend=backend,
+        echo_delay_ms=echo_delay_ms,
+        echo_mode=echo_mode,
+        echo_loss_db=echo_loss_db,
+        echo_path_ms=echo_path_ms,
+        loss=loss,
+        jitter_ms=jitter_ms,
+        say=say,
+        run=run_label,
+        db=db,
+        moshi_paths=paths if any(paths.values()) else None,
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = asyncio.run(run_demo(opts))
     from orchestrator.report import render
@@ -316,5 +467,10 @@ def demo(seconds: float, n_calls: int, backend: str | None, echo_mode: str, echo
 def failed_criteria(report: Any) -> list[tuple[str, str]]:
     """(call id, criterion) of every FAIL cell in the report: the demo then exits 1. Unknown is not a
     failure (the echo backend has no model to load)."""
-    return [(c.id, cell.criterion) for run in report.runs for c in run.calls for cell in c.cells
-            if cell.status == "fail"]
+    return [
+        (c.id, cell.criterion)
+        for run in report.runs
+        for c in run.calls
+        for cell in c.cells
+        if cell.status == "fail"
+    ]

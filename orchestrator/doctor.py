@@ -62,7 +62,9 @@ def threshold_findings(environ: Mapping[str, str]) -> list[Finding]:
             found.append(Finding(f"threshold {key}", False, str(exc)))
     if not found:
         n = sum(1 for k in environ if k.startswith("CHECK_"))
-        found.append(Finding("thresholds", True, f"{n} CHECK_* setting(s) valid" if n else "defaults (no CHECK_*)"))
+        found.append(
+            Finding("thresholds", True, f"{n} CHECK_* setting(s) valid" if n else "defaults (no CHECK_*)")
+        )
     return found
 
 
@@ -80,13 +82,20 @@ def carrier_finding(settings: Settings, timeout_s: float = 3.0) -> Finding:
             return Finding("carrier", True, f"{name} answered and accepted the credentials")
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            return Finding("carrier", False, f"{name} refused the credentials (HTTP {exc.code}): check "
-                                             "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+            return Finding(
+                "carrier",
+                False,
+                f"{name} refused the credentials (HTTP {exc.code}): check "
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
+            )
         return Finding("carrier", True, f"{name} answered (HTTP {exc.code})")
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        hint = ("start `orchestrator emulator` there or fix TWILIO_API_BASE_URL" if settings.twilio_api_base_url
-                else "check the network connection")
+        hint = (
+            "start `orchestrator emulator` there or fix TWILIO_API_BASE_URL"
+            if settings.twilio_api_base_url
+            else "check the network connection"
+        )
         return Finding("carrier", False, f"{name} did not answer ({reason}): {hint}")
 
 
@@ -112,8 +121,14 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     if settings.public_url:
         attempt("public url", settings.require_public_url)
     else:
-        out.append(Finding("public url", False, "PUBLIC_URL is not set: Twilio must reach this server through a "
-                           f"tunnel; set PUBLIC_URL to the tunnel's https URL {tunnel_advice()}"))
+        out.append(
+            Finding(
+                "public url",
+                False,
+                "PUBLIC_URL is not set: Twilio must reach this server through a "
+                f"tunnel; set PUBLIC_URL to the tunnel's https URL {tunnel_advice()}",
+            )
+        )
     out.append(carrier_finding(settings))
     if environ is not None:
         out += threshold_findings(environ)
@@ -126,22 +141,37 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         store = Store(settings.db, migrate=False, create=False)
         pending = [m["name"] for m in store.migration_status() if not m["applied_at"]]
         store.close()
-        return f"{settings.db}" + (f" (pending migrations: {', '.join(pending)}; run `orchestrator migrate`)"
-                                    if pending else " (schema up to date)")
+        return f"{settings.db}" + (
+            f" (pending migrations: {', '.join(pending)}; run `orchestrator migrate`)"
+            if pending
+            else " (schema up to date)"
+        )
 
     attempt("database", database)
     if settings.public_url:
         from orchestrator.bootstrap import probe_health
 
         healthy = asyncio.run(probe_health(settings.public_url))
-        out.append(Finding("tunnel", healthy,
-                           f"{settings.public_url}/healthz answered" if healthy else
-                           f"{settings.public_url}/healthz did not answer: is `orchestrator serve` running and the "
-                           "tunnel up?"))
-    out.append(Finding("espeak-ng", shutil.which("espeak-ng") is not None,
-                       "found" if shutil.which("espeak-ng") else
-                       "not found: the emulator's spoken caller needs it (apt-get install espeak-ng / brew install "
-                       "espeak-ng)"))
+        out.append(
+            Finding(
+                "tunnel",
+                healthy,
+                f"{settings.public_url}/healthz answered"
+                if healthy
+                else f"{settings.public_url}/healthz did not answer: is `orchestrator serve` running and the "
+                "tunnel up?",
+            )
+        )
+    out.append(
+        Finding(
+            "espeak-ng",
+            shutil.which("espeak-ng") is not None,
+            "found"
+            if shutil.which("espeak-ng")
+            else "not found: the emulator's spoken caller needs it (apt-get install espeak-ng / brew install "
+            "espeak-ng)",
+        )
+    )
     out.append(model_finding(settings))
     out.append(file_limit_finding(settings))
     return out
@@ -153,11 +183,15 @@ def file_limit_finding(settings: Settings, minimum: int = 256) -> Finding:
 
     soft, hard = file_limit()
     cap = connection_cap(settings.max_connections, soft)
-    detail = (f"soft {soft}, hard {hard}: up to {cap} connections held "
-              f"(MAX_CONNECTIONS {settings.max_connections or 'from the limit'}), {soft - cap} descriptors kept for "
-              "the database, recordings, backends and new callers")
+    detail = (
+        f"soft {soft}, hard {hard}: up to {cap} connections held "
+        f"(MAX_CONNECTIONS {settings.max_connections or 'from the limit'}), {soft - cap} descriptors kept for "
+        "the database, recordings, backends and new callers"
+    )
     if soft < minimum:
-        return Finding("open files", False, detail + f"; raise it (ulimit -n {max(4096, minimum)}) before serving")
+        return Finding(
+            "open files", False, detail + f"; raise it (ulimit -n {max(4096, minimum)}) before serving"
+        )
     return Finding("open files", True, detail)
 
 
@@ -173,7 +207,9 @@ def model_finding(settings: Settings) -> Finding:
 
 
 @click.command(epilog=exits.epilog(outcome="something needs fixing (the FIX lines say what)"))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 def doctor(ctx: click.Context, db: Path | None, as_json: bool) -> None:
@@ -187,8 +223,12 @@ def doctor(ctx: click.Context, db: Path | None, as_json: bool) -> None:
     findings = bad + run_checks(settings, os.environ)
     ok = all(f.ok is not False for f in findings)
     if as_json:
-        click.echo(json.dumps({"findings": [asdict(f) for f in findings], "settings": settings.redacted(),
-                               "ok": ok}, indent=2))
+        click.echo(
+            json.dumps(
+                {"findings": [asdict(f) for f in findings], "settings": settings.redacted(), "ok": ok},
+                indent=2,
+            )
+        )
     else:
         for f in findings:
             mark = {True: "ok  ", False: "FIX ", None: "-   "}[f.ok]

@@ -53,8 +53,9 @@ class Unavailable(OrchestratorError):
 
 
 class CarrierError(Unavailable):
-    def __init__(self, message: str, code: int | None = None, status: int | None = None, *,
-                 unreachable: bool = False) -> None:
+    def __init__(
+        self, message: str, code: int | None = None, status: int | None = None, *, unreachable: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status

@@ -31,13 +31,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNITS = {
-    "model_load_s": "s", "stream_connect_ms": "ms", "first_audio_ms": "ms", "first_audio_heard_ms": "ms",
-    "response_latency_ms_p50": "ms", "response_latency_ms_max": "ms", "turns": "count", "echo_detected": "bool",
-    "echo_delay_ms": "ms", "echo_return_loss_db": "dB", "step_ms_p50": "ms", "step_ms_p95": "ms",
-    "step_ms_p99": "ms", "late_frames": "count", "inbound_gap_ms_total": "ms", "inbound_jitter_ms": "ms",
-    "outbound_underruns": "count", "inbound_rms_dbfs": "dBFS", "outbound_rms_dbfs": "dBFS",
-    "inbound_clip_ratio": "ratio", "outbound_clip_ratio": "ratio", "inbound_silence_ratio": "ratio",
-    "outbound_silence_ratio": "ratio", "call_duration_s": "s",
+    "model_load_s": "s",
+    "stream_connect_ms": "ms",
+    "first_audio_ms": "ms",
+    "first_audio_heard_ms": "ms",
+    "response_latency_ms_p50": "ms",
+    "response_latency_ms_max": "ms",
+    "turns": "count",
+    "echo_detected": "bool",
+    "echo_delay_ms": "ms",
+    "echo_return_loss_db": "dB",
+    "step_ms_p50": "ms",
+    "step_ms_p95": "ms",
+    "step_ms_p99": "ms",
+    "late_frames": "count",
+    "inbound_gap_ms_total": "ms",
+    "inbound_jitter_ms": "ms",
+    "outbound_underruns": "count",
+    "inbound_rms_dbfs": "dBFS",
+    "outbound_rms_dbfs": "dBFS",
+    "inbound_clip_ratio": "ratio",
+    "outbound_clip_ratio": "ratio",
+    "inbound_silence_ratio": "ratio",
+    "outbound_silence_ratio": "ratio",
+    "call_duration_s": "s",
 }
 
 
@@ -48,8 +65,9 @@ def call_level_metrics(doc: dict[str, Any]) -> dict[str, float]:
     for t in doc["transitions"]:
         if t["to"] in ("in-progress", "streaming") and answered_at is None:
             answered_at = parse_iso(t["at"])
-    start = next((e for e in doc["events"] if e["source"] == "media" and e["type"] == "start" and e["accepted"]),
-                 None)
+    start = next(
+        (e for e in doc["events"] if e["source"] == "media" and e["type"] == "start" and e["accepted"]), None
+    )
     if answered_at is not None and start is not None:
         out["stream_connect_ms"] = max(0.0, (parse_iso(start["at"]) - answered_at).total_seconds() * 1000)
     ended = doc["call"].get("ended_at")
@@ -109,9 +127,16 @@ def analysis_summary(result: Any, evidence: Any) -> dict[str, Any]:
     return {
         "inbound_segments": [[round(s.start_s, 3), round(s.end_s, 3)] for s in result.inbound_segments],
         "outbound_segments": [[round(s.start_s, 3), round(s.end_s, 3)] for s in result.outbound_segments],
-        "turns": [[round(t.caller_end_s, 3), round(t.model_onset_s, 3), round(t.latency_ms, 1)] for t in result.turns],
-        "echo": {"detected": bool(echo.detected), "delay_ms": echo.delay_ms, "erl_db": echo.erl_db,
-                 "peak": echo.peak},
+        "turns": [
+            [round(t.caller_end_s, 3), round(t.model_onset_s, 3), round(t.latency_ms, 1)]
+            for t in result.turns
+        ],
+        "echo": {
+            "detected": bool(echo.detected),
+            "delay_ms": echo.delay_ms,
+            "erl_db": echo.erl_db,
+            "peak": echo.peak,
+        },
         "levels": {
             "inbound": _levels_track(evidence.inbound_pcm, offset),
             "outbound": _levels_track(played_track(evidence.sent_pcm, evidence.sends), 0.0),
@@ -164,8 +189,12 @@ class AnalysisPool:
         if self._pool is None:
             # the worker dies with the server even on kill -9 (see orchestrator.children), and runs at
             # lower priority: live calls first, analysis is never in a hurry
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=child_init, initargs=(os.getpid(), 10))
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=child_init,
+                initargs=(os.getpid(), 10),
+            )
         return self._pool
 
     def shutdown(self) -> None:
@@ -174,8 +203,9 @@ class AnalysisPool:
             self._pool = None
 
 
-async def finalize_media(state: AppState, call_id: str, session: MediaSession,
-                         transcript: list[tuple[float, str]]) -> None:
+async def finalize_media(
+    state: AppState, call_id: str, session: MediaSession, transcript: list[tuple[float, str]]
+) -> None:
     evidence = session.evidence()
     metrics, summary = await state.analysis.run(evidence)
     prom = state.prom
@@ -187,9 +217,14 @@ async def finalize_media(state: AppState, call_id: str, session: MediaSession,
         prom.step_ms.observe(step)
 
     def save(service: CallService) -> None:
-        service.save_media_results(call_id, metrics=metrics, units=UNITS, summary=summary, transcript=transcript)
+        service.save_media_results(
+            call_id, metrics=metrics, units=UNITS, summary=summary, transcript=transcript
+        )
         evaluate_call(service, call_id)
 
     await state.service.run(save, background=True)
-    log.info("call %s: media analysed (%s)", call_id,
-             ", ".join(f"{k}={v:.0f}" for k, v in metrics.items() if k in ("first_audio_heard_ms", "turns")))
+    log.info(
+        "call %s: media analysed (%s)",
+        call_id,
+        ", ".join(f"{k}={v:.0f}" for k, v in metrics.items() if k in ("first_audio_heard_ms", "turns")),
+    )

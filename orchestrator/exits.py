@@ -61,22 +61,31 @@ def translate(exc: BaseException) -> UserError | None:
 def listen_error(exc: OSError, host: str, port: int, what: str, port_option: str = "--port") -> Unavailable:
     """Binding `host:port` failed: say why in words and what to change."""
     if isinstance(exc, socket.gaierror):
-        return Unavailable(f"cannot start {what}: host {host!r} does not resolve; use an address of this machine "
-                           "(127.0.0.1, 0.0.0.0) or a name that resolves to one")
+        return Unavailable(
+            f"cannot start {what}: host {host!r} does not resolve; use an address of this machine "
+            "(127.0.0.1, 0.0.0.0) or a name that resolves to one"
+        )
     if exc.errno == errno.EADDRINUSE:
-        return Unavailable(f"cannot start {what}: port {port} on {host} is already in use (another server?); "
-                           f"stop it or choose another {port_option} (0 = any free port)")
+        return Unavailable(
+            f"cannot start {what}: port {port} on {host} is already in use (another server?); "
+            f"stop it or choose another {port_option} (0 = any free port)"
+        )
     if exc.errno == errno.EADDRNOTAVAIL:
-        return Unavailable(f"cannot start {what}: {host} is not an address of this machine; use 127.0.0.1, "
-                           "0.0.0.0 or one of its own addresses")
+        return Unavailable(
+            f"cannot start {what}: {host} is not an address of this machine; use 127.0.0.1, "
+            "0.0.0.0 or one of its own addresses"
+        )
     if exc.errno == errno.EACCES:
-        return Unavailable(f"cannot start {what}: not allowed to listen on port {port} (ports below 1024 need "
-                           f"privileges); choose another {port_option}")
+        return Unavailable(
+            f"cannot start {what}: not allowed to listen on port {port} (ports below 1024 need "
+            f"privileges); choose another {port_option}"
+        )
     return Unavailable(f"cannot start {what} on {host}:{port}: {exc.strerror or exc}")
 
 
-def epilog(outcome: str | None = None,
-           unavailable: str | None = "the carrier, a port or the network did not answer") -> str:
+def epilog(
+    outcome: str | None = None, unavailable: str | None = "the carrier, a port or the network did not answer"
+) -> str:
     """The 'Exit codes' paragraph of a command's --help; `outcome` says what exit 1 means there."""
     lines = ["Exit codes: 0 done"]
     if outcome:
@@ -86,5 +95,3 @@ def epilog(outcome: str | None = None,
         lines.append(f"  3 nothing done: {unavailable}")
     lines.append("  130 interrupted")
     return "\b\n" + "\n".join(lines)
-
-

@@ -233,16 +233,18 @@ OTHER_EVENTS: Final = {
 }
 
 #: Facts recorded on a call that are not lifecycle events: stored as they are, never judged here.
-NOTES: Final = frozenset({
-    ("rest", "hangup"),  # we asked the carrier to end it; its callback will say when it did
-    ("voice", "incoming"),  # the voice webhook created the (ringing) inbound call
-    ("reconcile", "unsettled"),  # the carrier could not say how the call is (why in the payload)
-    ("local", "refused_busy"),  # the model was busy: the caller heard a spoken busy
-    ("local", "backend_ended"),  # the speech backend could not go on (budget, dead worker)
-    ("local", "media_error"),  # the media session failed on our side
-    ("media", "long_gap"),  # inbound audio paused longer than the gap the bridge pads
-    ("media", "protocol_error"),  # the stream broke the protocol; it is then ended (ws_closed)
-})
+NOTES: Final = frozenset(
+    {
+        ("rest", "hangup"),  # we asked the carrier to end it; its callback will say when it did
+        ("voice", "incoming"),  # the voice webhook created the (ringing) inbound call
+        ("reconcile", "unsettled"),  # the carrier could not say how the call is (why in the payload)
+        ("local", "refused_busy"),  # the model was busy: the caller heard a spoken busy
+        ("local", "backend_ended"),  # the speech backend could not go on (budget, dead worker)
+        ("local", "media_error"),  # the media session failed on our side
+        ("media", "long_gap"),  # inbound audio paused longer than the gap the bridge pads
+        ("media", "protocol_error"),  # the stream broke the protocol; it is then ended (ws_closed)
+    }
+)
 
 
 class Note:

@@ -28,25 +28,31 @@ def mermaid() -> str:
     for state, row in LIFECYCLE.items():
         stays = [e.value for e, rule in row.items() if isinstance(rule, Noted)]
         if stays:
-            lines += [f"    note right of {_id(state)}", f"        stays on {', '.join(stays)}", "    end note"]
+            lines += [
+                f"    note right of {_id(state)}",
+                f"        stays on {', '.join(stays)}",
+                "    end note",
+            ]
     lines += [f"    {_id(s)} --> [*]" for s in CallState if s.terminal]
     return "\n".join(lines)
 
 
 def page() -> str:
-    return "\n".join([
-        "# Call lifecycle",
-        "",
-        "Generated from `orchestrator.lifecycle.LIFECYCLE` by `python -m orchestrator.lifecycle_diagram`;",
-        "do not edit by hand. Every pair not drawn is recorded and not accepted: late (`stale: ... after ...`),",
-        "impossible from there (`stale: ... cannot follow ...`) or after the end (`terminal: ...`). The call",
-        "only moves forward: a stopped stream is noted in the timeline and the call stays `streaming`.",
-        "",
-        "```mermaid",
-        mermaid(),
-        "```",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Call lifecycle",
+            "",
+            "Generated from `orchestrator.lifecycle.LIFECYCLE` by `python -m orchestrator.lifecycle_diagram`;",
+            "do not edit by hand. Every pair not drawn is recorded and not accepted: late (`stale: ... after ...`),",
+            "impossible from there (`stale: ... cannot follow ...`) or after the end (`terminal: ...`). The call",
+            "only moves forward: a stopped stream is noted in the timeline and the call stays `streaming`.",
+            "",
+            "```mermaid",
+            mermaid(),
+            "```",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,9 @@ def _missing_packages() -> list[str]:
 def _needs_hub() -> None:
     """`models` reads and fills the Hugging Face cache: without the moshi extra there is no hub client."""
     if importlib.util.find_spec("huggingface_hub") is None:
-        raise exits.UserError(f"`orchestrator models` needs the moshi extra (huggingface_hub is not "
-                              f"installed): {EXTRA_FIX}")
+        raise exits.UserError(
+            f"`orchestrator models` needs the moshi extra (huggingface_hub is not installed): {EXTRA_FIX}"
+        )
 
 
 def _config(settings: Any | None, **overrides: Any) -> MoshiConfig:
@@ -174,19 +175,29 @@ def _fetch_error(repo: str, err: Exception) -> exits.UserError:
 
     # most of these are OSErrors too (through requests): the specific ones first
     if isinstance(err, GatedRepoError):
-        return exits.UserError(f"could not fetch {repo}: the repo is gated; accept its terms on huggingface.co "
-                               "and log in (`hf auth login`)", exits.UNAVAILABLE)
+        return exits.UserError(
+            f"could not fetch {repo}: the repo is gated; accept its terms on huggingface.co "
+            "and log in (`hf auth login`)",
+            exits.UNAVAILABLE,
+        )
     if isinstance(err, RepositoryNotFoundError):
-        return exits.UserError(f"could not fetch {repo}: no such repo on the Hub (or it is private); check --repo "
-                               "/ MOSHI_HF_REPO, e.g. kyutai/moshiko-mlx-q4")
+        return exits.UserError(
+            f"could not fetch {repo}: no such repo on the Hub (or it is private); check --repo "
+            "/ MOSHI_HF_REPO, e.g. kyutai/moshiko-mlx-q4"
+        )
     if isinstance(err, LocalEntryNotFoundError | requests.ConnectionError | requests.Timeout):
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        why = ("HF_HUB_OFFLINE is set: unset it to download" if offline
-               else "the Hugging Face Hub did not answer: check the network (or HF_ENDPOINT)")
+        why = (
+            "HF_HUB_OFFLINE is set: unset it to download"
+            if offline
+            else "the Hugging Face Hub did not answer: check the network (or HF_ENDPOINT)"
+        )
         return exits.UserError(f"could not fetch {repo}: {why}", exits.UNAVAILABLE)
     if isinstance(err, EntryNotFoundError):
-        return exits.UserError(f"could not fetch {repo}: a file is missing from the repo ({err.__class__.__name__}); "
-                               "is it a Moshi MLX repo? check --repo and --quantize")
+        return exits.UserError(
+            f"could not fetch {repo}: a file is missing from the repo ({err.__class__.__name__}); "
+            "is it a Moshi MLX repo? check --repo and --quantize"
+        )
     if isinstance(err, PermissionError):
         return exits.UserError(f"could not fetch {repo}: cannot write the cache ({err}); pass --cache-dir")
     first = (str(err).splitlines() or [""])[0][:200]
@@ -223,14 +234,20 @@ quantize_option = click.option(
     default=None,
     help="Weights to use: 4-bit, 8-bit or none (bf16). Default: $MOSHI_QUANTIZE, else 4.",
 )
+
+
 def _repo(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and not REPO_ID.fullmatch(value):
-        raise click.BadParameter(f"{value!r} is not a Hugging Face repo id: OWNER/NAME, e.g. kyutai/moshiko-mlx-q4")
+        raise click.BadParameter(
+            f"{value!r} is not a Hugging Face repo id: OWNER/NAME, e.g. kyutai/moshiko-mlx-q4"
+        )
     return value
 
 
 repo_option = click.option(
-    "--repo", default=None, callback=_repo,
+    "--repo",
+    default=None,
+    callback=_repo,
     help="Hugging Face repo, OWNER/NAME (default: $MOSHI_HF_REPO, else kyutai/moshiko-mlx-q4).",
 )
 cache_option = click.option(

@@ -64,12 +64,23 @@ class Step:
 
 
 def carrier_payload(c: CarrierCall) -> dict[str, Any]:
-    return {"carrier_status": c.status, "start_time": iso(c.start_time) if c.start_time else None,
-            "end_time": iso(c.end_time) if c.end_time else None, "duration_s": c.duration_s}
+    return {
+        "carrier_status": c.status,
+        "start_time": iso(c.start_time) if c.start_time else None,
+        "end_time": iso(c.end_time) if c.end_time else None,
+        "duration_s": c.duration_s,
+    }
 
 
-def plan(call: Mapping[str, Any], answer: CarrierAnswer, *, now: datetime, max_call_seconds: float,
-         last_unsettled_why: str | None = None, stream_ended: bool = False) -> list[Step]:
+def plan(
+    call: Mapping[str, Any],
+    answer: CarrierAnswer,
+    *,
+    now: datetime,
+    max_call_seconds: float,
+    last_unsettled_why: str | None = None,
+    stream_ended: bool = False,
+) -> list[Step]:
     """What to record for an unfinished call (without a live media session here) given the carrier's answer.
 
     `stream_ended`: the call's last stream event says its stream stopped (so it is not lost now)."""
@@ -80,9 +91,13 @@ def plan(call: Mapping[str, Any], answer: CarrierAnswer, *, now: datetime, max_c
     carrier = answer.call
     if carrier is not None:
         payload = carrier_payload(carrier)
-        if carrier.status in TERMINAL_STATES:  # Twilio's final CallStatus values are our terminal states' names
+        if (
+            carrier.status in TERMINAL_STATES
+        ):  # Twilio's final CallStatus values are our terminal states' names
             ended = carrier.end_time
-            detail = f"reconciled: the carrier reports {carrier.status}" + (f", ended {iso(ended)}" if ended else "")
+            detail = f"reconciled: the carrier reports {carrier.status}" + (
+                f", ended {iso(ended)}" if ended else ""
+            )
             return [Step(carrier.status, detail, payload, at=ended)]
         steps = []
         if stream_lost:
@@ -94,8 +109,14 @@ def plan(call: Mapping[str, Any], answer: CarrierAnswer, *, now: datetime, max_c
     why = answer.why or "the carrier could not say"
     age_s = (now - parse_iso(call["created_at"])).total_seconds()
     if age_s > max_call_seconds + GRACE_S:
-        return [Step("interrupted", f"interrupted: still {state.value} past MAX_CALL_SECONDS + {GRACE_S:.0f} s, and "
-                     f"the carrier could not say how it ended ({why})", {"found_state": state.value, "why": why})]
+        return [
+            Step(
+                "interrupted",
+                f"interrupted: still {state.value} past MAX_CALL_SECONDS + {GRACE_S:.0f} s, and "
+                f"the carrier could not say how it ended ({why})",
+                {"found_state": state.value, "why": why},
+            )
+        ]
     steps = []
     if stream_lost:
         steps.append(Step("stream_lost", payload={"why": _STREAM_LOST}))
@@ -107,20 +128,41 @@ def plan(call: Mapping[str, Any], answer: CarrierAnswer, *, now: datetime, max_c
 _STREAM_LOST = "no media session in this server process: the stream was lost when the previous one stopped"
 
 
-def reconcile_call(service: CallService, call_id: str, answer: CarrierAnswer, *, max_call_seconds: float,
-                   now: datetime | None = None) -> list[Recorded]:
+def reconcile_call(
+    service: CallService,
+    call_id: str,
+    answer: CarrierAnswer,
+    *,
+    max_call_seconds: float,
+    now: datetime | None = None,
+) -> list[Recorded]:
     """Apply `plan()` to the call as it is now (run on the store's writer thread)."""
     call = service.find_call(call_id=call_id)
     if call is None:
         return []
     last = service.last_event(call_id, "reconcile")
-    last_why = json.loads(last["payload"] or "{}").get("why") if last and last["type"] == "unsettled" else None
+    last_why = (
+        json.loads(last["payload"] or "{}").get("why") if last and last["type"] == "unsettled" else None
+    )
     now = now or utcnow()
     done = []
-    for step in plan(call, answer, now=now, max_call_seconds=max_call_seconds, last_unsettled_why=last_why,
-                     stream_ended=service.stream_ended(call)):
-        rec = service.record(source="reconcile", type=step.type, call_id=call_id, call_sid=call["call_sid"],
-                             payload=step.payload, at=step.at or now, detail=step.detail)
+    for step in plan(
+        call,
+        answer,
+        now=now,
+        max_call_seconds=max_call_seconds,
+        last_unsettled_why=last_why,
+        stream_ended=service.stream_ended(call),
+    ):
+        rec = service.record(
+            source="reconcile",
+            type=step.type,
+            call_id=call_id,
+            call_sid=call["call_sid"],
+            payload=step.payload,
+            at=step.at or now,
+            detail=step.detail,
+        )
         if step.detail:
             log.info("call %s: %s", call_id, step.detail)
         elif step.type in ("unsettled", "stream_lost"):
@@ -150,7 +192,9 @@ def ask(fetch: Fetch | None, why_not: str | None, call: Mapping[str, Any]) -> Ca
 class Reconciler:
     """The server's reconciliation rounds: one at start, then one every `interval_s`."""
 
-    def __init__(self, state: AppState, fetch: Fetch | None, why_not: str | None = None, batch: int = 100) -> None:
+    def __init__(
+        self, state: AppState, fetch: Fetch | None, why_not: str | None = None, batch: int = 100
+    ) -> None:
         self.state, self.fetch, self.why_not, self.batch = state, fetch, why_not, batch
 
     @classmethod
@@ -178,8 +222,14 @@ class Reconciler:
             else:
                 answer = await asyncio.to_thread(ask, self.fetch, self.why_not, call)
                 unreachable = answer if answer.unreachable else None
-            recs = await state.service.run(functools.partial(
-                reconcile_call, call_id=call["id"], answer=answer, max_call_seconds=state.settings.max_call_seconds))
+            recs = await state.service.run(
+                functools.partial(
+                    reconcile_call,
+                    call_id=call["id"],
+                    answer=answer,
+                    max_call_seconds=state.settings.max_call_seconds,
+                )
+            )
             self._effects(call["id"], recs)
             done.extend(recs)
         return done

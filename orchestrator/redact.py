@@ -23,8 +23,9 @@ from orchestrator.settings import mask_number
 REDACTED = "(redacted)"
 SECRET_KEYS = frozenset({"token", "AuthToken", "auth_token", "CallToken", "twilio_auth_token"})
 #: keys whose value is a phone number (Twilio's form fields and our documents)
-PHONE_KEYS = frozenset({"to", "from", "to_number", "from_number", "To", "From", "Caller", "Called",
-                        "ForwardedFrom", "CallerId"})
+PHONE_KEYS = frozenset(
+    {"to", "from", "to_number", "from_number", "To", "From", "Caller", "Called", "ForwardedFrom", "CallerId"}
+)
 _PLACE = re.compile(r"^(Caller|Called|From|To)(City|State|Zip)$")
 _NAME_KEYS = frozenset({"CallerName", "StirPassportToken"})  # the passport token carries both numbers
 _E164_IN_TEXT = re.compile(r"\+[1-9]\d{6,14}\b")

@@ -18,8 +18,9 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 
 
-def load_docs(service: CallService, *, run: str | None, since: str | None, limit: int,
-              calls: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def load_docs(
+    service: CallService, *, run: str | None, since: str | None, limit: int, calls: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     if calls:
         return [service.document(ref) for ref in calls]
     rows = service.store.list_calls(run=run, since=since, limit=limit)
@@ -29,18 +30,47 @@ def load_docs(service: CallService, *, run: str | None, since: str | None, limit
 @click.command(epilog=exits.epilog(unavailable=None))
 @click.option("--run", help="Only this run label.")
 @since_option
-@click.option("--call", "calls", multiple=True, help="Only these calls (id, CallSid or the start of either); repeatable.")
-@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="At most this many calls.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="table for a terminal, md for a ticket, json for scripts, html for a page with plots.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
+@click.option(
+    "--call",
+    "calls",
+    multiple=True,
+    help="Only these calls (id, CallSid or the start of either); repeatable.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=200, show_default=True, help="At most this many calls."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table for a terminal, md for a ticket, json for scripts, html for a page with plots.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout."
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
-@click.option("--redact", is_flag=True,
-              help="Also mask phone numbers written inside evidence and reasons, and the caller's name and place "
-                   "(numbers in the call header are always masked in reports): for a report shared elsewhere.")
-def report(run: str | None, since: str | None, calls: tuple[str, ...], limit: int, fmt: str, out: Path | None,
-           as_json: bool, db: Path | None, redact: bool) -> None:
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file."
+)
+@click.option(
+    "--redact",
+    is_flag=True,
+    help="Also mask phone numbers written inside evidence and reasons, and the caller's name and place "
+    "(numbers in the call header are always masked in reports): for a report shared elsewhere.",
+)
+def report(
+    run: str | None,
+    since: str | None,
+    calls: tuple[str, ...],
+    limit: int,
+    fmt: str,
+    out: Path | None,
+    as_json: bool,
+    db: Path | None,
+    redact: bool,
+) -> None:
     """Report test runs: the checklist as a pass/fail matrix, metric summaries, per-call timelines.
 
     Example: orchestrator report --run nightly --format html --redact --out nightly.html

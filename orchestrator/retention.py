@@ -48,11 +48,18 @@ class Removal:
     why: str
 
 
-def plan_removals(files: Collection[Recording], *, now: float, max_age_days: float, max_total_mb: float,
-                  keep: Collection[str] = ()) -> list[Removal]:
+def plan_removals(
+    files: Collection[Recording],
+    *,
+    now: float,
+    max_age_days: float,
+    max_total_mb: float,
+    keep: Collection[str] = (),
+) -> list[Removal]:
     """Which recordings go: too old first, then the oldest while the total is over the limit."""
-    removable = sorted((f for f in files if f.call_id not in keep and f.mtime < now - RECENT_S),
-                       key=lambda f: f.mtime)
+    removable = sorted(
+        (f for f in files if f.call_id not in keep and f.mtime < now - RECENT_S), key=lambda f: f.mtime
+    )
     out: list[Removal] = []
     if max_age_days > 0:
         cutoff = now - max_age_days * 86400
@@ -82,11 +89,22 @@ def scan(folder: Path) -> list[Recording]:
     return out
 
 
-def prune(folder: Path, *, max_age_days: float, max_total_mb: float, keep: Collection[str] = (),
-          now: float | None = None) -> list[Removal]:
+def prune(
+    folder: Path,
+    *,
+    max_age_days: float,
+    max_total_mb: float,
+    keep: Collection[str] = (),
+    now: float | None = None,
+) -> list[Removal]:
     """Remove what `plan_removals` says from `folder`; returns what was removed."""
-    removals = plan_removals(scan(folder), now=time.time() if now is None else now, max_age_days=max_age_days,
-                             max_total_mb=max_total_mb, keep=keep)
+    removals = plan_removals(
+        scan(folder),
+        now=time.time() if now is None else now,
+        max_age_days=max_age_days,
+        max_total_mb=max_total_mb,
+        keep=keep,
+    )
     done = []
     for r in removals:
         try:
@@ -117,13 +135,22 @@ async def run_retention(state: AppState, interval_s: float = CHECK_INTERVAL_S) -
 async def prune_once(state: AppState, folder: Path) -> list[Removal]:
     settings = state.settings
     keep = set(state.sessions)  # live calls' recordings stay
-    done = await asyncio.to_thread(prune, folder, max_age_days=settings.recordings_max_age_days,
-                                   max_total_mb=settings.recordings_max_total_mb, keep=keep)
+    done = await asyncio.to_thread(
+        prune,
+        folder,
+        max_age_days=settings.recordings_max_age_days,
+        max_total_mb=settings.recordings_max_total_mb,
+        keep=keep,
+    )
     if not done:
         return done
 
     await state.service.forget_recordings([(r.recording.call_id, str(r.recording.path)) for r in done])
     whys = sorted({r.why for r in done})
-    log.info("recordings: removed %d (%.1f MB): %s", len(done), sum(r.recording.size for r in done) / 2**20,
-             "; ".join(whys))
+    log.info(
+        "recordings: removed %d (%.1f MB): %s",
+        len(done),
+        sum(r.recording.size for r in done) / 2**20,
+        "; ".join(whys),
+    )
     return done

@@ -33,9 +33,15 @@ RIG_PUBLIC_URL = "https://demo-tunnel.invalid"
 def rig_settings(workdir: Path, **overrides: Any) -> Settings:
     """Settings for a rig: fresh random credentials, a database and recordings under `workdir`."""
     base: dict[str, Any] = {
-        "twilio_account_sid": "AC" + secrets.token_hex(16), "twilio_auth_token": secrets.token_hex(16),
-        "twilio_from_number": "+15005550006", "public_url": RIG_PUBLIC_URL, "db": workdir / "calls.db",
-        "host": "127.0.0.1", "port": 0, "backend": "echo", "recordings_dir": workdir / "recordings",
+        "twilio_account_sid": "AC" + secrets.token_hex(16),
+        "twilio_auth_token": secrets.token_hex(16),
+        "twilio_from_number": "+15005550006",
+        "public_url": RIG_PUBLIC_URL,
+        "db": workdir / "calls.db",
+        "host": "127.0.0.1",
+        "port": 0,
+        "backend": "echo",
+        "recordings_dir": workdir / "recordings",
     }
     base.update(overrides)
     return Settings(**base).validated()
@@ -67,13 +73,21 @@ class LocalRig:
             await asyncio.wait_for(self.server.app[STATE].warmed.wait(), timeout=60)
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.server.stop()
         await self.emulator.stop()
         self.service.store.close()
 
-    async def place(self, options: CallOptions | None = None, *, to: str = "+15005550010", run: str | None = None,
-                    say: str | None = None) -> dict[str, Any]:
+    async def place(
+        self,
+        options: CallOptions | None = None,
+        *,
+        to: str = "+15005550010",
+        run: str | None = None,
+        say: str | None = None,
+    ) -> dict[str, Any]:
         """Place one call through the real REST path (`orchestrator call`'s code) with these far-end options."""
         if options is not None:
             self.emulator.set_number(to, options)
@@ -81,8 +95,16 @@ class LocalRig:
         def dial() -> dict[str, Any]:
             service = open_service(self.settings.db)
             try:
-                return place(self.settings, service, to=to, from_=self.settings.twilio_from_number, run=run,
-                             say=say, timeout_s=30, record=False)
+                return place(
+                    self.settings,
+                    service,
+                    to=to,
+                    from_=self.settings.twilio_from_number,
+                    run=run,
+                    say=say,
+                    timeout_s=30,
+                    record=False,
+                )
             finally:
                 service.store.close()
 
@@ -95,7 +117,9 @@ class LocalRig:
         while True:
             doc = self.service.document(call_id)
             terminal = doc["call"]["state"] in TERMINAL_STATES
-            streamed = any(e["source"] == "media" and e["type"] == "start" and e["accepted"] for e in doc["events"])
+            streamed = any(
+                e["source"] == "media" and e["type"] == "start" and e["accepted"] for e in doc["events"]
+            )
             analysed = bool(doc["analysis"]) or not streamed
             checked = any(c["decided_by"] == "auto" for c in doc["checks"])
             if (terminal and analysed and checked) or loop.time() > deadline:

@@ -16,7 +16,13 @@ from orchestrator.bootstrap import RunningServer, probe_health, start_server
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
-__all__ = ["RunningServer", "probe_health", "serve", "serve_forever", "start_server"]  # re-exported: benchmarks
+__all__ = [
+    "RunningServer",
+    "probe_health",
+    "serve",
+    "serve_forever",
+    "start_server",
+]  # re-exported: benchmarks
 
 
 async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = None) -> None:
@@ -40,47 +46,100 @@ async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = N
         click.echo("shutting down: closing open calls")
 
 
-@click.command(epilog=exits.epilog(unavailable="the port is taken, the host is not this machine's, or the "
-                                                "tunnel did not start"))
+@click.command(
+    epilog=exits.epilog(
+        unavailable="the port is taken, the host is not this machine's, or the tunnel did not start"
+    )
+)
 @click.option("--host", default=None, help="Interface to bind (default $ORCHESTRATOR_HOST or 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="Port, 0 for any free one (default $ORCHESTRATOR_PORT or 8080).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port, 0 for any free one (default $ORCHESTRATOR_PORT or 8080).",
+)
 @click.option("--public-url", default=None, help="https URL the tunnel exposes (default $PUBLIC_URL).")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file.")
-@click.option("--backend", type=click.Choice(["echo", "playback", "moshi"]), default=None,
-              help="Speech backend (default $BACKEND or echo).")
-@click.option("--tunnel", type=click.Choice(["cloudflared", "ngrok"]), default=None,
-              help="Start this tunnel program and use its https URL as PUBLIC_URL.")
-@click.option("--moshi-weight", type=click.Path(exists=True, path_type=Path), default=None,
-              help="moshi backend: LM weights file (instead of the Hugging Face cache).")
-@click.option("--mimi-weight", type=click.Path(exists=True, path_type=Path), default=None,
-              help="moshi backend: Mimi codec weights file.")
-@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None,
-              help="moshi backend: text tokenizer (sentencepiece .model).")
-@click.option("--lm-config", type=click.Path(exists=True, path_type=Path), default=None,
-              help="moshi backend: LM config.json.")
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["echo", "playback", "moshi"]),
+    default=None,
+    help="Speech backend (default $BACKEND or echo).",
+)
+@click.option(
+    "--tunnel",
+    type=click.Choice(["cloudflared", "ngrok"]),
+    default=None,
+    help="Start this tunnel program and use its https URL as PUBLIC_URL.",
+)
+@click.option(
+    "--moshi-weight",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="moshi backend: LM weights file (instead of the Hugging Face cache).",
+)
+@click.option(
+    "--mimi-weight",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="moshi backend: Mimi codec weights file.",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="moshi backend: text tokenizer (sentencepiece .model).",
+)
+@click.option(
+    "--lm-config",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="moshi backend: LM config.json.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def serve(host: str | None, port: int | None, public_url: str | None, db: Path | None, backend: str | None,
-          tunnel: str | None, moshi_weight: Path | None, mimi_weight: Path | None, tokenizer: Path | None,
-          lm_config: Path | None, verbose: bool) -> None:
+def serve(
+    host: str | None,
+    port: int | None,
+    public_url: str | None,
+    db: Path | None,
+    backend: str | None,
+    tunnel: str | None,
+    moshi_weight: Path | None,
+    mimi_weight: Path | None,
+    tokenizer: Path | None,
+    lm_config: Path | None,
+    verbose: bool,
+) -> None:
     """Run the server: Twilio callbacks, TwiML, the media WebSocket, /healthz and /metrics on one port.
 
     Example: orchestrator serve --port 8080 --tunnel cloudflared
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not verbose:  # the twilio package logs every request and response header at INFO
         logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
-    settings = Settings.from_env().with_overrides(host=host, port=port, public_url=public_url, db=db, backend=backend)
+    settings = Settings.from_env().with_overrides(
+        host=host, port=port, public_url=public_url, db=db, backend=backend
+    )
     settings.require_auth_token()
     if settings.public_url:
         settings.require_public_url()  # https, as `orchestrator call` will insist: refuse it now, not then
-    paths = {"moshi_weight": moshi_weight, "mimi_weight": mimi_weight, "tokenizer": tokenizer,
-             "lm_config": lm_config}
+    paths = {
+        "moshi_weight": moshi_weight,
+        "mimi_weight": mimi_weight,
+        "tokenizer": tokenizer,
+        "lm_config": lm_config,
+    }
     speech = None
     if any(paths.values()):
         if settings.backend != "moshi":
-            raise click.UsageError("--moshi-weight/--mimi-weight/--tokenizer/--lm-config need --backend moshi")
+            raise click.UsageError(
+                "--moshi-weight/--mimi-weight/--tokenizer/--lm-config need --backend moshi"
+            )
         from bridge.backends.registry import create
 
         speech = create(settings, moshi_config=_moshi_config(settings, paths))

@@ -29,6 +29,7 @@ from orchestrator.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What `record()` did with one event."""
@@ -134,8 +135,13 @@ class CallService:
         if call is None:
             reason = "unknown call"
             store.judge_event(event_id, accepted=False, reason=reason, call_id=None)
-            log.warning("event %s/%s for unknown call (id=%s sid=%s) stored", log_safe(source), log_safe(type),
-                        log_safe(call_id), log_safe(call_sid))
+            log.warning(
+                "event %s/%s for unknown call (id=%s sid=%s) stored",
+                log_safe(source),
+                log_safe(type),
+                log_safe(call_id),
+                log_safe(call_sid),
+            )
             return Recorded(event_id, False, reason, None)
         if dedupe_key and store.dedupe_seen(dedupe_key, event_id):
             store.judge_event(event_id, accepted=False, reason="duplicate", call_id=cid)
@@ -212,21 +218,43 @@ class CallService:
     def find_call(self, *, call_id: str | None = None, call_sid: str | None = None) -> dict[str, Any] | None:
         return self.store.find_call(call_id=call_id, call_sid=call_sid)
 
-    def create_inbound_call(self, *, call_sid: str | None, to_number: str | None, from_number: str | None,
-                            backend: str, say_text: str | None, facts: dict[str, Any],
-                            payload: dict[str, Any]) -> dict[str, Any]:
+    def create_inbound_call(
+        self,
+        *,
+        call_sid: str | None,
+        to_number: str | None,
+        from_number: str | None,
+        backend: str,
+        say_text: str | None,
+        facts: dict[str, Any],
+        payload: dict[str, Any],
+    ) -> dict[str, Any]:
         """A call to our number (the voice webhook): created `ringing`, once per CallSid (a retried
         webhook finds the call it made), with the `voice/incoming` note."""
         existing = self.store.find_call(call_sid=call_sid) if call_sid else None
         call = existing or self.store.create_call(
-            direction="inbound", to_number=to_number, from_number=from_number, call_sid=call_sid,
-            backend=backend, say_text=say_text, facts=facts, state="ringing")
-        self.record(source="voice", type="incoming", payload=payload, call_id=call["id"], call_sid=call_sid,
-                    dedupe_key=f"{call_sid}:voice" if call_sid else None)
+            direction="inbound",
+            to_number=to_number,
+            from_number=from_number,
+            call_sid=call_sid,
+            backend=backend,
+            say_text=say_text,
+            facts=facts,
+            state="ringing",
+        )
+        self.record(
+            source="voice",
+            type="incoming",
+            payload=payload,
+            call_id=call["id"],
+            call_sid=call_sid,
+            dedupe_key=f"{call_sid}:voice" if call_sid else None,
+        )
         return call
 
-    def authorize_start(self, call_id: str, token: str | None,
-                        call_sid: str) -> tuple[dict[str, Any] | None, str | None]:
+    def authorize_start(
+        self, call_id: str, token: str | None, call_sid: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """The call a media `start` names, and why it may not stream now (None: it may).
 
         The per-call token must match, the start's CallSid must be that call's, and the call must not
@@ -251,21 +279,39 @@ class CallService:
     def note_backend_ended(self, call_id: str, reason: str) -> Recorded:
         """The speech backend could not go on (budget spent, dead worker): a note, and the call's end reason."""
         with self.store.transaction():
-            rec = self.record(source="local", type="backend_ended", call_id=call_id, payload={"reason": reason},
-                              detail=reason)
+            rec = self.record(
+                source="local",
+                type="backend_ended",
+                call_id=call_id,
+                payload={"reason": reason},
+                detail=reason,
+            )
             self.store.update_call(call_id, end_reason=reason)
         return rec
 
-    def save_media_results(self, call_id: str, *, metrics: Mapping[str, float | None], units: Mapping[str, str],
-                           summary: dict[str, Any], transcript: list[tuple[float, str]]) -> None:
+    def save_media_results(
+        self,
+        call_id: str,
+        *,
+        metrics: Mapping[str, float | None],
+        units: Mapping[str, str],
+        summary: dict[str, Any],
+        transcript: list[tuple[float, str]],
+    ) -> None:
         """What the end-of-call analysis found: metrics, the report's summary and the transcript, at once."""
         with self.store.transaction():
             self.store.put_metrics(call_id, metrics, units)
             self.store.put_analysis(call_id, summary)
             self.store.add_transcript(call_id, transcript)
 
-    def save_evaluation(self, call_id: str, *, metrics: Mapping[str, float | None], units: Mapping[str, str],
-                        verdicts: Sequence[Verdict]) -> None:
+    def save_evaluation(
+        self,
+        call_id: str,
+        *,
+        metrics: Mapping[str, float | None],
+        units: Mapping[str, str],
+        verdicts: Sequence[Verdict],
+    ) -> None:
         """The call-level metrics and the automatic verdicts (replacing earlier automatic ones), at once."""
         with self.store.transaction():
             self.store.put_metrics(call_id, metrics, units)

@@ -113,7 +113,9 @@ class Settings:
                 try:
                     kw[attr] = conv(env[name])
                 except ValueError:
-                    raise SettingsError(f"{name}={env[name]!r} is not a number; fix it in .env or the environment") from None
+                    raise SettingsError(
+                        f"{name}={env[name]!r} is not a number; fix it in .env or the environment"
+                    ) from None
         return cls(**kw).validated()  # type: ignore[arg-type]
 
     def with_overrides(self, **kw: object) -> Settings:
@@ -130,9 +132,13 @@ class Settings:
             raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
         for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "media_start_timeout_s"):
             if not getattr(self, name) > 0:
-                raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be a positive number of seconds")
+                raise SettingsError(
+                    f"{name.upper()}={getattr(self, name)}: must be a positive number of seconds"
+                )
         if self.max_connections is not None and self.max_connections < 0:
-            raise SettingsError(f"MAX_CONNECTIONS={self.max_connections}: must be 0 (from the open-file limit) or more")
+            raise SettingsError(
+                f"MAX_CONNECTIONS={self.max_connections}: must be 0 (from the open-file limit) or more"
+            )
         for name in ("recordings_max_age_days", "recordings_max_total_mb"):
             if not getattr(self, name) >= 0:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be 0 (no limit) or more")
@@ -143,7 +149,9 @@ class Settings:
         if self.public_url:
             parts = urlsplit(self.public_url)
             if not parts.scheme or not parts.netloc:
-                raise SettingsError(f"PUBLIC_URL={self.public_url!r} is not a URL; expected https://your-tunnel.example")
+                raise SettingsError(
+                    f"PUBLIC_URL={self.public_url!r} is not a URL; expected https://your-tunnel.example"
+                )
         return self
 
     # -- what each command needs -------------------------------------------------------------------

@@ -29,10 +29,26 @@ from sqlite_utils.migrations import Migrations
 from orchestrator.errors import StoreError, UnknownCall
 
 MIGRATION_SET = "orchestrator"
-_CALL_COLUMNS = frozenset({
-    "call_sid", "run_id", "direction", "to_number", "from_number", "state", "created_at", "updated_at",
-    "ended_at", "end_reason", "backend", "say_text", "token", "stream_sid", "recording_path", "facts",
-})
+_CALL_COLUMNS = frozenset(
+    {
+        "call_sid",
+        "run_id",
+        "direction",
+        "to_number",
+        "from_number",
+        "state",
+        "created_at",
+        "updated_at",
+        "ended_at",
+        "end_reason",
+        "backend",
+        "say_text",
+        "token",
+        "stream_sid",
+        "recording_path",
+        "facts",
+    }
+)
 
 
 def utcnow() -> datetime:
@@ -104,7 +120,8 @@ class Store:
         if on_disk and not create and not Path(self.path).exists():
             raise StoreError(
                 f"no database at {self.path} (check --db / ORCHESTRATOR_DB; `orchestrator migrate --db PATH` "
-                "makes an empty one)")
+                "makes an empty one)"
+            )
         try:
             if on_disk and create:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -132,15 +149,20 @@ class Store:
     def _check_version(self) -> None:
         try:
             applied = {m.name for m in build_migrations().applied(self.db)}
-            tables = [r[0] for r in self.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            tables = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a readable SQLite database: {exc}") from exc
         if tables and not applied:  # an empty file is ours to fill; someone else's tables are not
             shown = ", ".join(tables[:4]) + (f" and {len(tables) - 4} more" if len(tables) > 4 else "")
             raise StoreError(
                 f"{self.path} is another application's SQLite database (tables {shown}), not ours: point --db / "
-                "ORCHESTRATOR_DB at a new file or one this tool made")
+                "ORCHESTRATOR_DB at a new file or one this tool made"
+            )
         known = {m.name for m in migration_files()}
         unknown = sorted(applied - known)
         if unknown:
@@ -213,7 +235,9 @@ class Store:
     def ensure_run(self, label: str) -> int:
         """The id of the run with this label, made if new. Insert-or-ignore first, then read: several
         dialers (threads, processes) create the same run at once, and a read-then-insert lost that race."""
-        self.conn.execute("INSERT OR IGNORE INTO runs (label, created_at) VALUES (?, ?)", [label, iso(utcnow())])
+        self.conn.execute(
+            "INSERT OR IGNORE INTO runs (label, created_at) VALUES (?, ?)", [label, iso(utcnow())]
+        )
         row = self.conn.execute("SELECT id FROM runs WHERE label = ?", [label]).fetchone()
         return int(row[0])
 
@@ -267,14 +291,18 @@ class Store:
         prefix = ref.rstrip(".…")
         if len(prefix) >= 4:
             # substr, not LIKE: "_" in our ids is a LIKE wildcard
-            found = self._rows("SELECT * FROM calls WHERE substr(id, 1, ?) = ? OR substr(call_sid, 1, ?) = ? "
-                               "LIMIT 6", [len(prefix), prefix, len(prefix), prefix])
+            found = self._rows(
+                "SELECT * FROM calls WHERE substr(id, 1, ?) = ? OR substr(call_sid, 1, ?) = ? LIMIT 6",
+                [len(prefix), prefix, len(prefix), prefix],
+            )
             if len(found) == 1:
                 return found[0]
             if found:
                 ids = ", ".join(r["id"] for r in found[:5])
-                raise UnknownCall(f"{ref!r} is the start of {'more than 5' if len(found) > 5 else len(found)} "
-                                  f"calls ({ids}): give more of the id")
+                raise UnknownCall(
+                    f"{ref!r} is the start of {'more than 5' if len(found) > 5 else len(found)} "
+                    f"calls ({ids}): give more of the id"
+                )
         raise UnknownCall(f"no call with id or CallSid {ref!r} (list them with `orchestrator calls`)")
 
     def update_call(self, call_id: str, **fields: Any) -> None:
@@ -283,13 +311,16 @@ class Store:
         if unknown:
             raise ValueError(f"unknown call column(s): {', '.join(sorted(unknown))}")
         names = list(fields)
-        self.conn.execute(f"UPDATE calls SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
-                          [*(fields[n] for n in names), call_id])
+        self.conn.execute(
+            f"UPDATE calls SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
+            [*(fields[n] for n in names), call_id],
+        )
 
     def forget_recording(self, call_id: str, path: str) -> None:
         """The call no longer points at `path` (removed from disk); a newer recording is left alone."""
-        self.conn.execute("UPDATE calls SET recording_path = NULL WHERE id = ? AND recording_path = ?",
-                          [call_id, path])
+        self.conn.execute(
+            "UPDATE calls SET recording_path = NULL WHERE id = ? AND recording_path = ?", [call_id, path]
+        )
 
     def list_calls(
         self, *, run: str | None = None, state: str | None = None, since: str | None = None, limit: int = 100
@@ -325,8 +356,10 @@ class Store:
         return self._rows(sql + " ORDER BY updated_at, rowid LIMIT ?", [*args, limit])
 
     def last_event(self, call_id: str, source: str) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM events WHERE call_id = ? AND source = ? ORDER BY id DESC LIMIT 1",
-                          [call_id, source])
+        rows = self._rows(
+            "SELECT * FROM events WHERE call_id = ? AND source = ? ORDER BY id DESC LIMIT 1",
+            [call_id, source],
+        )
         return rows[0] if rows else None
 
     def run_label(self, run_id: int | None) -> str | None:
@@ -370,7 +403,14 @@ class Store:
         return row is not None
 
     def record_transition(
-        self, call_id: str, *, from_state: str, to_state: str, trigger: str, at: datetime, event_id: int | None
+        self,
+        call_id: str,
+        *,
+        from_state: str,
+        to_state: str,
+        trigger: str,
+        at: datetime,
+        event_id: int | None,
     ) -> None:
         self.conn.execute(
             "INSERT INTO transitions (call_id, from_state, to_state, trigger, at, event_id) VALUES (?, ?, ?, ?, ?, ?)",
@@ -390,28 +430,43 @@ class Store:
 
     # -- metrics, checks, analysis ------------------------------------------------------------------
 
-    def put_metrics(self, call_id: str, metrics: Mapping[str, float | None], units: Mapping[str, str]) -> None:
+    def put_metrics(
+        self, call_id: str, metrics: Mapping[str, float | None], units: Mapping[str, str]
+    ) -> None:
         now = iso(utcnow())
         rows = [(call_id, k, v, units.get(k), now) for k, v in metrics.items() if v is not None]
         if rows:
             self.conn.executemany(
                 "INSERT INTO metrics (call_id, name, value, unit, at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (call_id, name) DO UPDATE SET value = excluded.value, unit = excluded.unit, "
-                "at = excluded.at", rows)
+                "at = excluded.at",
+                rows,
+            )
 
     def metrics_for(self, call_id: str) -> dict[str, float]:
-        return {r["name"]: r["value"] for r in self._rows("SELECT name, value FROM metrics WHERE call_id = ?", [call_id])}
+        return {
+            r["name"]: r["value"]
+            for r in self._rows("SELECT name, value FROM metrics WHERE call_id = ?", [call_id])
+        }
 
     def metric_units_for(self, call_id: str) -> dict[str, str]:
         rows = self._rows("SELECT name, unit FROM metrics WHERE call_id = ? AND unit IS NOT NULL", [call_id])
         return {r["name"]: r["unit"] for r in rows}
 
     def add_check(
-        self, call_id: str, criterion: str, status: str, evidence: str, decided_by: str, note: str | None = None
+        self,
+        call_id: str,
+        criterion: str,
+        status: str,
+        evidence: str,
+        decided_by: str,
+        note: str | None = None,
     ) -> None:
         if decided_by == "auto":
-            self.db.execute("DELETE FROM checks WHERE call_id = ? AND criterion = ? AND decided_by = 'auto'",
-                            [call_id, criterion])
+            self.db.execute(
+                "DELETE FROM checks WHERE call_id = ? AND criterion = ? AND decided_by = 'auto'",
+                [call_id, criterion],
+            )
         self.conn.execute(
             "INSERT INTO checks (call_id, criterion, status, evidence, decided_by, note, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [call_id, criterion, status, evidence, decided_by, note, iso(utcnow())],
@@ -431,7 +486,9 @@ class Store:
 
     def add_transcript(self, call_id: str, pieces: list[tuple[float, str]]) -> None:
         if pieces:
-            self.db.table("transcript").insert_all({"call_id": call_id, "at_ms": t, "text": s} for t, s in pieces)
+            self.db.table("transcript").insert_all(
+                {"call_id": call_id, "at_ms": t, "text": s} for t, s in pieces
+            )
 
     def transcript_for(self, call_id: str) -> list[dict[str, Any]]:
         return [

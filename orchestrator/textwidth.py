@@ -13,5 +13,13 @@ def wrap(text: str, first: str = "", rest: str | None = None, width: int = WIDTH
     A word longer than the line (a path, a URL) keeps its own line whole rather than being cut.
     """
     hang = " " * len(first) if rest is None else rest
-    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=hang, break_long_words=False,
-                         break_on_hyphens=False, replace_whitespace=False, drop_whitespace=True) or [first.rstrip()]
+    return textwrap.wrap(
+        text,
+        width,
+        initial_indent=first,
+        subsequent_indent=hang,
+        break_long_words=False,
+        break_on_hyphens=False,
+        replace_whitespace=False,
+        drop_whitespace=True,
+    ) or [first.rstrip()]

@@ -52,15 +52,19 @@ class Tunnel:
             self._drain.cancel()
 
 
-async def start_tunnel(program: str, local_url: str, *, timeout_s: float = 30.0,
-                       executable: str | None = None) -> Tunnel:
+async def start_tunnel(
+    program: str, local_url: str, *, timeout_s: float = 30.0, executable: str | None = None
+) -> Tunnel:
     if program not in COMMANDS:
         raise SettingsError(f"unknown tunnel {program!r}: choose cloudflared or ngrok")
     exe = executable or shutil.which(program)
     if exe is None:
         raise SettingsError(f"--tunnel {program}: `{program}` is not installed; {INSTALL_HINT[program]}")
     proc = await asyncio.create_subprocess_exec(  # killed with us, even if we are killed with SIGKILL
-        *dying_with_us([exe, *COMMANDS[program](local_url)]), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        *dying_with_us([exe, *COMMANDS[program](local_url)]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     pattern = URL_PATTERNS[program]
     assert proc.stdout is not None
     try:
@@ -71,7 +75,8 @@ async def start_tunnel(program: str, local_url: str, *, timeout_s: float = 30.0,
         await proc.wait()
         raise SettingsError(
             f"--tunnel {program}: no public https URL in its output within {timeout_s:.0f} s "
-            f"(exit status {proc.returncode}); run `{program}` by hand to see why") from None
+            f"(exit status {proc.returncode}); run `{program}` by hand to see why"
+        ) from None
     drain = asyncio.get_running_loop().create_task(_drain(proc.stdout))
     log.info("tunnel %s: %s -> %s", program, url, local_url)
     return Tunnel(program, url, proc, drain)

@@ -35,7 +35,9 @@ class RebasingHttpClient(TwilioHttpClient):
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         parts = urlsplit(url)
-        url = urlunsplit((self._base.scheme, self._base.netloc, self._base.path + parts.path, parts.query, ""))
+        url = urlunsplit(
+            (self._base.scheme, self._base.netloc, self._base.path + parts.path, parts.query, "")
+        )
         return super().request(method, url, *args, **kwargs)
 
 
@@ -54,7 +56,13 @@ class PlacedCall:
 
 
 def place_call(
-    client: Client, *, to: str, from_: str, twiml: str, status_callback: str, timeout_s: int = 30,
+    client: Client,
+    *,
+    to: str,
+    from_: str,
+    twiml: str,
+    status_callback: str,
+    timeout_s: int = 30,
     record: bool = False,
 ) -> PlacedCall:
     kw: dict[str, Any] = {}
@@ -62,8 +70,14 @@ def place_call(
         kw.update(record=True, recording_channels="dual")
     try:
         call = client.calls.create(
-            to=to, from_=from_, twiml=twiml, status_callback=status_callback,
-            status_callback_event=STATUS_EVENTS, status_callback_method="POST", timeout=timeout_s, **kw,
+            to=to,
+            from_=from_,
+            twiml=twiml,
+            status_callback=status_callback,
+            status_callback_event=STATUS_EVENTS,
+            status_callback_method="POST",
+            timeout=timeout_s,
+            **kw,
         )
     except TwilioException as exc:
         raise _carrier_error("create the call", exc) from exc
@@ -104,7 +118,10 @@ def fetch_call(client: Client, call_sid: str) -> CarrierCall:
         raise _unreachable(client, exc) from exc
     duration = getattr(call, "duration", None)
     return CarrierCall(
-        sid=str(call.sid), status=str(call.status), start_time=call.start_time, end_time=call.end_time,
+        sid=str(call.sid),
+        status=str(call.status),
+        start_time=call.start_time,
+        end_time=call.end_time,
         duration_s=float(duration) if duration not in (None, "") else None,
     )
 
@@ -113,16 +130,23 @@ def _unreachable(client: Client, exc: requests.RequestException) -> CarrierError
     """The carrier did not answer at all: which one, and what to check (one line, no urllib3 chain)."""
     http = client.http_client
     where = urlunsplit(http._base) if isinstance(http, RebasingHttpClient) else "api.twilio.com"
-    hint = ("is `orchestrator emulator` running there? (TWILIO_API_BASE_URL)" if isinstance(http, RebasingHttpClient)
-            else "check the network connection")
+    hint = (
+        "is `orchestrator emulator` running there? (TWILIO_API_BASE_URL)"
+        if isinstance(http, RebasingHttpClient)
+        else "check the network connection"
+    )
     kind = "timed out" if isinstance(exc, requests.Timeout) else "did not answer"
-    return CarrierError(f"carrier unreachable: {where} {kind} ({exc.__class__.__name__}); {hint}", unreachable=True)
+    return CarrierError(
+        f"carrier unreachable: {where} {kind} ({exc.__class__.__name__}); {hint}", unreachable=True
+    )
 
 
 def _carrier_error(action: str, exc: TwilioException) -> CarrierError:
     code = getattr(exc, "code", None)
     status = getattr(exc, "status", None)
-    message = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", None) or str(exc)
+    message = (
+        getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", None) or str(exc)
+    )
     if isinstance(exc, TwilioRestException) and status == 401:
         message += " (check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)"
     return CarrierError(f"carrier refused to {action}: {code} {message}", code=code, status=status)

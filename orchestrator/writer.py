@@ -102,17 +102,22 @@ class AsyncService:
     async def create_inbound_call(self, **kw: Any) -> dict[str, Any]:
         return await self.run(lambda s: s.create_inbound_call(**kw))
 
-    async def authorize_start(self, call_id: str, token: str | None,
-                              call_sid: str) -> tuple[dict[str, Any] | None, str | None]:
+    async def authorize_start(
+        self, call_id: str, token: str | None, call_sid: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
         return await self.run(lambda s: s.authorize_start(call_id, token, call_sid))
 
     async def attach_stream(self, call_id: str, *, stream_sid: str, recording_path: str | None) -> None:
-        await self.run(lambda s: s.attach_stream(call_id, stream_sid=stream_sid, recording_path=recording_path))
+        await self.run(
+            lambda s: s.attach_stream(call_id, stream_sid=stream_sid, recording_path=recording_path)
+        )
 
     async def note_backend_ended(self, call_id: str, reason: str) -> Recorded:
         return await self.run(lambda s: s.note_backend_ended(call_id, reason))
 
-    async def unfinished_calls(self, *, quiet_before: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def unfinished_calls(
+        self, *, quiet_before: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         return await self.run(lambda s: s.unfinished_calls(quiet_before=quiet_before, limit=limit))
 
     async def forget_recordings(self, removed: list[tuple[str, str]]) -> None:

@@ -33,8 +33,8 @@ class BackendBusy(BackendError):
     """The backend already serves as many calls as it can."""
 
 
-
 Audio = npt.NDArray[np.float32]  # mono float32 samples (24 kHz frames of 1920 inside the bridge)
+
 
 @dataclass(slots=True)
 class StepOutput:

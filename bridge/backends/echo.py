@@ -46,7 +46,9 @@ class EchoSession(BackendSession):
 class TurnEchoSession(BackendSession):
     """Repeats each utterance after the caller pauses; speaks `greeting` (24 kHz float32) first."""
 
-    def __init__(self, greeting: Audio | None, hangover_ms: float = 400.0, min_speech_ms: float = 200.0) -> None:
+    def __init__(
+        self, greeting: Audio | None, hangover_ms: float = 400.0, min_speech_ms: float = 200.0
+    ) -> None:
         frame_ms = 1000 * FRAME_SAMPLES / SAMPLE_RATE
         self.hang_frames = max(1, round(hangover_ms / frame_ms))
         self.min_frames = max(1, round(min_speech_ms / frame_ms))
@@ -93,8 +95,13 @@ def _check(frame: Audio) -> None:
 class EchoBackend(SpeechBackend):
     name = "echo"
 
-    def __init__(self, delay_ms: float = 400.0, mode: str = "delay", greeting: str | None = None,
-                 hangover_ms: float = 400.0) -> None:
+    def __init__(
+        self,
+        delay_ms: float = 400.0,
+        mode: str = "delay",
+        greeting: str | None = None,
+        hangover_ms: float = 400.0,
+    ) -> None:
         if delay_ms < 0:
             raise ValueError("echo delay must be >= 0 ms")
         if mode not in MODES:

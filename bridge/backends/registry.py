@@ -12,9 +12,11 @@ def create(settings: Any, **overrides: Any) -> SpeechBackend:
     if name == "echo":
         from bridge.backends.echo import EchoBackend
 
-        return EchoBackend(delay_ms=overrides.get("echo_delay_ms", settings.echo_delay_ms),
-                           mode=overrides.get("echo_mode", settings.echo_mode),
-                           greeting=overrides.get("echo_greeting", settings.echo_greeting))
+        return EchoBackend(
+            delay_ms=overrides.get("echo_delay_ms", settings.echo_delay_ms),
+            mode=overrides.get("echo_mode", settings.echo_mode),
+            greeting=overrides.get("echo_greeting", settings.echo_greeting),
+        )
     if name == "playback":
         from bridge.backends.playback import PlaybackBackend
 

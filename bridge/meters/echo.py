@@ -328,9 +328,10 @@ def estimate_echo(
     # The estimate's own noise adds energy of its own to the region; the non-causal taps, which hold
     # nothing else, say how much per tap through this very signal (coloured as the region's noise is).
     through_noise = _apply(whole, h[:pre])
-    echo_energy = float(np.dot(predicted, predicted)) - float(np.dot(through_noise, through_noise)) * (
-        end - start
-    ) / pre
+    echo_energy = (
+        float(np.dot(predicted, predicted))
+        - float(np.dot(through_noise, through_noise)) * (end - start) / pre
+    )
     if echo_energy <= 0:  # the noise correction cannot exceed the region's energy: take it uncorrected
         echo_energy = float(np.dot(predicted, predicted))
     erl = 10.0 * np.log10(power / echo_energy) if echo_energy > 0 and power > 0 else None
@@ -340,9 +341,17 @@ def estimate_echo(
     detected = z >= detect_z and erl is not None and erl <= max_erl_db and absent <= _MAX_ABSENT
     peak = float(np.median(s.peak)) if used else 0.0
     return EchoEstimate(
-        detected, delay_ms, erl, peak, used, flagged, float(causal[first]),
+        detected,
+        delay_ms,
+        erl,
+        peak,
+        used,
+        flagged,
+        float(causal[first]),
         confidence=float(np.clip((z - _NOISE_Z) / (detect_z + 3.0 - _NOISE_Z), 0.0, 1.0)),
-        path_z=z, response=region, absent_ratio=absent,
+        path_z=z,
+        response=region,
+        absent_ratio=absent,
     )
 
 
@@ -351,7 +360,9 @@ _MIN_EVIDENT_BLOCKS = 10
 
 
 def _absent_ratio(
-    predicted: npt.NDArray[np.float64], inbound: npt.NDArray[np.float64], received: npt.NDArray[np.bool_],
+    predicted: npt.NDArray[np.float64],
+    inbound: npt.NDArray[np.float64],
+    received: npt.NDArray[np.bool_],
     block: int,
 ) -> float:
     """Share of the blocks where the path says its echo stands out of the line's noise (predicted

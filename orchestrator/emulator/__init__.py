@@ -162,8 +162,14 @@ class CarrierEmulator:
             options=options or self.options_for(to),
         )
 
-    async def dial_in(self, voice_url: str, from_: str, to: str, options: CallOptions | None = None,
-                      status_callback: str | None = None) -> str:
+    async def dial_in(
+        self,
+        voice_url: str,
+        from_: str,
+        to: str,
+        options: CallOptions | None = None,
+        status_callback: str | None = None,
+    ) -> str:
         """An inbound call: POST the voice webhook (signed, Direction=inbound) and run the TwiML it returns.
 
         `status_callback` plays the number's configured "call status changes" webhook (Twilio sends

@@ -59,7 +59,6 @@ def dbfs_to_rms(dbfs: float) -> float:
     return float(32768.0 * 10.0 ** (dbfs / 20.0))
 
 
-
 @dataclass(frozen=True, slots=True)
 class SpeechSegment:
     """Speech found in a stream, in samples on that stream's clock ([onset, end))."""

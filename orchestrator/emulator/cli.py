@@ -22,8 +22,10 @@ from orchestrator.settings import valid_sid
 
 def _account_sid(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not valid_sid("AC", value):
-        raise click.BadParameter(f"{value!r} is not an Account SID: AC followed by 32 hex digits "
-                                 "(AC00000000000000000000000000000000 will do for the emulator)")
+        raise click.BadParameter(
+            f"{value!r} is not an Account SID: AC followed by 32 hex digits "
+            "(AC00000000000000000000000000000000 will do for the emulator)"
+        )
     return value
 
 
@@ -49,10 +51,16 @@ def _routes(values: tuple[str, ...]) -> dict[str, str]:
     return routes
 
 
-@click.command("emulator", epilog=exits.epilog(unavailable="the port is taken or the host is not this machine's"))
+@click.command(
+    "emulator", epilog=exits.epilog(unavailable="the port is taken or the host is not this machine's")
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0,
-              help="Port to listen on (0: a free one, printed at start).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Port to listen on (0: a free one, printed at start).",
+)
 @click.option(
     "--account-sid",
     envvar="TWILIO_ACCOUNT_SID",
@@ -86,8 +94,14 @@ def _routes(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="How calls to ordinary numbers end up.",
 )
-@click.option("--ring-s", type=float, default=1.0, show_default=True, callback=_not_negative,
-              help="Seconds the phone rings.")
+@click.option(
+    "--ring-s",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=_not_negative,
+    help="Seconds the phone rings.",
+)
 @click.option(
     "--say",
     "says",
@@ -102,15 +116,23 @@ def _routes(values: tuple[str, ...]) -> dict[str, str]:
     type=click.Path(exists=True, dir_okay=False),
     help="A caller turn from a 16-bit WAV file (repeatable, after --say turns).",
 )
-@click.option("--echo-delay-ms", type=float, default=None, callback=_not_negative,
-              help="Add an acoustic echo path with this delay.")
+@click.option(
+    "--echo-delay-ms",
+    type=float,
+    default=None,
+    callback=_not_negative,
+    help="Add an acoustic echo path with this delay.",
+)
 @click.option(
     "--echo-loss-db", type=float, default=20.0, show_default=True, help="Echo return loss of that path."
 )
 @click.option("--room", is_flag=True, help="Give the echo path a synthetic room tail.")
 @click.option("--noise-dbfs", type=float, default=None, help="Background noise level at the phone.")
 @click.option(
-    "--loss", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+    "--loss",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
     help="Fraction of inbound frames lost at random (0-1).",
 )
 @click.option(
@@ -122,7 +144,10 @@ def _routes(values: tuple[str, ...]) -> dict[str, str]:
     help="Random extra send delay per inbound frame.",
 )
 @click.option(
-    "--hangup-after-s", type=float, default=None, callback=_not_negative,
+    "--hangup-after-s",
+    type=float,
+    default=None,
+    callback=_not_negative,
     help="The phone hangs up this long after the stream starts.",
 )
 @click.option("--shuffle-callbacks", is_flag=True, help="Deliver the early status callbacks out of order.")

@@ -174,7 +174,9 @@ class MediaStreamClient:
         # echoed back by the far end is not taken for the model speaking.
         floor = -120.0 if faults.noise_dbfs is None else faults.noise_dbfs
         self.heard_vad = SpeechDetector(threshold_over_floor(floor))
-        self.caller_frames: list[npt.NDArray[np.float32]] = []  # the caller's own voice, before echo and noise
+        self.caller_frames: list[
+            npt.NDArray[np.float32]
+        ] = []  # the caller's own voice, before echo and noise
         echo = faults.echo
         self._direct = 0  # the room's direct-path tap after the bulk delay
         rir = None

@@ -83,8 +83,10 @@ class Webhooks:
             # A pooled connection is reused for at most 5 s idle: servers close idle keep-alive
             # connections (ours after 10 s), and a request written into one the server is closing at that
             # instant fails with a reset that no retry policy of Twilio's would cover.
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, connect=5),
-                                                 connector=aiohttp.TCPConnector(keepalive_timeout=5.0))
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=15, connect=5),
+                connector=aiohttp.TCPConnector(keepalive_timeout=5.0),
+            )
         return self.session
 
     # --- delivery with faults ------------------------------------------------------------------------
@@ -256,6 +258,7 @@ class Webhooks:
 
 # --- the REST surface ----------------------------------------------------------------------------------
 
+
 class Carrier(Protocol):
     """What the REST surface asks of the emulator (`orchestrator.emulator.Carrier` is one)."""
 
@@ -264,9 +267,19 @@ class Carrier(Protocol):
 
     calls: dict[str, EmulatedCall]
 
-    def place_call(self, *, to: str, from_: str, twiml: str | None, url: str | None = None, method: str = "POST",
-                   status_callback: str | None = None, events: list[str] | None = None, timeout_s: float = 60,
-                   time_limit_s: float = 14400) -> EmulatedCall: ...
+    def place_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        twiml: str | None,
+        url: str | None = None,
+        method: str = "POST",
+        status_callback: str | None = None,
+        events: list[str] | None = None,
+        timeout_s: float = 60,
+        time_limit_s: float = 14400,
+    ) -> EmulatedCall: ...
 
 
 EMULATOR_KEY: web.AppKey[Carrier] = web.AppKey("emulator")

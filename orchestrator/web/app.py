@@ -45,9 +45,12 @@ def create_app(
         facts={"public_url": settings.public_url, "backend": (backend.name if backend else settings.backend)},
     )
     state.guard = ConnectionGuard(
-        cap=connection_cap(settings.max_connections, file_limit()[0]), header_timeout_s=settings.header_timeout_s,
-        keepalive_timeout_s=settings.keepalive_timeout_s, body_timeout_s=settings.body_timeout_s,
-        streams=lambda: len(state.sessions))
+        cap=connection_cap(settings.max_connections, file_limit()[0]),
+        header_timeout_s=settings.header_timeout_s,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        streams=lambda: len(state.sessions),
+    )
     app = web.Application(client_max_size=256 * 1024, middlewares=[state.guard.middleware])
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
@@ -109,7 +112,9 @@ def create_app(
 
     app.on_shutdown.append(interrupt_sessions)  # type: ignore[arg-type]
     reconciling = reconcile and settings.reconcile_interval_s > 0
-    app.cleanup_ctx.extend([store_ctx, backend_ctx, sessions_ctx, retention_ctx, *([reconcile_ctx] if reconciling else [])])
+    app.cleanup_ctx.extend(
+        [store_ctx, backend_ctx, sessions_ctx, retention_ctx, *([reconcile_ctx] if reconciling else [])]
+    )
     return app
 
 
@@ -133,8 +138,13 @@ async def _warm_up(state: AppState) -> None:
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
-        {"ok": True, "backend": state.backend.name, "busy": state.backend.busy,
-         "active_streams": len(state.sessions), "public_url": state.settings.public_url}
+        {
+            "ok": True,
+            "backend": state.backend.name,
+            "busy": state.backend.busy,
+            "active_streams": len(state.sessions),
+            "public_url": state.settings.public_url,
+        }
     )
 
 

@@ -42,7 +42,11 @@ class DtmfBatch:
         """The waiting digits as one event payload (None when there are none); starts a new batch."""
         if self.first_at is None:
             return None
-        payload: dict[str, Any] = {"digits": self.digits, "count": self.count, "track": ",".join(sorted(self.tracks))}
+        payload: dict[str, Any] = {
+            "digits": self.digits,
+            "count": self.count,
+            "track": ",".join(sorted(self.tracks)),
+        }
         if self.count > len(self.digits):
             payload["dropped"] = self.count - len(self.digits)
         self.digits, self.count, self.tracks, self.first_at = "", 0, set(), None

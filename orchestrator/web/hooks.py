@@ -58,7 +58,8 @@ def _payload(form: Any, token: str | None, *, clean: bool) -> dict[str, Any]:
     """The form as stored: secrets (Twilio's CallToken) never; an invalid identifier escaped and
     shortened, never raw."""
     payload: dict[str, Any] = without_secrets(
-        {k: form.getall(k) if len(form.getall(k)) > 1 else form[k] for k in form})
+        {k: form.getall(k) if len(form.getall(k)) > 1 else form[k] for k in form}
+    )
     if not clean:
         for name in _ID_FIELDS:
             if name in payload:
@@ -68,8 +69,9 @@ def _payload(form: Any, token: str | None, *, clean: bool) -> dict[str, Any]:
     return payload
 
 
-async def _record_callback(request: web.Request, *, source: str, type_key: str, endpoint: str,
-                           extra_key: tuple[str, ...] = ()) -> tuple[web.Response, Recorded]:
+async def _record_callback(
+    request: web.Request, *, source: str, type_key: str, endpoint: str, extra_key: tuple[str, ...] = ()
+) -> tuple[web.Response, Recorded]:
     state = request.app[STATE]
     form = await request.post()
     problem = signature_problem(state.settings, request, form)
@@ -86,8 +88,15 @@ async def _record_callback(request: web.Request, *, source: str, type_key: str, 
         refused = problem or bad_ids or service.identity_problem(call_id, call_sid)
         # a refused request spends no duplicate key: it must not hide the real callback that follows
         key = dedupe_key if refused is None or refused == problem else None
-        rec = service.record(source=source, type=raw_type, payload=payload, call_id=call_id, call_sid=call_sid,
-                             dedupe_key=key, rejected=refused)
+        rec = service.record(
+            source=source,
+            type=raw_type,
+            payload=payload,
+            call_id=call_id,
+            call_sid=call_sid,
+            dedupe_key=key,
+            rejected=refused,
+        )
         return rec, refused
 
     rec, refused = await state.service.run(apply)
@@ -105,14 +114,20 @@ async def _record_callback(request: web.Request, *, source: str, type_key: str, 
 
 
 async def status_callback(request: web.Request) -> web.Response:
-    response, _ = await _record_callback(request, source="status_callback", type_key="CallStatus",
-                                         endpoint="status")
+    response, _ = await _record_callback(
+        request, source="status_callback", type_key="CallStatus", endpoint="status"
+    )
     return response
 
 
 async def stream_status_callback(request: web.Request) -> web.Response:
-    response, _ = await _record_callback(request, source="stream_status", type_key="StreamEvent",
-                                         endpoint="stream-status", extra_key=("StreamSid", "StreamEvent"))
+    response, _ = await _record_callback(
+        request,
+        source="stream_status",
+        type_key="StreamEvent",
+        endpoint="stream-status",
+        extra_key=("StreamSid", "StreamEvent"),
+    )
     return response
 
 
@@ -125,8 +140,9 @@ async def voice_webhook(request: web.Request) -> web.Response:
     payload = _payload(form, None, clean=bad_ids is None)
     call_sid = str(form["CallSid"]) if bad_ids is None else None
     if problem or bad_ids:
-        await state.service.record(source="voice", type="incoming", payload=payload, call_sid=call_sid,
-                                   rejected=problem or bad_ids)
+        await state.service.record(
+            source="voice", type="incoming", payload=payload, call_sid=call_sid, rejected=problem or bad_ids
+        )
         state.prom.callbacks.labels("voice", "rejected").inc()
         if problem:
             return web.Response(status=403, text="invalid signature\n")
@@ -138,13 +154,23 @@ async def voice_webhook(request: web.Request) -> web.Response:
     facts = dict(state.facts)
 
     call = await state.service.create_inbound_call(
-        call_sid=call_sid, to_number=form.get("To"), from_number=form.get("From"), backend=state.backend.name,
-        say_text=None if busy else settings.greeting, facts=facts, payload=payload)
+        call_sid=call_sid,
+        to_number=form.get("To"),
+        from_number=form.get("From"),
+        backend=state.backend.name,
+        say_text=None if busy else settings.greeting,
+        facts=facts,
+        payload=payload,
+    )
     state.prom.callbacks.labels("voice", "accepted").inc()
     log.info("inbound call %s from %s", call["id"], mask_number(str(form.get("From") or "")))
     if busy:
-        await state.service.record(source="local", type="refused_busy", call_id=call["id"],
-                                   payload={"reason": "model busy with another call"})
+        await state.service.record(
+            source="local",
+            type="refused_busy",
+            call_id=call["id"],
+            payload={"reason": "model busy with another call"},
+        )
         return web.Response(text=busy_twiml(BUSY_MESSAGE), content_type="text/xml")
     twiml = stream_twiml(public_url, call_id=call["id"], token=call["token"], say=settings.greeting)
     return web.Response(text=twiml, content_type="text/xml")

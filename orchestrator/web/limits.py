@@ -119,13 +119,27 @@ class _GuardedProtocol(asyncio.Protocol):
 class ConnectionGuard:
     """The server's connection slots and phase timeouts (see the module docstring)."""
 
-    def __init__(self, *, cap: int, header_timeout_s: float, keepalive_timeout_s: float, body_timeout_s: float,
-                 streams: Callable[[], int] = lambda: 0, sweep_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        cap: int,
+        header_timeout_s: float,
+        keepalive_timeout_s: float,
+        body_timeout_s: float,
+        streams: Callable[[], int] = lambda: 0,
+        sweep_s: float = 0.5,
+    ) -> None:
         self.cap, self.header_timeout_s, self.keepalive_timeout_s = cap, header_timeout_s, keepalive_timeout_s
         self.body_timeout_s, self.streams, self.sweep_s = body_timeout_s, streams, sweep_s
         self.conns: dict[Any, _Conn] = {}  # aiohttp's RequestHandler -> its slot
-        self.counts = {"shed_idle": 0, "shed_reading": 0, "refused": 0, "header_timeouts": 0, "idle_timeouts": 0,
-                       "body_timeouts": 0}
+        self.counts = {
+            "shed_idle": 0,
+            "shed_reading": 0,
+            "refused": 0,
+            "header_timeouts": 0,
+            "idle_timeouts": 0,
+            "body_timeouts": 0,
+        }
         self._sweeper: asyncio.Task[None] | None = None
         self._accept_log: AcceptErrorLog | None = None
 
@@ -149,8 +163,11 @@ class ConnectionGuard:
 
     def _shed(self) -> bool:
         for phase, counter in ((Phase.IDLE, "shed_idle"), (Phase.READING, "shed_reading")):
-            oldest = min(((h, c) for h, c in self.conns.items() if c.phase is phase), key=lambda hc: hc[1].since,
-                         default=None)
+            oldest = min(
+                ((h, c) for h, c in self.conns.items() if c.phase is phase),
+                key=lambda hc: hc[1].since,
+                default=None,
+            )
             if oldest is not None:
                 self.counts[counter] += 1
                 self._close(*oldest)
@@ -194,7 +211,9 @@ class ConnectionGuard:
                     await asyncio.wait_for(request.read(), self.body_timeout_s)  # post() reads it from here
                 except asyncio.TimeoutError:
                     self.counts["body_timeouts"] += 1
-                    return web.Response(status=408, text="request body too slow\n", headers={"Connection": "close"})
+                    return web.Response(
+                        status=408, text="request body too slow\n", headers={"Connection": "close"}
+                    )
             response: web.StreamResponse = await handler(request)
             return response
         finally:
@@ -244,17 +263,32 @@ class AcceptErrorLog:
         if self._last is not None and now - self._last < self.interval_s:
             self.held_back += 1
             return
-        more = f" ({self.held_back} more in the last {now - self._last:.0f} s)" if self._last and self.held_back else ""
-        log.error("cannot accept connections: %s%s; is the open-file limit (ulimit -n) too low for "
-                  "MAX_CONNECTIONS?", exc or context.get("message"), more)
+        more = (
+            f" ({self.held_back} more in the last {now - self._last:.0f} s)"
+            if self._last and self.held_back
+            else ""
+        )
+        log.error(
+            "cannot accept connections: %s%s; is the open-file limit (ulimit -n) too low for "
+            "MAX_CONNECTIONS?",
+            exc or context.get("message"),
+            more,
+        )
         self._last, self.held_back = now, 0
 
 
 class GuardedSite(web.BaseSite):
     """A TCP listener whose every connection goes through the guard."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, *,
-                 backlog: int | None = None) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        *,
+        backlog: int | None = None,
+    ) -> None:
         super().__init__(runner, backlog=backlog or listen_backlog(file_limit()[0]))
         self._host, self._port, self.guard = host, port, guard
 
@@ -268,7 +302,12 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         await self.guard.start()
         self._server = await asyncio.get_running_loop().create_server(
-            self.guard.protocol_factory(server), self._host, self._port, backlog=self._backlog, reuse_address=True)
+            self.guard.protocol_factory(server),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
 
     async def stop(self) -> None:
         await self.guard.stop()

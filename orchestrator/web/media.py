@@ -148,9 +148,15 @@ async def _read_loop(
             try:
                 msg = await ws.receive(timeout=max(0.001, start_by - time.monotonic()))
             except asyncio.TimeoutError:
-                reason = f"no start within {state.settings.media_start_timeout_s:g} s of the WebSocket upgrade"
-                await state.service.record(source="media", type="start_timeout", rejected=reason,
-                                           payload={"frames": stream.frames_received})
+                reason = (
+                    f"no start within {state.settings.media_start_timeout_s:g} s of the WebSocket upgrade"
+                )
+                await state.service.record(
+                    source="media",
+                    type="start_timeout",
+                    rejected=reason,
+                    payload={"frames": stream.frames_received},
+                )
                 await ws.close(code=1008, message=reason.encode()[:120])
                 reader.end = "start_timeout"
                 return
@@ -219,8 +225,11 @@ async def _close_when_done(live: LiveCall) -> None:
 
 def start_identifier_problem(start: Start, call_id: str | None) -> str | None:
     """Why a `start`'s identifiers are not what Twilio and our TwiML send; None when they are."""
-    for name, kind, value in (("start.callSid", "CA", start.call_sid), ("start.streamSid", "MZ", start.stream_sid),
-                              ("start.accountSid", "AC", start.account_sid)):
+    for name, kind, value in (
+        ("start.callSid", "CA", start.call_sid),
+        ("start.streamSid", "MZ", start.stream_sid),
+        ("start.accountSid", "AC", start.account_sid),
+    ):
         if not valid_sid(kind, value):
             return f"invalid {name} {log_safe(value, 40)}: expected {kind} and 32 hex digits"
     if call_id is not None and not valid_call_id(call_id):
@@ -242,8 +251,9 @@ async def _on_start(
     bad_ids = start_identifier_problem(start, call_id)
     if bad_ids:  # never stored or logged raw: escaped and shortened
         payload = {k: (log_safe(v, 64) if isinstance(v, str) else v) for k, v in payload.items()}
-        payload["customParameters"] = {log_safe(k, 32): log_safe(v, 64) for k, v in params.items()
-                                       if k != "token"}
+        payload["customParameters"] = {
+            log_safe(k, 32): log_safe(v, 64) for k, v in params.items() if k != "token"
+        }
         call_id = None
 
     call: dict[str, Any] | None = None
@@ -315,8 +325,9 @@ async def _go_live(
     recording = None
     if state.settings.recordings_dir is not None:
         recording = Path(state.settings.recordings_dir) / f"{call['id']}.wav"
-    await state.service.attach_stream(call["id"], stream_sid=start.stream_sid,
-                                      recording_path=str(recording) if recording else None)
+    await state.service.attach_stream(
+        call["id"], stream_sid=start.stream_sid, recording_path=str(recording) if recording else None
+    )
     if rec.call:
         state.prom.call_state(call["id"], rec.call["state"])
 

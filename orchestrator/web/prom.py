@@ -18,24 +18,44 @@ class Prom:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.calls_by_state = Gauge("orchestrator_calls_by_state", "Calls seen by this server per state",
-                                    ["state"], registry=r)
+        self.calls_by_state = Gauge(
+            "orchestrator_calls_by_state", "Calls seen by this server per state", ["state"], registry=r
+        )
         self.active_streams = Gauge("orchestrator_active_streams", "Open media streams", registry=r)
-        self.callbacks = Counter("orchestrator_callbacks_total", "Twilio callbacks received",
-                                 ["endpoint", "outcome"], registry=r)
-        self.media_errors = Counter("orchestrator_media_protocol_errors_total",
-                                    "Malformed media stream frames", registry=r)
-        self.first_audio = Histogram("orchestrator_first_audio_heard_ms", "First audio heard (ms)",
-                                     buckets=_LATENCY_BUCKETS, registry=r)
-        self.response_latency = Histogram("orchestrator_response_latency_ms", "Response latency per turn (ms)",
-                                          buckets=_LATENCY_BUCKETS, registry=r)
-        self.step_ms = Histogram("orchestrator_model_step_ms", "Model step time (ms)", buckets=_STEP_BUCKETS,
-                                 registry=r)
-        self.connections = Gauge("orchestrator_connections", "Open connections by phase (reading, busy, idle)",
-                                 ["phase"], registry=r)
+        self.callbacks = Counter(
+            "orchestrator_callbacks_total", "Twilio callbacks received", ["endpoint", "outcome"], registry=r
+        )
+        self.media_errors = Counter(
+            "orchestrator_media_protocol_errors_total", "Malformed media stream frames", registry=r
+        )
+        self.first_audio = Histogram(
+            "orchestrator_first_audio_heard_ms",
+            "First audio heard (ms)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.response_latency = Histogram(
+            "orchestrator_response_latency_ms",
+            "Response latency per turn (ms)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.step_ms = Histogram(
+            "orchestrator_model_step_ms", "Model step time (ms)", buckets=_STEP_BUCKETS, registry=r
+        )
+        self.connections = Gauge(
+            "orchestrator_connections",
+            "Open connections by phase (reading, busy, idle)",
+            ["phase"],
+            registry=r,
+        )
         self.connection_limit = Gauge("orchestrator_connection_limit", "Connections admitted now", registry=r)
-        self.connections_closed = Gauge("orchestrator_connections_closed_total",
-                                        "Connections closed or refused by the limits, by why", ["why"], registry=r)
+        self.connections_closed = Gauge(
+            "orchestrator_connections_closed_total",
+            "Connections closed or refused by the limits, by why",
+            ["why"],
+            registry=r,
+        )
         self._states: dict[str, str] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
 

@@ -47,11 +47,15 @@ def signature_problem(settings: Settings, request: web.Request, params: Any) -> 
     if validator.validate(str(request.url), params, signature):
         log.warning(
             "rejected %s: signature is valid only for the local URL %s; expected it for %s "
-            "(is PUBLIC_URL the tunnel's URL?)", log_safe(request.path), log_safe(request.url, 200),
+            "(is PUBLIC_URL the tunnel's URL?)",
+            log_safe(request.path),
+            log_safe(request.url, 200),
             log_safe(expected_url, 200),
         )
     else:
-        log.warning("rejected %s: bad X-Twilio-Signature for %s", log_safe(request.path), log_safe(expected_url, 200))
+        log.warning(
+            "rejected %s: bad X-Twilio-Signature for %s", log_safe(request.path), log_safe(expected_url, 200)
+        )
     return "bad signature"
 
 

@@ -6,5 +6,7 @@ import shutil
 
 import pytest
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng is not installed (CI installs it: the caller speaks with it)")
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None,
+    reason="espeak-ng is not installed (CI installs it: the caller speaks with it)",
+)

@@ -20,57 +20,139 @@ from tests.e2e.conftest import needs_espeak
 
 pytestmark = [needs_espeak, pytest.mark.slow]
 
-LINES = (Turn(text="Hello, can you hear me?", answer_timeout_s=5.0, pause_s=0.5),
-         Turn(text="Tell me about the weather.", answer_timeout_s=5.0, pause_s=0.5))
+LINES = (
+    Turn(text="Hello, can you hear me?", answer_timeout_s=5.0, pause_s=0.5),
+    Turn(text="Tell me about the weather.", answer_timeout_s=5.0, pause_s=0.5),
+)
 GREETING = "Hi, I repeat what you say."
 # Each line starts before the model has finished repeating the previous one: partial double-talk.
 # (Under double-talk all the time the meter has too few single-talk segments to flag; see the note.)
-OVERLAPPING = tuple(Turn(text=t, wait_for_answer=False, pause_s=1.2) for t in (
-    "One, two, three, four, five.", "Six, seven, eight, nine, ten.", "Eleven, twelve, thirteen."))
+OVERLAPPING = tuple(
+    Turn(text=t, wait_for_answer=False, pause_s=1.2)
+    for t in ("One, two, three, four, five.", "Six, seven, eight, nine, ten.", "Eleven, twelve, thirteen.")
+)
 SCENARIOS: dict[str, tuple[str, CallOptions]] = {
-    "normal": ("+15005550101", CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2,
-                                           faults=Faults(hangup_after_stream_s=9.0))),
+    "normal": (
+        "+15005550101",
+        CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2, faults=Faults(hangup_after_stream_s=9.0)),
+    ),
     "busy": ("+15005550002", CallOptions(answer="busy", ring_s=0.3)),
     "no-answer": ("+15005550003", CallOptions(answer="no-answer", ring_s=0.5)),
-    "hangup-mid-stream": ("+15005550102", CallOptions(
-        ring_s=0.3, turns=(Turn(text="I am going to hang up in the middle of this sentence now.",
-                                wait_for_answer=False),),
-        caller_start_s=0.2, faults=Faults(hangup_after_stream_s=1.5))),
-    "shuffled-duplicated": ("+15005550103", CallOptions(ring_s=0.3, faults=Faults(
-        hangup_after_stream_s=2.0, callbacks=CallbackFaults(shuffle=True, duplicate=("*",), retry=("completed",))))),
-    "bad-signature": ("+15005550104", CallOptions(ring_s=0.3, faults=Faults(
-        hangup_after_stream_s=2.5, callbacks=CallbackFaults(bad_signature="completed", bad_signature_after_s=0.5)))),
-    "lost-frames": ("+15005550105", CallOptions(ring_s=0.3, turns=(Turn(text="Counting one two three four.",
-                                                                        wait_for_answer=False),),
-                                                faults=Faults(lost_frames=(20, 21, 22, 60, 100),
-                                                              hangup_after_stream_s=3.0))),
-    "echo-path": ("+15005550106", CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2,
-                                              faults=Faults(echo=EchoSpec(delay_ms=150, loss_db=12),
-                                                            hangup_after_stream_s=9.0))),
+    "hangup-mid-stream": (
+        "+15005550102",
+        CallOptions(
+            ring_s=0.3,
+            turns=(
+                Turn(text="I am going to hang up in the middle of this sentence now.", wait_for_answer=False),
+            ),
+            caller_start_s=0.2,
+            faults=Faults(hangup_after_stream_s=1.5),
+        ),
+    ),
+    "shuffled-duplicated": (
+        "+15005550103",
+        CallOptions(
+            ring_s=0.3,
+            faults=Faults(
+                hangup_after_stream_s=2.0,
+                callbacks=CallbackFaults(shuffle=True, duplicate=("*",), retry=("completed",)),
+            ),
+        ),
+    ),
+    "bad-signature": (
+        "+15005550104",
+        CallOptions(
+            ring_s=0.3,
+            faults=Faults(
+                hangup_after_stream_s=2.5,
+                callbacks=CallbackFaults(bad_signature="completed", bad_signature_after_s=0.5),
+            ),
+        ),
+    ),
+    "lost-frames": (
+        "+15005550105",
+        CallOptions(
+            ring_s=0.3,
+            turns=(Turn(text="Counting one two three four.", wait_for_answer=False),),
+            faults=Faults(lost_frames=(20, 21, 22, 60, 100), hangup_after_stream_s=3.0),
+        ),
+    ),
+    "echo-path": (
+        "+15005550106",
+        CallOptions(
+            ring_s=0.3,
+            turns=LINES,
+            caller_start_s=2.2,
+            faults=Faults(echo=EchoSpec(delay_ms=150, loss_db=12), hangup_after_stream_s=9.0),
+        ),
+    ),
     # the caller talks over the model's replies (no waiting): double-talk, with and without an echo path
-    "echo-doubletalk-noise": ("+15005550107", CallOptions(ring_s=0.3, turns=OVERLAPPING, caller_start_s=1.0,
-                                                         faults=Faults(echo=EchoSpec(delay_ms=300, loss_db=20),
-                                                                       noise_dbfs=-55.0,
-                                                                       hangup_after_stream_s=12.0))),
+    "echo-doubletalk-noise": (
+        "+15005550107",
+        CallOptions(
+            ring_s=0.3,
+            turns=OVERLAPPING,
+            caller_start_s=1.0,
+            faults=Faults(
+                echo=EchoSpec(delay_ms=300, loss_db=20), noise_dbfs=-55.0, hangup_after_stream_s=12.0
+            ),
+        ),
+    ),
     # measurement fidelity (issue 12): a room, a far quiet echo, a loud noise floor; truth from the emulator
-    "echo-room": ("+15005550109", CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2, faults=Faults(
-        echo=EchoSpec(delay_ms=60, loss_db=15, room=True, rt60_s=0.4, distance_m=1.0), noise_dbfs=-60.0,
-        hangup_after_stream_s=9.0))),
-    "echo-far-quiet": ("+15005550110", CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2, faults=Faults(
-        echo=EchoSpec(delay_ms=300, loss_db=25), noise_dbfs=-60.0, hangup_after_stream_s=9.0))),
-    "noise-40": ("+15005550111", CallOptions(ring_s=0.3, turns=LINES, caller_start_s=2.2,
-                                             faults=Faults(noise_dbfs=-40.0, hangup_after_stream_s=9.0))),
-    "doubletalk-clean": ("+15005550108", CallOptions(ring_s=0.3, turns=OVERLAPPING, caller_start_s=1.0,
-                                                    faults=Faults(noise_dbfs=-55.0, hangup_after_stream_s=12.0))),
+    "echo-room": (
+        "+15005550109",
+        CallOptions(
+            ring_s=0.3,
+            turns=LINES,
+            caller_start_s=2.2,
+            faults=Faults(
+                echo=EchoSpec(delay_ms=60, loss_db=15, room=True, rt60_s=0.4, distance_m=1.0),
+                noise_dbfs=-60.0,
+                hangup_after_stream_s=9.0,
+            ),
+        ),
+    ),
+    "echo-far-quiet": (
+        "+15005550110",
+        CallOptions(
+            ring_s=0.3,
+            turns=LINES,
+            caller_start_s=2.2,
+            faults=Faults(
+                echo=EchoSpec(delay_ms=300, loss_db=25), noise_dbfs=-60.0, hangup_after_stream_s=9.0
+            ),
+        ),
+    ),
+    "noise-40": (
+        "+15005550111",
+        CallOptions(
+            ring_s=0.3,
+            turns=LINES,
+            caller_start_s=2.2,
+            faults=Faults(noise_dbfs=-40.0, hangup_after_stream_s=9.0),
+        ),
+    ),
+    "doubletalk-clean": (
+        "+15005550108",
+        CallOptions(
+            ring_s=0.3,
+            turns=OVERLAPPING,
+            caller_start_s=1.0,
+            faults=Faults(noise_dbfs=-55.0, hangup_after_stream_s=12.0),
+        ),
+    ),
 }
 
 
 async def _run_batch(workdir: Path) -> dict[str, tuple[dict[str, Any], Any]]:
-    settings = rig_settings(workdir, backend="echo", echo_mode="turns", echo_greeting=GREETING,
-                            greeting="Hello there.")
+    settings = rig_settings(
+        workdir, backend="echo", echo_mode="turns", echo_greeting=GREETING, greeting="Hello there."
+    )
     async with LocalRig(settings, workdir / "truth") as rig:
         rows = {name: await rig.place(opts, to=to, run="e2e") for name, (to, opts) in SCENARIOS.items()}
-        truths = await asyncio.gather(*[rig.emulator.wait_call(r["call_sid"], timeout=60) for r in rows.values()])
+        truths = await asyncio.gather(
+            *[rig.emulator.wait_call(r["call_sid"], timeout=60) for r in rows.values()]
+        )
         docs = [await rig.settled(r["id"]) for r in rows.values()]
     return {name: (doc, truth) for name, doc, truth in zip(rows, docs, truths, strict=True)}
 
@@ -93,8 +175,12 @@ def delivered(truth: Any, kind: str = "status") -> list[dict[str, Any]]:
 
 
 # forward only: the stream's stop is in the event log, and the last move says the call streamed
-ANSWERED = [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "streaming"),
-            ("streaming", "completed")]
+ANSWERED = [
+    ("queued", "ringing"),
+    ("ringing", "in-progress"),
+    ("in-progress", "streaming"),
+    ("streaming", "completed"),
+]
 
 
 def test_normal_call_to_completion(batch: dict[str, Any]) -> None:
@@ -106,9 +192,16 @@ def test_normal_call_to_completion(batch: dict[str, Any]) -> None:
     assert [e["payload"]["SequenceNumber"] for e in stored] == [str(c["seq"]) for c in delivered(truth)]
     assert all(e["accepted"] for e in stored)
     checks = {c["criterion"]: c["status"] for c in doc["checks"] if c["decided_by"] == "auto"}
-    for criterion in ("call_initiated", "answered_ivr_heard", "websocket_connected", "caller_hears_model",
-                      "model_hears_caller", "conversation_interactive", "audio_quality_ok",
-                      "no_latency_echo_issues"):
+    for criterion in (
+        "call_initiated",
+        "answered_ivr_heard",
+        "websocket_connected",
+        "caller_hears_model",
+        "model_hears_caller",
+        "conversation_interactive",
+        "audio_quality_ok",
+        "no_latency_echo_issues",
+    ):
         assert checks[criterion] == "pass", (criterion, doc["checks"])
     assert checks["tunnel_exposed"] == "unknown"  # offline: no tunnel exists to judge
 
@@ -200,11 +293,24 @@ def test_lost_frames_counted_exactly(batch: dict[str, Any]) -> None:
 
 def echo_evidence(doc: dict[str, Any], truth: Any) -> dict[str, Any]:
     m = doc["metrics"]
-    return {"truth": truth.stream.get("echo"), **{k: m.get(k) for k in (
-        "echo_detected", "echo_delay_ms", "echo_return_loss_db", "echo_path_z", "echo_confidence")}}
+    return {
+        "truth": truth.stream.get("echo"),
+        **{
+            k: m.get(k)
+            for k in (
+                "echo_detected",
+                "echo_delay_ms",
+                "echo_return_loss_db",
+                "echo_path_z",
+                "echo_confidence",
+            )
+        },
+    }
 
 
-def assert_echo_measured(doc: dict[str, Any], truth: Any, *, delay_ms: float = 1.0, loss_db: float = 1.0) -> None:
+def assert_echo_measured(
+    doc: dict[str, Any], truth: Any, *, delay_ms: float = 1.0, loss_db: float = 1.0
+) -> None:
     """The echo is flagged with its first arrival and its loss as the phone's own signals say they were
     (the emulator computes both from what it played and mixed, never with our meters)."""
     m, true = doc["metrics"], truth.stream["echo"]

@@ -48,18 +48,30 @@ def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
 
 def test_no_child_survives_kill_9_of_the_server(tmp_path: Path) -> None:
     port = free_port()
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "TWILIO_AUTH_TOKEN": "t0k3n",
-           "ORCHESTRATOR_DB": str(tmp_path / "serve.db"), "RECORDINGS_DIR": "off", "HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "TWILIO_AUTH_TOKEN": "t0k3n",
+        "ORCHESTRATOR_DB": str(tmp_path / "serve.db"),
+        "RECORDINGS_DIR": "off",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     kids: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 60
         # the warm-up starts the analysis worker (and, with it, the resource tracker) half a second in
         while time.monotonic() < deadline:
             kids = children_of(proc.pid)
-            if any("spawn_main" in c for c in kids.values()) and any("resource_tracker" in c for c in kids.values()):
+            if any("spawn_main" in c for c in kids.values()) and any(
+                "resource_tracker" in c for c in kids.values()
+            ):
                 break
             time.sleep(0.1)
         assert any("spawn_main" in c for c in kids.values()), f"the analysis worker never started: {kids}"
@@ -85,14 +97,22 @@ time.sleep(60)
 _WATCHED = "import os, time; from orchestrator.children import watch_parent; watch_parent(os.getppid()); time.sleep(60)"
 
 
-@pytest.mark.parametrize(("argv", "how"), [
-    pytest.param([sys.executable, "-c", _WATCHED], "plain", id="parent-watch-alone"),
-    pytest.param(["sleep", "60"], "wrapped", id="exec-wrapper (the tunnel program)"),
-])
+@pytest.mark.parametrize(
+    ("argv", "how"),
+    [
+        pytest.param([sys.executable, "-c", _WATCHED], "plain", id="parent-watch-alone"),
+        pytest.param(["sleep", "60"], "wrapped", id="exec-wrapper (the tunnel program)"),
+    ],
+)
 def test_an_orphaned_child_ends_itself(tmp_path: Path, argv: list[str], how: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    middle = subprocess.Popen([sys.executable, "-c", _MIDDLE, json.dumps(argv), how], env=env, cwd=tmp_path,
-                              stdout=subprocess.PIPE, text=True)
+    middle = subprocess.Popen(
+        [sys.executable, "-c", _MIDDLE, json.dumps(argv), how],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert middle.stdout is not None
     child = int(middle.stdout.readline())
     try:

@@ -20,9 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_ctrl_c_during_the_demo_is_one_line_and_exit_130(tmp_path: Path) -> None:
     db = tmp_path / "demo.db"
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "demo", "--seconds", "30", "--db", str(db)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "demo", "--seconds", "30", "--db", str(db)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own process group, as a terminal's Ctrl-C reaches
     assert proc.stderr is not None
     seen = []
     deadline = time.monotonic() + 90

@@ -124,7 +124,13 @@ async def test_echo_path_feeds_what_was_heard_back_into_the_microphone(rig: Any)
     seg = slice(lag + 400, lag + 3600)
     loss = 20 * np.log10(np.sqrt(np.mean(heard[400:3600] ** 2)) / np.sqrt(np.mean(sent[seg] ** 2)))
     assert abs(loss - 6.0) < 1.5
-    assert truth.options["faults"]["echo"] == {"delay_ms": 100, "loss_db": 6, "room": False, "rt60_s": 0.25, "distance_m": 0.5}
+    assert truth.options["faults"]["echo"] == {
+        "delay_ms": 100,
+        "loss_db": 6,
+        "room": False,
+        "rt60_s": 0.25,
+        "distance_m": 0.5,
+    }
 
 
 async def test_turns_wait_for_the_answer(rig: Any, tmp_path: Any) -> None:

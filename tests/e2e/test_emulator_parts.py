@@ -117,5 +117,13 @@ def test_feeding_silence_the_quick_way_leaves_the_detector_as_feeding_zeros_does
 
 
 def vars_of(d: SpeechDetector) -> tuple[object, ...]:
-    return (d._pos, len(d._pending), d._run_start if d._run_len else None, d._run_len, d._quiet,
-            d._last_loud_end, d.current_onset, list(d.segments))
+    return (
+        d._pos,
+        len(d._pending),
+        d._run_start if d._run_len else None,
+        d._run_len,
+        d._quiet,
+        d._last_loud_end,
+        d.current_onset,
+        list(d.segments),
+    )

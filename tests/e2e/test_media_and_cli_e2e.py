@@ -25,16 +25,21 @@ ECHO_MS = 400.0
 
 async def test_echo_backend_returns_the_callers_speech_after_the_delay(tmp_path: Path) -> None:
     settings = rig_settings(tmp_path, backend="echo", echo_mode="delay", echo_delay_ms=ECHO_MS, greeting="")
-    far = CallOptions(ring_s=0.2, caller_start_s=0.3,
-                      turns=(Turn(text="The quick brown fox jumps over the lazy dog.", wait_for_answer=False),),
-                      faults=Faults(hangup_after_stream_s=4.5))
+    far = CallOptions(
+        ring_s=0.2,
+        caller_start_s=0.3,
+        turns=(Turn(text="The quick brown fox jumps over the lazy dog.", wait_for_answer=False),),
+        faults=Faults(hangup_after_stream_s=4.5),
+    )
     async with LocalRig(settings, tmp_path / "truth") as rig:
         row = await rig.place(far)
         truth = await rig.emulator.wait_call(row["call_sid"], timeout=30)
         doc = await rig.settled(row["id"])
         call = rig.emulator.calls[row["call_sid"]]
-    assert [(t["from"], t["to"]) for t in doc["transitions"]][2:] == [("in-progress", "streaming"),
-                                                                     ("streaming", "completed")]
+    assert [(t["from"], t["to"]) for t in doc["transitions"]][2:] == [
+        ("in-progress", "streaming"),
+        ("streaming", "completed"),
+    ]
     # what the phone heard is what the caller said, ECHO_MS (plus the bridge's own latency) later
     said = call.sent_pcm.astype(np.float64)
     heard = call.heard_pcm.astype(np.float64)
@@ -61,11 +66,18 @@ def recording_bytes(path: Path) -> int:
 
 async def test_inbound_call_gets_twiml_and_streams(tmp_path: Path) -> None:
     settings = rig_settings(tmp_path, backend="echo", echo_mode="delay", greeting="Welcome.")
-    far = CallOptions(turns=(Turn(text="Hello from the caller side.", wait_for_answer=False),),
-                      faults=Faults(hangup_after_stream_s=2.5))
+    far = CallOptions(
+        turns=(Turn(text="Hello from the caller side.", wait_for_answer=False),),
+        faults=Faults(hangup_after_stream_s=2.5),
+    )
     async with LocalRig(settings, tmp_path / "truth") as rig:
-        sid = await rig.emulator.dial_in(f"{settings.public_url}/twilio/voice", "+14155550177", "+15005550006",
-                                         options=far, status_callback=f"{settings.public_url}/twilio/status")
+        sid = await rig.emulator.dial_in(
+            f"{settings.public_url}/twilio/voice",
+            "+14155550177",
+            "+15005550006",
+            options=far,
+            status_callback=f"{settings.public_url}/twilio/status",
+        )
         await rig.emulator.wait_call(sid, timeout=30)
         row = rig.service.store.get_call(sid)
         doc = await rig.settled(row["id"], timeout_s=10)
@@ -78,19 +90,32 @@ async def test_inbound_call_gets_twiml_and_streams(tmp_path: Path) -> None:
 
 
 async def _cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "orchestrator", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
 
 
 def _env(settings: Any, **extra: str) -> dict[str, str]:
     return {
-        "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
-        "TWILIO_AUTH_TOKEN": settings.twilio_auth_token, "TWILIO_FROM_NUMBER": "+15005550006",
-        "TWILIO_API_BASE_URL": settings.twilio_api_base_url, "PUBLIC_URL": settings.public_url,
-        "ORCHESTRATOR_HOST": "127.0.0.1", "ORCHESTRATOR_PORT": str(settings.port),
-        "ORCHESTRATOR_DB": str(settings.db), **extra,
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+        "TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE_URL": settings.twilio_api_base_url,
+        "PUBLIC_URL": settings.public_url,
+        "ORCHESTRATOR_HOST": "127.0.0.1",
+        "ORCHESTRATOR_PORT": str(settings.port),
+        "ORCHESTRATOR_DB": str(settings.db),
+        **extra,
     }
 
 
@@ -99,8 +124,10 @@ async def test_orchestrator_call_sends_what_twilio_expects(tmp_path: Path) -> No
     async with LocalRig(settings, tmp_path / "truth") as rig:
         rig.emulator.set_defaults(CallOptions(ring_s=0.2, faults=Faults(hangup_after_answer_s=2.0)))
         # no PUBLIC_URL here: the running server says which public URL it serves
-        code, out, err = await _cli(["call", "+14155550123", "--run", "cli", "--say", "Hi there", "--json"],
-                                    _env(rig.settings, PUBLIC_URL=""))
+        code, out, err = await _cli(
+            ["call", "+14155550123", "--run", "cli", "--say", "Hi there", "--json"],
+            _env(rig.settings, PUBLIC_URL=""),
+        )
         assert code == 0, err
         placed = json.loads(out)
         call = rig.emulator.calls[placed["call_sid"]]
@@ -115,12 +142,15 @@ async def test_orchestrator_call_sends_what_twilio_expects(tmp_path: Path) -> No
         stream = root.find("Connect/Stream")
         assert stream is not None and stream.get("url") == "wss://demo-tunnel.invalid/media"
         assert {p.get("name"): p.get("value") for p in stream.findall("Parameter")} == {
-            "call_id": row["id"], "token": row["token"]}
+            "call_id": row["id"],
+            "token": row["token"],
+        }
         assert row["call_sid"] == placed["call_sid"] and row["direction"] == "outbound-api"
 
         # the carrier refuses (bad credentials): one clear line, and the call is kept as failed
-        code, out, err = await _cli(["call", "+14155550123", "--json"],
-                                    _env(rig.settings, TWILIO_AUTH_TOKEN="wrong-token"))
+        code, out, err = await _cli(
+            ["call", "+14155550123", "--json"], _env(rig.settings, TWILIO_AUTH_TOKEN="wrong-token")
+        )
         assert code != 0 and "20003" in err and "Traceback" not in err
         failed = rig.service.store.list_calls(state="failed")
         assert len(failed) == 1
@@ -166,7 +196,9 @@ async def test_second_call_refused_when_the_backend_is_busy(tmp_path: Path) -> N
         code, _, err = await _cli(["call", "+14155550124"], _env(rig.settings))
         assert code != 0 and "model is busy" in err
         # a stream that arrives anyway (an inbound call racing us) is closed with the reason recorded
-        sid = await rig.emulator.dial_in(f"{settings.public_url}/twilio/voice", "+14155550178", "+15005550006")
+        sid = await rig.emulator.dial_in(
+            f"{settings.public_url}/twilio/voice", "+14155550178", "+15005550006"
+        )
         await rig.emulator.wait_call(sid, timeout=20)
         inbound = rig.service.document(sid)
         assert any(e["type"] in ("refused_busy", "start_rejected") for e in inbound["events"])

@@ -19,21 +19,39 @@ pytestmark = [needs_espeak]
 
 
 def _start(call_id: str, token: str) -> str:
-    return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": "MZ" + "9" * 32, "start": {
-        "accountSid": "AC" + "0" * 32, "streamSid": "MZ" + "9" * 32, "callSid": "CA" + "9" * 32,
-        "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        "customParameters": {"call_id": call_id, "token": token}}})
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": "MZ" + "9" * 32,
+            "start": {
+                "accountSid": "AC" + "0" * 32,
+                "streamSid": "MZ" + "9" * 32,
+                "callSid": "CA" + "9" * 32,
+                "tracks": ["inbound"],
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                "customParameters": {"call_id": call_id, "token": token},
+            },
+        }
+    )
 
 
 async def test_garbage_bad_handshake_and_bad_start_leave_a_live_call_alone(tmp_path: Path) -> None:
     settings = rig_settings(tmp_path, backend="echo", echo_mode="delay", greeting="")
     async with LocalRig(settings, tmp_path / "truth") as rig:
-        good = await rig.place(CallOptions(ring_s=0.1, turns=(Turn(text="I am the real caller.",
-                                                                     wait_for_answer=False),),
-                                           faults=Faults(hangup_after_stream_s=4.0)))
+        good = await rig.place(
+            CallOptions(
+                ring_s=0.1,
+                turns=(Turn(text="I am the real caller.", wait_for_answer=False),),
+                faults=Faults(hangup_after_stream_s=4.0),
+            )
+        )
         local = rig.server.local_url.replace("http", "ws") + "/media"
-        signed = {"x-twilio-signature": RequestValidator(settings.twilio_auth_token or "").compute_signature(
-            media_url(settings.public_url or ""), {})}
+        signed = {
+            "x-twilio-signature": RequestValidator(settings.twilio_auth_token or "").compute_signature(
+                media_url(settings.public_url or ""), {}
+            )
+        }
 
         # 1. no signature: refused before the upgrade
         try:
@@ -63,7 +81,8 @@ async def test_garbage_bad_handshake_and_bad_start_leave_a_live_call_alone(tmp_p
         await rig.emulator.wait_call(good["call_sid"], timeout=30)
         doc = await rig.settled(good["id"])
         rejected = rig.service.store.db.execute(
-            "SELECT type, reason FROM events WHERE accepted = 0 AND source = 'media' ORDER BY id").fetchall()
+            "SELECT type, reason FROM events WHERE accepted = 0 AND source = 'media' ORDER BY id"
+        ).fetchall()
     reasons = [(t, r) for t, r in rejected]
     assert ("handshake", "bad signature: missing x-twilio-signature on the WebSocket handshake") in reasons
     assert any(t == "garbage" for t, _ in reasons)

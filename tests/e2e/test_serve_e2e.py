@@ -35,11 +35,31 @@ def free_port() -> int:
 def test_serve_process_starts_and_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     port = free_port()
     db = tmp_path / "serve.db"
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "TWILIO_AUTH_TOKEN": "t0k3n",
-           "ORCHESTRATOR_DB": str(db), "RECORDINGS_DIR": "off", "HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "serve", "--port", str(port),
-                             "--public-url", "https://serve-test.invalid"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "TWILIO_AUTH_TOKEN": "t0k3n",
+        "ORCHESTRATOR_DB": str(db),
+        "RECORDINGS_DIR": "off",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "serve",
+            "--port",
+            str(port),
+            "--public-url",
+            "https://serve-test.invalid",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         health = None

@@ -27,8 +27,9 @@ async def test_batched_jobs_are_atomic_each_and_committed_before_the_answer(tmp_
     service = AsyncService(lambda: Store(db))
     await service.start()
     try:
-        call = await service.run(lambda s: s.store.create_call(direction="outbound-api", to_number=None,
-                                                               from_number=None))
+        call = await service.run(
+            lambda s: s.store.create_call(direction="outbound-api", to_number=None, from_number=None)
+        )
 
         def failing(s: CallService) -> None:
             with s.store.transaction():
@@ -36,8 +37,13 @@ async def test_batched_jobs_are_atomic_each_and_committed_before_the_answer(tmp_
                 raise RuntimeError("job failed halfway")
 
         jobs: list[Any] = [
-            service.record(source="status_callback", type="ringing", call_id=call["id"], dedupe_key=f"k{i}",
-                           payload={"i": i})
+            service.record(
+                source="status_callback",
+                type="ringing",
+                call_id=call["id"],
+                dedupe_key=f"k{i}",
+                payload={"i": i},
+            )
             for i in range(40)
         ]
         jobs.insert(20, service.run(failing))
@@ -54,16 +60,18 @@ async def test_batched_jobs_are_atomic_each_and_committed_before_the_answer(tmp_
         await service.close()
 
 
-async def test_a_failing_judgement_in_a_batch_keeps_its_raw_event(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failing_judgement_in_a_batch_keeps_its_raw_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestrator import lifecycle
 
     db = tmp_path / "e.db"
     service = AsyncService(lambda: Store(db))
     await service.start()
     try:
-        call = await service.run(lambda s: s.store.create_call(direction="outbound-api", to_number=None,
-                                                               from_number=None))
+        call = await service.run(
+            lambda s: s.store.create_call(direction="outbound-api", to_number=None, from_number=None)
+        )
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("judge exploded")

@@ -33,8 +33,15 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 
 @pytest.fixture
 async def server(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
-    overrides = {"port": 0, "header_timeout_s": 0.5, "keepalive_timeout_s": 0.5, "body_timeout_s": 0.5,
-                 "media_start_timeout_s": 0.5, "max_connections": 6, **getattr(request, "param", {})}
+    overrides = {
+        "port": 0,
+        "header_timeout_s": 0.5,
+        "keepalive_timeout_s": 0.5,
+        "body_timeout_s": 0.5,
+        "media_start_timeout_s": 0.5,
+        "max_connections": 6,
+        **getattr(request, "param", {}),
+    }
     running = await start_server(dataclasses.replace(settings, **overrides), tunnel_health=False)
     yield running
     await running.stop()
@@ -65,7 +72,9 @@ async def healthz(server: RunningServer) -> bytes:
         writer.close()
 
 
-async def test_silent_and_slowloris_connections_are_closed_and_healthz_still_answers(server: RunningServer) -> None:
+async def test_silent_and_slowloris_connections_are_closed_and_healthz_still_answers(
+    server: RunningServer,
+) -> None:
     silent = [await raw(server) for _ in range(2)]
     slow = [await raw(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n") for _ in range(2)]  # never finished
     assert (await healthz(server)).startswith(b"HTTP/1.1 200")  # meanwhile
@@ -76,14 +85,16 @@ async def test_silent_and_slowloris_connections_are_closed_and_healthz_still_ans
 
 
 async def test_an_idle_keep_alive_connection_is_closed_and_so_is_a_next_request_sent_too_slowly(
-    server: RunningServer
+    server: RunningServer,
 ) -> None:
     one = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"  # keep-alive: HTTP/1.1's default
     idle_r, idle_w = await raw(server, one)
     slow_r, slow_w = await raw(server, one)
     for r in (idle_r, slow_r):
         head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), BOUND_S)
-        length = int(next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")).split(b":")[1])
+        length = int(
+            next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")).split(b":")[1]
+        )
         await asyncio.wait_for(r.readexactly(length), BOUND_S)
     slow_w.write(b"GET /healthz HTTP/1.1\r\n")  # the next request's first line, then nothing
     await slow_w.drain()
@@ -96,7 +107,9 @@ async def test_an_idle_keep_alive_connection_is_closed_and_so_is_a_next_request_
 
 
 @pytest.mark.parametrize("server", [{"header_timeout_s": 30, "keepalive_timeout_s": 30}], indirect=True)
-async def test_at_the_cap_idle_connections_are_shed_first_then_the_longest_reading_ones(server: RunningServer) -> None:
+async def test_at_the_cap_idle_connections_are_shed_first_then_the_longest_reading_ones(
+    server: RunningServer,
+) -> None:
     guard = server.app[STATE].guard
     assert guard.limit == 6
     async with ClientSession() as http:  # three idle keep-alive connections (the pool keeps them open)
@@ -120,10 +133,12 @@ async def test_at_the_cap_idle_connections_are_shed_first_then_the_longest_readi
 
 @pytest.mark.parametrize("server", [{"body_timeout_s": 30}], indirect=True)
 async def test_when_every_slot_is_busy_a_new_connection_is_refused_with_503_and_served_again_later(
-    server: RunningServer
+    server: RunningServer,
 ) -> None:
-    post = (b"POST /twilio/status HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-            b"Content-Length: 1000\r\n\r\nCallSid=")  # a body that never comes: its handler is busy reading
+    post = (
+        b"POST /twilio/status HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: 1000\r\n\r\nCallSid="
+    )  # a body that never comes: its handler is busy reading
     busy = [await raw(server, post) for _ in range(6)]
     await asyncio.sleep(0.2)
     assert server.app[STATE].guard.phases()["busy"] == 6
@@ -136,16 +151,21 @@ async def test_when_every_slot_is_busy_a_new_connection_is_refused_with_503_and_
 
 
 async def test_a_body_that_comes_too_slowly_is_answered_408(server: RunningServer) -> None:
-    reader, writer = await raw(server, b"POST /twilio/status HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab")
+    reader, writer = await raw(
+        server, b"POST /twilio/status HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab"
+    )
     assert (await closed_by_server(reader)).startswith(b"HTTP/1.1 408")
     assert counts(server)["body_timeouts"] == 1
     writer.close()
 
 
-async def test_an_upgraded_media_socket_that_never_says_start_is_closed(server: RunningServer,
-                                                                        settings: Settings) -> None:
-    async with ClientSession() as http, http.ws_connect(f"{server.local_url}/media",
-                                                        headers=signed_headers()) as ws:
+async def test_an_upgraded_media_socket_that_never_says_start_is_closed(
+    server: RunningServer, settings: Settings
+) -> None:
+    async with (
+        ClientSession() as http,
+        http.ws_connect(f"{server.local_url}/media", headers=signed_headers()) as ws,
+    ):
         msg = await asyncio.wait_for(ws.receive(), BOUND_S)
         assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
         assert ws.close_code == 1008
@@ -170,11 +190,24 @@ def _low_file_limit() -> None:
 
 
 @pytest.mark.parametrize(("limit", "ok"), [(None, True), (200, False)])
-def test_doctor_shows_the_file_limit_and_the_connection_cap(tmp_path: Path, limit: int | None, ok: bool) -> None:
-    env: dict[str, Any] = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "ORCHESTRATOR_DB": str(tmp_path / "d.db"),
-                           "MAX_CONNECTIONS": "100"}
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "doctor", "--json"], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=60, preexec_fn=_low_file_limit if limit else None)
+def test_doctor_shows_the_file_limit_and_the_connection_cap(
+    tmp_path: Path, limit: int | None, ok: bool
+) -> None:
+    env: dict[str, Any] = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "ORCHESTRATOR_DB": str(tmp_path / "d.db"),
+        "MAX_CONNECTIONS": "100",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        preexec_fn=_low_file_limit if limit else None,
+    )
     finding = {f["check"]: f for f in json.loads(out.stdout)["findings"]}["open files"]
     soft = limit or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert finding["ok"] is ok and finding["detail"].startswith(f"soft {soft}, hard ")

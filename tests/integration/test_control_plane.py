@@ -19,22 +19,43 @@ SID = "CA" + "12" * 16
 def test_documentation_test_vector() -> None:
     # the example from Twilio's webhook security page
     url = "https://example.com/myapp.php?foo=1&bar=2"
-    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675310", "Digits": "1234",
-              "From": "+14158675310", "To": "+18005551212"}
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+14158675310",
+        "Digits": "1234",
+        "From": "+14158675310",
+        "To": "+18005551212",
+    }
     validator = RequestValidator("12345")
     assert validator.compute_signature(url, params) == "L/OH5YylLD5NRKLltdqwSvS0BnU="
     assert validator.validate(url, params, "L/OH5YylLD5NRKLltdqwSvS0BnU=")
 
 
 def status_params(status: str, seq: int, **extra: str) -> dict[str, str]:
-    return {"CallSid": SID, "AccountSid": ACCOUNT_SID, "From": "+15005550006", "To": "+14155550100",
-            "CallStatus": status, "ApiVersion": "2010-04-01", "Direction": "outbound-api",
-            "SequenceNumber": str(seq), "CallbackSource": "call-progress-events",
-            "Timestamp": "Tue, 24 Nov 2026 12:00:00 +0000", **extra}
+    return {
+        "CallSid": SID,
+        "AccountSid": ACCOUNT_SID,
+        "From": "+15005550006",
+        "To": "+14155550100",
+        "CallStatus": status,
+        "ApiVersion": "2010-04-01",
+        "Direction": "outbound-api",
+        "SequenceNumber": str(seq),
+        "CallbackSource": "call-progress-events",
+        "Timestamp": "Tue, 24 Nov 2026 12:00:00 +0000",
+        **extra,
+    }
 
 
-async def post_signed(client: Any, path: str, params: dict[str, str], *, url_base: str = PUBLIC_URL,
-                      token: str = AUTH_TOKEN, headers: dict[str, str] | None = None) -> Any:
+async def post_signed(
+    client: Any,
+    path: str,
+    params: dict[str, str],
+    *,
+    url_base: str = PUBLIC_URL,
+    token: str = AUTH_TOKEN,
+    headers: dict[str, str] | None = None,
+) -> Any:
     signature = RequestValidator(token).compute_signature(url_base + path, params)
     return await client.post(path, data=params, headers={"X-Twilio-Signature": signature, **(headers or {})})
 
@@ -63,8 +84,9 @@ async def test_accepted_duplicate_out_of_order(app_and_call: Any, settings: Sett
     for status, seq in [("initiated", 0), ("ringing", 1), ("in-progress", 2)]:
         resp = await post_signed(client, path, status_params(status, seq))
         assert resp.status == 204
-    dup = await post_signed(client, path, status_params("in-progress", 2),
-                            headers={"I-Twilio-Idempotency-Token": "retry-1"})
+    dup = await post_signed(
+        client, path, status_params("in-progress", 2), headers={"I-Twilio-Idempotency-Token": "retry-1"}
+    )
     assert dup.status == 204
     late = await post_signed(client, path, status_params("ringing", 1))
     assert late.status == 204
@@ -89,7 +111,9 @@ async def test_bad_signature_is_403_and_stored(app_and_call: Any, settings: Sett
     state, transitions, events = final(settings, call["id"])
     assert state == "queued" and transitions == []
     assert [(e["accepted"], e["reason"]) for e in events] == [
-        (0, "bad signature"), (0, "bad signature: missing X-Twilio-Signature")]
+        (0, "bad signature"),
+        (0, "bad signature: missing X-Twilio-Signature"),
+    ]
 
 
 async def test_signature_for_local_url_only_is_rejected(app_and_call: Any, settings: Settings) -> None:
@@ -115,8 +139,14 @@ async def test_unknown_call_is_stored_and_answered(app_and_call: Any, settings: 
 async def test_stream_status_callback(app_and_call: Any, settings: Settings) -> None:
     client, call = app_and_call
     await post_signed(client, f"/twilio/status?call_id={call['id']}", status_params("in-progress", 2))
-    params = {"AccountSid": ACCOUNT_SID, "CallSid": SID, "StreamSid": "MZ" + "1" * 32, "StreamName": "s",
-              "StreamEvent": "stream-started", "Timestamp": "2026-11-24T12:00:00.000Z"}
+    params = {
+        "AccountSid": ACCOUNT_SID,
+        "CallSid": SID,
+        "StreamSid": "MZ" + "1" * 32,
+        "StreamName": "s",
+        "StreamEvent": "stream-started",
+        "Timestamp": "2026-11-24T12:00:00.000Z",
+    }
     assert (await post_signed(client, "/twilio/stream-status", params)).status == 204
     assert (await post_signed(client, "/twilio/stream-status", params)).status == 204  # retry: duplicate
     state, _, events = final(settings, call["id"])
@@ -126,8 +156,15 @@ async def test_stream_status_callback(app_and_call: Any, settings: Settings) -> 
 
 async def test_voice_webhook_returns_stream_twiml(aiohttp_client: Any, settings: Settings) -> None:
     client = await aiohttp_client(create_app(settings))
-    params = {"CallSid": SID, "AccountSid": ACCOUNT_SID, "From": "+14155550100", "To": "+15005550006",
-              "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+    params = {
+        "CallSid": SID,
+        "AccountSid": ACCOUNT_SID,
+        "From": "+14155550100",
+        "To": "+15005550006",
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
+    }
     resp = await post_signed(client, "/twilio/voice", params)
     assert resp.status == 200
     root = ET.fromstring(await resp.text())

@@ -60,21 +60,24 @@ async def test_mismatched_call_id_and_callsid_is_refused_and_spends_no_duplicate
     a = new_call(settings, state="in-progress", call_sid=SID_A)
     b = new_call(settings, state="ringing", call_sid=SID_B)
 
-    forged = await post_signed(client, f"/twilio/status?call_id={a['id']}",
-                               status_params("busy", 3, CallSid=SID_B))
+    forged = await post_signed(
+        client, f"/twilio/status?call_id={a['id']}", status_params("busy", 3, CallSid=SID_B)
+    )
     assert forged.status == 400
 
     assert call_row(settings, a["id"])["state"] == "in-progress"  # A untouched
     assert call_row(settings, b["id"])["state"] == "ringing"  # and B too
     [stored] = rows(settings, "SELECT * FROM events WHERE source = 'status_callback'")
     assert stored["accepted"] == 0 and stored["dedupe_key"] is None
-    assert stored["reason"] == (f"identity mismatch: call_id {a['id']} has CallSid {SID_A}, "
-                                f"the request says {SID_B}")
+    assert stored["reason"] == (
+        f"identity mismatch: call_id {a['id']} has CallSid {SID_A}, the request says {SID_B}"
+    )
     assert json.loads(stored["payload"])["CallStatus"] == "busy"  # the request itself is kept
 
     # B's genuine callback with the same SequenceNumber is applied, not taken for a duplicate
-    genuine = await post_signed(client, f"/twilio/status?call_id={b['id']}",
-                                status_params("completed", 3, CallSid=SID_B))
+    genuine = await post_signed(
+        client, f"/twilio/status?call_id={b['id']}", status_params("completed", 3, CallSid=SID_B)
+    )
     assert genuine.status == 204
     assert call_row(settings, b["id"])["state"] == "completed"
     assert call_row(settings, a["id"])["state"] == "in-progress"
@@ -91,12 +94,15 @@ async def test_a_callsid_of_another_call_is_refused_even_before_the_first_call_k
     unknown_id = "c_" + "0" * 16
 
     for call_id in (a["id"], unknown_id):  # A without a CallSid yet, and a call id that names no call
-        resp = await post_signed(client, f"/twilio/status?call_id={call_id}",
-                                 status_params("busy", 4, CallSid=SID_B))
+        resp = await post_signed(
+            client, f"/twilio/status?call_id={call_id}", status_params("busy", 4, CallSid=SID_B)
+        )
         assert resp.status == 400
     reasons = [r["reason"] for r in rows(settings, "SELECT reason FROM events ORDER BY id")]
-    assert reasons == [f"identity mismatch: CallSid {SID_B} belongs to call {b['id']}, not {a['id']}",
-                       f"identity mismatch: CallSid {SID_B} belongs to call {b['id']}, not {unknown_id}"]
+    assert reasons == [
+        f"identity mismatch: CallSid {SID_B} belongs to call {b['id']}, not {a['id']}",
+        f"identity mismatch: CallSid {SID_B} belongs to call {b['id']}, not {unknown_id}",
+    ]
     assert call_row(settings, a["id"])["call_sid"] is None  # B's CallSid was not given to A
     assert call_row(settings, b["id"])["state"] == "ringing"
 
@@ -106,7 +112,9 @@ async def test_an_agreeing_callback_still_teaches_a_call_its_callsid(client: Any
     store = Store(settings.db)
     store.update_call(a["id"], call_sid=None)
     store.close()
-    resp = await post_signed(client, f"/twilio/status?call_id={a['id']}", status_params("ringing", 1, CallSid=SID_A))
+    resp = await post_signed(
+        client, f"/twilio/status?call_id={a['id']}", status_params("ringing", 1, CallSid=SID_A)
+    )
     assert resp.status == 204
     row = call_row(settings, a["id"])
     assert (row["state"], row["call_sid"]) == ("ringing", SID_A)
@@ -118,10 +126,15 @@ async def test_a_malformed_callsid_is_refused_stored_escaped_and_never_logged_ra
 ) -> None:
     a = new_call(settings, state="ringing", call_sid=SID_A)
     caplog.set_level(logging.DEBUG)
-    resp = await post_signed(client, f"/twilio/status?call_id={a['id']}", status_params("busy", 2, CallSid=bad_sid))
+    resp = await post_signed(
+        client, f"/twilio/status?call_id={a['id']}", status_params("busy", 2, CallSid=bad_sid)
+    )
     assert resp.status == 400
-    voice = await post_signed(client, "/twilio/voice", {"CallSid": bad_sid, "From": "+14155550100",
-                                                        "To": "+15005550006", "CallStatus": "ringing"})
+    voice = await post_signed(
+        client,
+        "/twilio/voice",
+        {"CallSid": bad_sid, "From": "+14155550100", "To": "+15005550006", "CallStatus": "ringing"},
+    )
     assert voice.status == 400
 
     assert call_row(settings, a["id"])["state"] == "ringing"
@@ -129,7 +142,9 @@ async def test_a_malformed_callsid_is_refused_stored_escaped_and_never_logged_ra
     assert calls == [{"id": a["id"], "call_sid": SID_A}]  # no call created for the voice webhook
     events = rows(settings, "SELECT * FROM events ORDER BY id")
     assert [(e["source"], e["accepted"], e["call_sid"]) for e in events] == [
-        ("status_callback", 0, None), ("voice", 0, None)]
+        ("status_callback", 0, None),
+        ("voice", 0, None),
+    ]
     for e in events:
         assert e["reason"].startswith("invalid CallSid CA1")
         assert e["reason"].endswith("expected CA and 32 hex digits")
@@ -151,8 +166,9 @@ async def test_duplicated_identifier_fields_are_refused(client: Any, settings: S
     url = f"{PUBLIC_URL}/twilio/status?call_id={a['id']}"
     # the validator signs a multi-valued field by sorting its values, as Twilio does
     signature = RequestValidator(AUTH_TOKEN).compute_signature(url, MultiDict(params))
-    resp = await client.post(f"/twilio/status?call_id={a['id']}", data=params,
-                             headers={"X-Twilio-Signature": signature})
+    resp = await client.post(
+        f"/twilio/status?call_id={a['id']}", data=params, headers={"X-Twilio-Signature": signature}
+    )
     assert resp.status == 400
     [e] = rows(settings, "SELECT reason FROM events")
     assert e["reason"] == "CallSid given 2 times"
@@ -161,7 +177,9 @@ async def test_duplicated_identifier_fields_are_refused(client: Any, settings: S
 
 async def test_a_malformed_call_id_in_the_query_is_refused(client: Any, settings: Settings) -> None:
     a = new_call(settings, state="ringing", call_sid=SID_A)
-    resp = await post_signed(client, "/twilio/status?call_id=c_%0Aforged", status_params("busy", 2, CallSid=SID_A))
+    resp = await post_signed(
+        client, "/twilio/status?call_id=c_%0Aforged", status_params("busy", 2, CallSid=SID_A)
+    )
     assert resp.status == 400
     [e] = rows(settings, "SELECT reason, call_id FROM events")
     assert e == {"reason": "invalid call_id c_\\u000aforged in the query", "call_id": None}
@@ -185,8 +203,10 @@ async def test_a_media_start_with_another_calls_callsid_is_refused(client: Any, 
     assert backend.opened == 0 and client.server.app[STATE].sessions == {}
     [e] = rows(settings, "SELECT * FROM events WHERE type = 'start_rejected'")
     assert e["accepted"] == 0 and e["call_id"] == a["id"]
-    assert e["reason"] == f"start.callSid: identity mismatch: call_id {a['id']} has CallSid {SID_A}, " \
-                          f"the request says {SID_B}"
+    assert (
+        e["reason"] == f"start.callSid: identity mismatch: call_id {a['id']} has CallSid {SID_A}, "
+        f"the request says {SID_B}"
+    )
     assert call_row(settings, a["id"])["state"] == "in-progress"
 
 
@@ -202,7 +222,9 @@ async def test_a_media_start_with_a_malformed_callsid_is_refused_and_stored_esca
     assert e["call_sid"] is None and e["call_id"] is None
     assert e["reason"].startswith("invalid start.callSid CA1")
     payload = json.loads(e["payload"])
-    assert payload["callSid"] != bad_sid and len(payload["callSid"]) < 100 and payload["callSid"].isprintable()
+    assert (
+        payload["callSid"] != bad_sid and len(payload["callSid"]) < 100 and payload["callSid"].isprintable()
+    )
     assert "token" not in payload["customParameters"]  # the per-call secret is not kept either
     for m in (r.getMessage() for r in caplog.records):
         assert "\n" not in m and "\u202e" not in m and len(m) < 1000, m

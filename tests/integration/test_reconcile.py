@@ -43,7 +43,9 @@ async def emulator() -> AsyncIterator[CarrierEmulator]:
 def our_call(settings: Settings, state: str, call_sid: str | None) -> dict[str, Any]:
     store = Store(settings.db)
     try:
-        call = store.create_call(direction="outbound-api", to_number="+14155550100", from_number="+15005550006")
+        call = store.create_call(
+            direction="outbound-api", to_number="+14155550100", from_number="+15005550006"
+        )
         store.update_call(call["id"], state=state, call_sid=call_sid)
         return store.get_call(call["id"])
     finally:
@@ -51,10 +53,14 @@ def our_call(settings: Settings, state: str, call_sid: str | None) -> dict[str, 
 
 
 async def finished_on_the_carrier(emu: CarrierEmulator, call_id: str) -> Any:
-    placed = emu.place_call(to="+14155550100", from_="+15005550006",
-                            twiml="<Response><Say>Hello.</Say><Hangup/></Response>",
-                            status_callback=f"{PUBLIC_URL}/twilio/status?call_id={call_id}", events=["completed"],
-                            options=CallOptions(ring_s=0.1))
+    placed = emu.place_call(
+        to="+14155550100",
+        from_="+15005550006",
+        twiml="<Response><Say>Hello.</Say><Hangup/></Response>",
+        status_callback=f"{PUBLIC_URL}/twilio/status?call_id={call_id}",
+        events=["completed"],
+        options=CallOptions(ring_s=0.1),
+    )
     await emu.wait_call(placed.sid, timeout=30)
     assert placed.status == "completed" and placed.end_time is not None
     return placed
@@ -97,8 +103,12 @@ async def test_a_call_left_in_progress_by_a_crash_is_settled_from_the_carriers_a
     ended = iso(placed.end_time.replace(microsecond=0))  # RFC 2822 carries whole seconds
     assert d["call"]["ended_at"] == ended
     assert d["call"]["end_reason"] == f"reconciled: the carrier reports completed, ended {ended}"
-    assert d["transitions"][-1] == {"from": "in-progress", "to": "completed", "trigger": "reconcile:completed",
-                                    "at": ended}
+    assert d["transitions"][-1] == {
+        "from": "in-progress",
+        "to": "completed",
+        "trigger": "reconcile:completed",
+        "at": ended,
+    }
     [event] = [e for e in d["events"] if e["source"] == "reconcile"]
     assert event["type"] == "completed" and event["accepted"]
     assert event["payload"]["carrier_status"] == "completed"
@@ -117,8 +127,11 @@ async def test_a_call_the_carrier_does_not_know_is_marked_with_why_and_asked_aga
     client = await aiohttp_client(create_app(settings))
 
     def marks(call_id: str) -> list[tuple[str, Any]]:
-        return [(e["type"], e["payload"].get("why")) for e in doc(settings, call_id)["events"]
-                if e["source"] == "reconcile"]
+        return [
+            (e["type"], e["payload"].get("why"))
+            for e in doc(settings, call_id)["events"]
+            if e["source"] == "reconcile"
+        ]
 
     assert await until(lambda: len(marks(call["id"])) == 2 and marks(no_sid["id"]))
     [(lost, _), (unsettled, why)] = marks(call["id"])
@@ -126,7 +139,9 @@ async def test_a_call_the_carrier_does_not_know_is_marked_with_why_and_asked_aga
     assert why.startswith(f"carrier refused to fetch {unknown_sid}: 20404")
     # not guessed: the stream was lost, no more (a timeline event: the call stays `streaming`)
     assert doc(settings, call["id"])["call"]["state"] == "streaming"
-    assert marks(no_sid["id"]) == [("unsettled", "no CallSid was recorded for this call: the carrier cannot be asked")]
+    assert marks(no_sid["id"]) == [
+        ("unsettled", "no CallSid was recorded for this call: the carrier cannot be asked")
+    ]
 
     # the next round asks again, and says nothing new when nothing changed
     await Reconciler.for_state(client.server.app[STATE]).round()
@@ -137,8 +152,9 @@ async def test_an_unreachable_carrier_is_asked_once_per_round_and_every_call_say
     aiohttp_client: Any, settings: Settings
 ) -> None:
     calls = [our_call(settings, "in-progress", "CA" + str(i) * 32) for i in range(3)]
-    settings = dataclasses.replace(settings, twilio_api_base_url=f"http://127.0.0.1:{closed_port()}",
-                                   reconcile_interval_s=3600)
+    settings = dataclasses.replace(
+        settings, twilio_api_base_url=f"http://127.0.0.1:{closed_port()}", reconcile_interval_s=3600
+    )
     client = await aiohttp_client(create_app(settings))
     state = client.server.app[STATE]
     reconciler = Reconciler.for_state(state)

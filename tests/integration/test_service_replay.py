@@ -19,8 +19,13 @@ SID = "CA" + "ab" * 16
 
 
 def cb(status: str, seq: int, token: str | None = None) -> dict[str, Any]:
-    return {"source": "status_callback", "type": status, "call_sid": SID,
-            "dedupe_key": token or f"{SID}:{seq}", "payload": {"CallStatus": status, "SequenceNumber": str(seq)}}
+    return {
+        "source": "status_callback",
+        "type": status,
+        "call_sid": SID,
+        "dedupe_key": token or f"{SID}:{seq}",
+        "payload": {"CallStatus": status, "SequenceNumber": str(seq)},
+    }
 
 
 def media(kind: str) -> dict[str, Any]:
@@ -30,29 +35,71 @@ def media(kind: str) -> dict[str, Any]:
 SCENARIOS: dict[str, tuple[list[dict[str, Any]], str, list[tuple[str, str]], int]] = {
     # name: (events after `queued`, final state, transitions, number of rejected events)
     "completed": (
-        [cb("initiated", 0), cb("ringing", 1), cb("in-progress", 2), media("start"), media("stop"),
-         cb("completed", 3)],
+        [
+            cb("initiated", 0),
+            cb("ringing", 1),
+            cb("in-progress", 2),
+            media("start"),
+            media("stop"),
+            cb("completed", 3),
+        ],
         "completed",
-        [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "streaming"),
-         ("streaming", "completed")], 0),
-    "busy": ([cb("initiated", 0), cb("ringing", 1), cb("busy", 2)], "busy",
-             [("queued", "ringing"), ("ringing", "busy")], 0),
-    "no-answer": ([cb("initiated", 0), cb("ringing", 1), cb("no-answer", 3)], "no-answer",
-                  [("queued", "ringing"), ("ringing", "no-answer")], 0),
+        [
+            ("queued", "ringing"),
+            ("ringing", "in-progress"),
+            ("in-progress", "streaming"),
+            ("streaming", "completed"),
+        ],
+        0,
+    ),
+    "busy": (
+        [cb("initiated", 0), cb("ringing", 1), cb("busy", 2)],
+        "busy",
+        [("queued", "ringing"), ("ringing", "busy")],
+        0,
+    ),
+    "no-answer": (
+        [cb("initiated", 0), cb("ringing", 1), cb("no-answer", 3)],
+        "no-answer",
+        [("queued", "ringing"), ("ringing", "no-answer")],
+        0,
+    ),
     "failed": ([cb("initiated", 0), cb("failed", 1)], "failed", [("queued", "failed")], 0),
-    "canceled-while-ringing": ([cb("initiated", 0), cb("ringing", 1), cb("canceled", 2)], "canceled",
-                               [("queued", "ringing"), ("ringing", "canceled")], 0),
+    "canceled-while-ringing": (
+        [cb("initiated", 0), cb("ringing", 1), cb("canceled", 2)],
+        "canceled",
+        [("queued", "ringing"), ("ringing", "canceled")],
+        0,
+    ),
     "stream-before-answered": (
-        [cb("initiated", 0), cb("ringing", 1), media("start"), cb("in-progress", 2), media("stop"),
-         cb("completed", 4)],
+        [
+            cb("initiated", 0),
+            cb("ringing", 1),
+            media("start"),
+            cb("in-progress", 2),
+            media("stop"),
+            cb("completed", 4),
+        ],
         "completed",
-        [("queued", "ringing"), ("ringing", "streaming"), ("streaming", "completed")], 1),
+        [("queued", "ringing"), ("ringing", "streaming"), ("streaming", "completed")],
+        1,
+    ),
     "duplicates-and-shuffled": (
-        [cb("ringing", 1), cb("initiated", 0), cb("ringing", 1, token=None), cb("in-progress", 2),
-         cb("in-progress", 2), cb("completed", 5), cb("ringing", 1), cb("completed", 5),
-         cb("failed", 6)],
+        [
+            cb("ringing", 1),
+            cb("initiated", 0),
+            cb("ringing", 1, token=None),
+            cb("in-progress", 2),
+            cb("in-progress", 2),
+            cb("completed", 5),
+            cb("ringing", 1),
+            cb("completed", 5),
+            cb("failed", 6),
+        ],
         "completed",
-        [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "completed")], 5),
+        [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "completed")],
+        5,
+    ),
 }
 
 
@@ -61,8 +108,9 @@ def test_replay_and_reopen_in_new_process(tmp_path: Path, name: str) -> None:
     events, final, transitions, rejected = SCENARIOS[name]
     db = tmp_path / "calls.db"
     service = CallService(Store(db))
-    call = service.store.create_call(direction="outbound-api", to_number="+14155550100",
-                                     from_number="+14155550199", run="replay")
+    call = service.store.create_call(
+        direction="outbound-api", to_number="+14155550100", from_number="+14155550199", run="replay"
+    )
     service.record(source="rest", type="queued", call_id=call["id"], call_sid=SID, payload={"sid": SID})
     for ev in events:
         service.record(**ev)
@@ -74,8 +122,13 @@ def test_replay_and_reopen_in_new_process(tmp_path: Path, name: str) -> None:
     service.store.close()
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "show", SID, "--db", str(db), "--json"],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "show", SID, "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     again = json.loads(out.stdout)
     assert again["call"] == doc["call"]
     assert again["transitions"] == doc["transitions"]
@@ -95,7 +148,9 @@ def test_duplicate_is_stored_with_reason_and_no_second_transition(tmp_path: Path
 
 def test_unknown_call_is_stored_and_reported(tmp_path: Path) -> None:
     service = CallService(Store(tmp_path / "u.db"))
-    rec = service.record(source="status_callback", type="ringing", call_sid="CA" + "0" * 32, payload={"x": "1"})
+    rec = service.record(
+        source="status_callback", type="ringing", call_sid="CA" + "0" * 32, payload={"x": "1"}
+    )
     assert not rec.accepted and rec.reason == "unknown call" and rec.call is None
     row = service.store.db.execute("SELECT source, type, accepted, reason FROM events").fetchone()
     assert tuple(row) == ("status_callback", "ringing", 0, "unknown call")
@@ -115,15 +170,19 @@ def test_restart_reconciles_live_calls(tmp_path: Path) -> None:
     restarted = CallService(Store(db))  # a new process would do exactly this at start
     assert restarted.store.get_call(SID)["state"] == "streaming"  # loaded back at its stored state
     # no carrier to ask: the stream is known lost, how the call ended is not (marked, not guessed)
-    done = reconcile_call(restarted, call["id"], CarrierAnswer(None, "the carrier cannot be asked"),
-                          max_call_seconds=300)
+    done = reconcile_call(
+        restarted, call["id"], CarrierAnswer(None, "the carrier cannot be asked"), max_call_seconds=300
+    )
     assert [r.call["state"] for r in done if r.call] == ["streaming", "streaming"]  # forward only
     events = restarted.store.events_for(restarted.store.get_call(SID))
     assert [(e["source"], e["type"], e["accepted"]) for e in events[-2:]] == [
-        ("reconcile", "stream_lost", 1), ("reconcile", "unsettled", 1)]
+        ("reconcile", "stream_lost", 1),
+        ("reconcile", "unsettled", 1),
+    ]
     # the next round knows the stream is already gone: not lost twice, and unsettled only when why changes
-    again = reconcile_call(restarted, call["id"], CarrierAnswer(None, "the carrier cannot be asked"),
-                           max_call_seconds=300)
+    again = reconcile_call(
+        restarted, call["id"], CarrierAnswer(None, "the carrier cannot be asked"), max_call_seconds=300
+    )
     assert again == []
     # a late real callback then settles it
     late = restarted.record(**cb("completed", 3))
@@ -161,13 +220,26 @@ def test_a_failing_judgement_keeps_the_raw_event(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(lifecycle, "handle", broken)
     with pytest.raises(RuntimeError):
-        service.record(source="status_callback", type="ringing", call_id=call["id"], call_sid=SID,
-                       dedupe_key=f"{SID}:1", payload={"CallStatus": "ringing"})
+        service.record(
+            source="status_callback",
+            type="ringing",
+            call_id=call["id"],
+            call_sid=SID,
+            dedupe_key=f"{SID}:1",
+            payload={"CallStatus": "ringing"},
+        )
     rows = service.store.events_for(service.store.get_call(call["id"]))
     assert [(r["type"], r["accepted"], r["reason"]) for r in rows] == [
-        ("ringing", 0, "error: RuntimeError: judge exploded")]
+        ("ringing", 0, "error: RuntimeError: judge exploded")
+    ]
     assert service.store.get_call(call["id"])["state"] == "queued"  # nothing half-applied
     monkeypatch.undo()
-    retry = service.record(source="status_callback", type="ringing", call_id=call["id"], call_sid=SID,
-                           dedupe_key=f"{SID}:1", payload={"CallStatus": "ringing"})
+    retry = service.record(
+        source="status_callback",
+        type="ringing",
+        call_id=call["id"],
+        call_sid=SID,
+        dedupe_key=f"{SID}:1",
+        payload={"CallStatus": "ringing"},
+    )
     assert retry.accepted  # Twilio's retry of the failed one is not taken for a duplicate

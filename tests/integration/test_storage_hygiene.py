@@ -39,11 +39,19 @@ def events(settings: Settings, call_id: str) -> list[dict[str, Any]]:
 
 
 def dtmf_frame(seq: int, digit: str) -> str:
-    return json.dumps({"event": "dtmf", "streamSid": STREAM_SID, "sequenceNumber": str(seq),
-                       "dtmf": {"track": "inbound_track", "digit": digit}})
+    return json.dumps(
+        {
+            "event": "dtmf",
+            "streamSid": STREAM_SID,
+            "sequenceNumber": str(seq),
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+    )
 
 
-async def test_a_dtmf_flood_is_stored_in_a_few_rows_with_its_count(aiohttp_client: Any, settings: Settings) -> None:
+async def test_a_dtmf_flood_is_stored_in_a_few_rows_with_its_count(
+    aiohttp_client: Any, settings: Settings
+) -> None:
     backend = OneSlotBackend()
     client = await aiohttp_client(create_app(settings, backend=backend))
     call = new_call(settings)
@@ -64,18 +72,32 @@ async def test_a_dtmf_flood_is_stored_in_a_few_rows_with_its_count(aiohttp_clien
     assert all(e["accepted"] == 1 for e in rows)
 
 
-async def test_callers_call_token_is_never_stored_and_never_shown(aiohttp_client: Any, settings: Settings) -> None:
+async def test_callers_call_token_is_never_stored_and_never_shown(
+    aiohttp_client: Any, settings: Settings
+) -> None:
     client = await aiohttp_client(create_app(settings))
-    params = {"CallSid": SID, "AccountSid": ACCOUNT_SID, "From": "+14155550100", "To": "+15005550006",
-              "CallStatus": "ringing", "Direction": "inbound", "CallToken": CALL_TOKEN}
+    params = {
+        "CallSid": SID,
+        "AccountSid": ACCOUNT_SID,
+        "From": "+14155550100",
+        "To": "+15005550006",
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "CallToken": CALL_TOKEN,
+    }
     assert (await post_signed(client, "/twilio/voice", params)).status == 200
     store = Store(settings.db)
     raw = store.db.execute("SELECT payload FROM events WHERE source = 'voice'").fetchone()[0]
     assert CALL_TOKEN not in raw and json.loads(raw)["CallToken"] == "(redacted)"
     # a row written before CallToken was a secret is not shown with it either
     call = store.get_call(SID)
-    store.insert_event(source="status_callback", type="ringing", at=utcnow(), call_id=call["id"],
-                       payload={"CallToken": CALL_TOKEN})
+    store.insert_event(
+        source="status_callback",
+        type="ringing",
+        at=utcnow(),
+        call_id=call["id"],
+        payload={"CallToken": CALL_TOKEN},
+    )
     doc = CallService(store).document(SID)
     store.close()
     assert CALL_TOKEN not in json.dumps(doc)
@@ -84,9 +106,15 @@ async def test_callers_call_token_is_never_stored_and_never_shown(aiohttp_client
 def test_show_json_holds_full_numbers_for_the_owner_and_redact_masks_them(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     service = CallService(Store(db))
-    call = service.store.create_call(direction="outbound-api", to_number="+14155550100", from_number="+15005550006")
-    service.record(source="status_callback", type="ringing", call_id=call["id"],
-                   payload={"To": "+14155550100", "From": "+15005550006", "ToCity": "SAN FRANCISCO"})
+    call = service.store.create_call(
+        direction="outbound-api", to_number="+14155550100", from_number="+15005550006"
+    )
+    service.record(
+        source="status_callback",
+        type="ringing",
+        call_id=call["id"],
+        payload={"To": "+14155550100", "From": "+15005550006", "ToCity": "SAN FRANCISCO"},
+    )
     service.store.close()
     full = json.loads(run("show", call["id"], "--json", db=db).stdout)
     assert full["call"]["to"] == "+14155550100" and full["events"][0]["payload"]["ToCity"] == "SAN FRANCISCO"
@@ -99,8 +127,9 @@ def test_show_json_holds_full_numbers_for_the_owner_and_redact_masks_them(tmp_pa
     assert report.returncode == 0 and "+14155550100" not in report.stdout
 
 
-async def test_retention_removes_old_recordings_at_start_and_forgets_them(aiohttp_client: Any,
-                                                                        settings: Settings) -> None:
+async def test_retention_removes_old_recordings_at_start_and_forgets_them(
+    aiohttp_client: Any, settings: Settings
+) -> None:
     folder = settings.recordings_dir
     assert folder is not None
     folder.mkdir(parents=True)

@@ -40,8 +40,15 @@ def test_newer_migration_on_old_database_keeps_data(tmp_path: Path) -> None:
     # an "old" database: only the first migration applied, with data in it
     old = sqlite_utils.Database(sqlite3.connect(db, isolation_level=None))
     build_migrations(files[:1]).apply(old)
-    old["calls"].insert({"id": "c_old", "direction": "outbound-api", "state": "completed",
-                         "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"})
+    old["calls"].insert(
+        {
+            "id": "c_old",
+            "direction": "outbound-api",
+            "state": "completed",
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+    )
     old.conn.close()
     assert "call_analysis" not in tables(db)
     store = Store(db)  # applies the rest
@@ -58,32 +65,64 @@ def test_old_backward_stream_stops_are_read_forward_after_upgrade(tmp_path: Path
     build_migrations(files[: names.index("0004_forward_only_lifecycle")]).apply(old)
     at = "2026-01-01T00:00:00Z"
     moves = {
-        "c_done": ["queued>ringing", "ringing>in-progress", "in-progress>streaming", "streaming>in-progress",
-                   "in-progress>completed"],
-        "c_twice": ["queued>ringing", "ringing>streaming", "streaming>in-progress", "in-progress>streaming",
-                    "streaming>in-progress", "in-progress>completed"],
+        "c_done": [
+            "queued>ringing",
+            "ringing>in-progress",
+            "in-progress>streaming",
+            "streaming>in-progress",
+            "in-progress>completed",
+        ],
+        "c_twice": [
+            "queued>ringing",
+            "ringing>streaming",
+            "streaming>in-progress",
+            "in-progress>streaming",
+            "streaming>in-progress",
+            "in-progress>completed",
+        ],
         "c_live": ["queued>in-progress", "in-progress>streaming", "streaming>in-progress"],
         "c_never": ["queued>in-progress", "in-progress>completed"],
     }
     final = {"c_done": "completed", "c_twice": "completed", "c_live": "in-progress", "c_never": "completed"}
     for cid, steps in moves.items():
-        old["calls"].insert({"id": cid, "direction": "outbound-api", "state": final[cid], "created_at": at,
-                             "updated_at": at})
+        old["calls"].insert(
+            {"id": cid, "direction": "outbound-api", "state": final[cid], "created_at": at, "updated_at": at}
+        )
         for step in steps:
             a, b = step.split(">")
-            old["transitions"].insert({"call_id": cid, "from_state": a, "to_state": b, "trigger": "t", "at": at})
-    old["events"].insert_all([
-        {"call_id": "c_done", "source": "local", "type": "backend_ended", "at": at, "accepted": 0,
-         "reason": "terminal: call already completed"},
-        {"call_id": "c_done", "source": "status_callback", "type": "ringing", "at": at, "accepted": 0,
-         "reason": "terminal: call already completed"},
-    ])
+            old["transitions"].insert(
+                {"call_id": cid, "from_state": a, "to_state": b, "trigger": "t", "at": at}
+            )
+    old["events"].insert_all(
+        [
+            {
+                "call_id": "c_done",
+                "source": "local",
+                "type": "backend_ended",
+                "at": at,
+                "accepted": 0,
+                "reason": "terminal: call already completed",
+            },
+            {
+                "call_id": "c_done",
+                "source": "status_callback",
+                "type": "ringing",
+                "at": at,
+                "accepted": 0,
+                "reason": "terminal: call already completed",
+            },
+        ]
+    )
     old.conn.close()
     store = Store(db)
     got = {cid: [(t["from_state"], t["to_state"]) for t in store.transitions_for(cid)] for cid in moves}
     assert got == {
-        "c_done": [("queued", "ringing"), ("ringing", "in-progress"), ("in-progress", "streaming"),
-                   ("streaming", "completed")],
+        "c_done": [
+            ("queued", "ringing"),
+            ("ringing", "in-progress"),
+            ("in-progress", "streaming"),
+            ("streaming", "completed"),
+        ],
         "c_twice": [("queued", "ringing"), ("ringing", "streaming"), ("streaming", "completed")],
         "c_live": [("queued", "in-progress"), ("in-progress", "streaming")],
         "c_never": [("queued", "in-progress"), ("in-progress", "completed")],
@@ -96,8 +135,10 @@ def test_old_backward_stream_stops_are_read_forward_after_upgrade(tmp_path: Path
 
 def test_failed_migration_rolls_back(tmp_path: Path) -> None:
     db = sqlite_utils.Database(sqlite3.connect(tmp_path / "x.db", isolation_level=None))
-    bad = [MigrationFile("0001_ok", "CREATE TABLE a (x);"),
-           MigrationFile("0002_bad", "CREATE TABLE b (x);\nINSERT INTO nowhere VALUES (1);")]
+    bad = [
+        MigrationFile("0001_ok", "CREATE TABLE a (x);"),
+        MigrationFile("0002_bad", "CREATE TABLE b (x);\nINSERT INTO nowhere VALUES (1);"),
+    ]
     with pytest.raises(sqlite3.OperationalError):
         build_migrations(bad).apply(db)
     names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -109,8 +150,10 @@ def test_database_from_newer_version_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
     Store(db).close()
     con = sqlite3.connect(db)
-    con.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES "
-                "('orchestrator', '9999_future', 'x')")
+    con.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES "
+        "('orchestrator', '9999_future', 'x')"
+    )
     con.commit()
     con.close()
     with pytest.raises(StoreError, match="newer version"):

@@ -12,8 +12,11 @@ import pytest
 from orchestrator.emulator import CallOptions, Faults, Turn
 from orchestrator.rig import LocalRig, rig_settings
 
-pytestmark = [pytest.mark.moshi, pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")]
+pytestmark = [
+    pytest.mark.moshi,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
+]
 
 
 async def test_moshi_call_with_budget_end(tiny_repo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -22,9 +25,12 @@ async def test_moshi_call_with_budget_end(tiny_repo, tmp_path: Path) -> None:  #
     backend = MoshiBackend(MoshiConfig(hf_repo=tiny_repo.repo, quantize=None, cache_dir=tiny_repo.cache_dir))
     budget_s = 4.0
     settings = rig_settings(tmp_path, backend="moshi", greeting="", max_call_seconds=budget_s)
-    far = CallOptions(ring_s=0.1, caller_start_s=0.3,
-                      turns=(Turn(text="Hello Moshi, can you hear me?", wait_for_answer=False),),
-                      faults=Faults(hangup_after_stream_s=15.0))  # the budget must end it first
+    far = CallOptions(
+        ring_s=0.1,
+        caller_start_s=0.3,
+        turns=(Turn(text="Hello Moshi, can you hear me?", wait_for_answer=False),),
+        faults=Faults(hangup_after_stream_s=15.0),
+    )  # the budget must end it first
     async with LocalRig(settings, tmp_path / "truth", backend=backend) as rig:
         row = await rig.place(far)
         truth = await rig.emulator.wait_call(row["call_sid"], timeout=40)

@@ -149,8 +149,9 @@ def test_step_times_and_counters_pass_through() -> None:
     assert m["turns"] == 0 and "response_latency_ms_p50" not in m
 
 
-def _runs_call(late_ms: list[float], *, echo: bool = True, caller_at: float | None = None,
-               seed: int = 3) -> tuple[MediaEvidence, dict[str, float]]:
+def _runs_call(
+    late_ms: list[float], *, echo: bool = True, caller_at: float | None = None, seed: int = 3
+) -> tuple[MediaEvidence, dict[str, float]]:
     """Model replies in separate runs, each placed by the marks `late_ms[r]` after it really played.
 
     The inbound audio is the true played track through a room (the emulator's own response, after a
@@ -193,12 +194,19 @@ def _runs_call(late_ms: list[float], *, echo: bool = True, caller_at: float | No
     arrivals = np.column_stack([0.02 + 0.02 * np.arange(frames), 20.0 * np.arange(frames)])
     sends = np.asarray(rows)
     last = float(sends[-1, 0])
-    ev = MediaEvidence(rate=rate, inbound_pcm=pcm_in[: frames * 160], inbound_arrivals=arrivals,
-                       sent_pcm=np.concatenate(sent_parts), sends=sends,
-                       marks=[("end", last + 0.01, last + 0.5, False)])
+    ev = MediaEvidence(
+        rate=rate,
+        inbound_pcm=pcm_in[: frames * 160],
+        inbound_arrivals=arrivals,
+        sent_pcm=np.concatenate(sent_parts),
+        sends=sends,
+        marks=[("end", last + 0.01, last + 0.5, False)],
+    )
     whole = oaconvolve(true_track, path)
-    truth = {"delay_ms": (bulk + direct) * 1000.0 / rate,
-             "loss_db": 10 * np.log10(np.dot(true_track, true_track) / np.dot(whole, whole))}
+    truth = {
+        "delay_ms": (bulk + direct) * 1000.0 / rate,
+        "loss_db": 10 * np.log10(np.dot(true_track, true_track) / np.dot(whole, whole)),
+    }
     return ev, truth
 
 

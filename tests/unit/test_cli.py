@@ -26,8 +26,20 @@ def all_commands() -> list[tuple[str, click.Command]]:
     return out
 
 
-EXPECTED = {"serve", "call", "hangup", "calls", "show", "check", "report", "demo", "emulator", "migrate",
-            "doctor", "models"}
+EXPECTED = {
+    "serve",
+    "call",
+    "hangup",
+    "calls",
+    "show",
+    "check",
+    "report",
+    "demo",
+    "emulator",
+    "migrate",
+    "doctor",
+    "models",
+}
 
 
 def test_every_stable_command_exists() -> None:
@@ -48,8 +60,14 @@ def run(*args: str, db: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if db is not None:
         env["ORCHESTRATOR_DB"] = str(db)
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env,
-                          cwd=db.parent if db else None, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=db.parent if db else None,
+        timeout=60,
+    )
 
 
 def test_unknown_call_is_one_line(tmp_path: Path) -> None:
@@ -58,7 +76,10 @@ def test_unknown_call_is_one_line(tmp_path: Path) -> None:
     Store(tmp_path / "x.db").close()
     out = run("show", "c_nope", db=tmp_path / "x.db")
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: no call with id or CallSid 'c_nope' (list them with `orchestrator calls`)"
+    assert (
+        out.stderr.strip()
+        == "error: no call with id or CallSid 'c_nope' (list them with `orchestrator calls`)"
+    )
     assert "Traceback" not in out.stderr
 
 
@@ -79,10 +100,18 @@ def test_call_without_settings_names_the_setting(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("")  # no .env settings
     out = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "call", "+14155550100"], capture_output=True, text=True,
+        [sys.executable, "-m", "orchestrator", "call", "+14155550100"],
+        capture_output=True,
+        text=True,
         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "ORCHESTRATOR_DB": str(tmp_path / "x.db")},
-        cwd=tmp_path, timeout=60)
-    assert out.returncode == 2 and "TWILIO_ACCOUNT_SID is not set" in out.stderr and "Traceback" not in out.stderr
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert (
+        out.returncode == 2
+        and "TWILIO_ACCOUNT_SID is not set" in out.stderr
+        and "Traceback" not in out.stderr
+    )
 
 
 def test_manual_verdict_is_kept_beside_automatic(tmp_path: Path) -> None:
@@ -121,15 +150,24 @@ def test_recompute_decides_every_criterion_from_stored_evidence(tmp_path: Path) 
     verdicts = {v["criterion"]: v for v in json.loads(out.stdout)["recomputed"][call["id"]]}
     assert len(verdicts) == 11
     assert verdicts["call_initiated"]["status"] == "pass"
-    assert verdicts["answered_ivr_heard"]["status"] == "fail" and "busy" in verdicts["answered_ivr_heard"]["evidence"]
+    assert (
+        verdicts["answered_ivr_heard"]["status"] == "fail"
+        and "busy" in verdicts["answered_ivr_heard"]["evidence"]
+    )
     doc = json.loads(run("show", call["id"], "--json", db=db).stdout)
     assert {c["criterion"] for c in doc["checks"] if c["decided_by"] == "auto"} == set(verdicts)
 
 
 def test_doctor_names_what_to_fix(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "ORCHESTRATOR_DB": str(tmp_path / "d.db")}
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "doctor", "--json"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     findings = {f["check"]: f for f in json.loads(out.stdout)["findings"]}
     assert findings["twilio credentials"]["ok"] is False
     assert "TWILIO_ACCOUNT_SID" in findings["twilio credentials"]["detail"]

@@ -7,7 +7,6 @@ traceback would show up as an exception in the result and coverage sees the comm
 from __future__ import annotations
 
 import importlib.util
-
 import json
 import socket
 import sqlite3
@@ -28,8 +27,9 @@ from orchestrator.store import Store
 SID = "AC" + "0" * 31 + "1"
 
 
-needs_hub = pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is None,
-                               reason="needs the moshi extra (huggingface_hub)")
+needs_hub = pytest.mark.skipif(
+    importlib.util.find_spec("huggingface_hub") is None, reason="needs the moshi extra (huggingface_hub)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,9 @@ def closed_port() -> int:
 
 def made_call(db: Path, *, run: str | None = None, state_events: tuple[str, ...] = ()) -> dict[str, Any]:
     service = CallService(Store(db))
-    call = service.store.create_call(direction="outbound-api", to_number="+14155550100", from_number=None, run=run)
+    call = service.store.create_call(
+        direction="outbound-api", to_number="+14155550100", from_number=None, run=run
+    )
     sid = "CA" + call["id"][2:].ljust(32, "0")
     service.record(source="rest", type="queued", call_id=call["id"], call_sid=sid)
     for i, status in enumerate(state_events):
@@ -133,8 +135,12 @@ def test_ensure_run_survives_dialers_racing_for_a_new_label(tmp_path: Path) -> N
 
 
 READ_ONLY = [
-    ("calls",), ("show", "c_0123456789abcdef"), ("check", "c_0123456789abcdef"), ("report",),
-    ("hangup", "c_0123456789abcdef"), ("check", "--recompute"),
+    ("calls",),
+    ("show", "c_0123456789abcdef"),
+    ("check", "c_0123456789abcdef"),
+    ("report",),
+    ("hangup", "c_0123456789abcdef"),
+    ("check", "--recompute"),
 ]
 
 
@@ -206,17 +212,30 @@ def health_server() -> Iterator[int]:
 
 
 def _carrier_env(db: Path, port: int, carrier_port: int) -> dict[str, str]:
-    return {"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": "secret", "TWILIO_FROM_NUMBER": "+15005550006",
-            "TWILIO_API_BASE_URL": f"http://127.0.0.1:{carrier_port}", "PUBLIC_URL": "https://tunnel.example.test",
-            "ORCHESTRATOR_HOST": "127.0.0.1", "ORCHESTRATOR_PORT": str(port), "ORCHESTRATOR_DB": str(db)}
+    return {
+        "TWILIO_ACCOUNT_SID": SID,
+        "TWILIO_AUTH_TOKEN": "secret",
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE_URL": f"http://127.0.0.1:{carrier_port}",
+        "PUBLIC_URL": "https://tunnel.example.test",
+        "ORCHESTRATOR_HOST": "127.0.0.1",
+        "ORCHESTRATOR_PORT": str(port),
+        "ORCHESTRATOR_DB": str(db),
+    }
 
 
 def test_unreachable_carrier_leaves_a_failed_call_with_the_reason(tmp_path: Path, health_server: int) -> None:
     db = tmp_path / "calls.db"
     carrier = closed_port()
     result = invoke("call", "+14155550123", env=_carrier_env(db, health_server, carrier))
-    one_line_error(result, exits.UNAVAILABLE, "carrier unreachable", f"127.0.0.1:{carrier}",
-                   "orchestrator emulator", "stored as a failed call")
+    one_line_error(
+        result,
+        exits.UNAVAILABLE,
+        "carrier unreachable",
+        f"127.0.0.1:{carrier}",
+        "orchestrator emulator",
+        "stored as a failed call",
+    )
     rows = Store(db, create=False).list_calls()
     assert [(r["state"], r["call_sid"]) for r in rows] == [("failed", None)]  # no ghost `queued` row
     assert "carrier unreachable" in rows[0]["end_reason"]
@@ -237,31 +256,50 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        served = invoke("serve", "--port", port, "--db", str(tmp_path / "s.db"), env={"TWILIO_AUTH_TOKEN": "x"})
+        served = invoke(
+            "serve", "--port", port, "--db", str(tmp_path / "s.db"), env={"TWILIO_AUTH_TOKEN": "x"}
+        )
         one_line_error(served, exits.UNAVAILABLE, f"port {port} on 127.0.0.1 is already in use", "--port")
         emulated = invoke("emulator", "--port", port, "--account-sid", SID, "--auth-token", "x")
         one_line_error(emulated, exits.UNAVAILABLE, "carrier emulator", "already in use")
 
 
-@pytest.mark.parametrize(("host", "why"), [("no-such-host.invalid", "does not resolve"),
-                                           ("192.0.2.1", "is not an address of this machine")])
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [("no-such-host.invalid", "does not resolve"), ("192.0.2.1", "is not an address of this machine")],
+)
 def test_host_that_is_not_ours_is_one_line(tmp_path: Path, host: str, why: str) -> None:
-    result = invoke("serve", "--host", host, "--port", "0", "--db", str(tmp_path / "s.db"),
-                    env={"TWILIO_AUTH_TOKEN": "x"})
+    result = invoke(
+        "serve", "--host", host, "--port", "0", "--db", str(tmp_path / "s.db"), env={"TWILIO_AUTH_TOKEN": "x"}
+    )
     one_line_error(result, exits.UNAVAILABLE, why)
 
 
 @needs_hub
 def test_missing_moshi_model_is_one_line(tmp_path: Path) -> None:
     """MissingModelFile is a BackendError, not an OrchestratorError: still one line with the fix."""
-    result = invoke("serve", "--backend", "moshi", "--port", "0", "--db", str(tmp_path / "s.db"),
-                    env={"TWILIO_AUTH_TOKEN": "x", "MOSHI_HF_REPO": "nobody/never-cached-mlx-q4"})
-    one_line_error(result, exits.USAGE, "is not in the local Hugging Face cache",
-                   "orchestrator models pull --repo nobody/never-cached-mlx-q4")
+    result = invoke(
+        "serve",
+        "--backend",
+        "moshi",
+        "--port",
+        "0",
+        "--db",
+        str(tmp_path / "s.db"),
+        env={"TWILIO_AUTH_TOKEN": "x", "MOSHI_HF_REPO": "nobody/never-cached-mlx-q4"},
+    )
+    one_line_error(
+        result,
+        exits.USAGE,
+        "is not in the local Hugging Face cache",
+        "orchestrator models pull --repo nobody/never-cached-mlx-q4",
+    )
 
 
 @pytest.mark.parametrize("command", [("report",), ("demo", "--seconds", "5")], ids=lambda a: a[0])
-def test_out_into_a_missing_folder_is_refused_before_any_work(tmp_path: Path, command: tuple[str, ...]) -> None:
+def test_out_into_a_missing_folder_is_refused_before_any_work(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
     out = tmp_path / "no" / "such" / "report.html"
     db = tmp_path / "c.db"
     made_call(db)
@@ -312,19 +350,22 @@ def _worker(parent: int, ready: Any, done: Any) -> None:
 # -- exit codes and validation ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (("demo", "--seconds", "-5"), "--seconds"),
-    (("demo", "--jitter-ms", "-10"), "--jitter-ms"),
-    (("demo", "--echo-path-ms", "-1"), "--echo-path-ms"),
-    (("demo", "--calls", "0"), "--calls"),
-    (("emulator", "--account-sid", "bad", "--auth-token", "x"), "AC followed by 32 hex digits"),
-    (("emulator", "--account-sid", SID, "--auth-token", "x", "--jitter-ms", "-1"), "--jitter-ms"),
-    (("models", "pull", "--repo", "foo"), "OWNER/NAME"),
-    (("calls", "--state", "bogus"), "--state"),
-    (("calls", "--limit", "0"), "--limit"),
-    (("serve", "--port", "99999"), "'--port': 99999"),
-    (("call", "12"), "TO='12' is not an E.164"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("demo", "--seconds", "-5"), "--seconds"),
+        (("demo", "--jitter-ms", "-10"), "--jitter-ms"),
+        (("demo", "--echo-path-ms", "-1"), "--echo-path-ms"),
+        (("demo", "--calls", "0"), "--calls"),
+        (("emulator", "--account-sid", "bad", "--auth-token", "x"), "AC followed by 32 hex digits"),
+        (("emulator", "--account-sid", SID, "--auth-token", "x", "--jitter-ms", "-1"), "--jitter-ms"),
+        (("models", "pull", "--repo", "foo"), "OWNER/NAME"),
+        (("calls", "--state", "bogus"), "--state"),
+        (("calls", "--limit", "0"), "--limit"),
+        (("serve", "--port", "99999"), "'--port': 99999"),
+        (("call", "12"), "TO='12' is not an E.164"),
+    ],
+)
 def test_nonsense_is_refused_in_one_line(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
     result = invoke(*args, "--db", str(tmp_path / "x.db")) if args[0] in ("calls", "call") else invoke(*args)
     line = one_line_error(result, exits.USAGE, needle)
@@ -347,8 +388,14 @@ def test_filters_that_match_nothing_are_not_an_empty_database(tmp_path: Path) ->
 
 
 def test_serve_refuses_an_http_public_url_now(tmp_path: Path) -> None:
-    result = invoke("serve", "--public-url", "http://tunnel.example.test", "--db", str(tmp_path / "s.db"),
-                    env={"TWILIO_AUTH_TOKEN": "x"})
+    result = invoke(
+        "serve",
+        "--public-url",
+        "http://tunnel.example.test",
+        "--db",
+        str(tmp_path / "s.db"),
+        env={"TWILIO_AUTH_TOKEN": "x"},
+    )
     one_line_error(result, exits.USAGE, "must be https")
     assert not (tmp_path / "s.db").exists()
 
@@ -359,7 +406,9 @@ def test_emulator_reads_its_credentials_from_dot_env(tmp_path: Path) -> None:
     one_line_error(result, exits.USAGE, "'not-a-sid' is not an Account SID")  # it was read from .env
 
 
-def test_call_wait_exits_1_when_the_call_did_not_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_call_wait_exits_1_when_the_call_did_not_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestrator import call_cli
 
     db = tmp_path / "c.db"
@@ -375,8 +424,21 @@ def test_every_command_says_what_its_exit_codes_mean() -> None:
     from orchestrator.cli import _register_optional
 
     _register_optional()
-    for name in ("call", "hangup", "serve", "demo", "doctor", "report", "emulator", "calls", "show", "check",
-                 "migrate", "models pull", "models list"):
+    for name in (
+        "call",
+        "hangup",
+        "serve",
+        "demo",
+        "doctor",
+        "report",
+        "emulator",
+        "calls",
+        "show",
+        "check",
+        "migrate",
+        "models pull",
+        "models list",
+    ):
         result = invoke(*name.split(), "--help")
         assert "Exit codes: 0 done" in result.stdout and "2 nothing done" in result.stdout, name
     assert "1 with --wait: the call ended busy" in invoke("call", "--help").stdout
@@ -385,14 +447,26 @@ def test_every_command_says_what_its_exit_codes_mean() -> None:
 
 
 def test_doctor_lists_every_bad_setting_and_threshold_and_exits_1(tmp_path: Path) -> None:
-    env = {"ORCHESTRATOR_PORT": "99999", "BACKEND": "nope", "CHECK_MIN_TURNS": "two", "CHECK_BOGUS": "1",
-           "TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": "x",
-           "TWILIO_API_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
+    env = {
+        "ORCHESTRATOR_PORT": "99999",
+        "BACKEND": "nope",
+        "CHECK_MIN_TURNS": "two",
+        "CHECK_BOGUS": "1",
+        "TWILIO_ACCOUNT_SID": SID,
+        "TWILIO_AUTH_TOKEN": "x",
+        "TWILIO_API_BASE_URL": f"http://127.0.0.1:{closed_port()}",
+    }
     result = invoke("doctor", "--db", str(tmp_path / "d.db"), env=env)
     assert result.exit_code == exits.OUTCOME
     fixes = [line for line in result.stdout.splitlines() if line.startswith("FIX")]
     text = "\n".join(fixes)
-    for needle in ("ORCHESTRATOR_PORT=99999", "BACKEND='nope'", "CHECK_MIN_TURNS", "CHECK_BOGUS", "did not answer"):
+    for needle in (
+        "ORCHESTRATOR_PORT=99999",
+        "BACKEND='nope'",
+        "CHECK_MIN_TURNS",
+        "CHECK_BOGUS",
+        "did not answer",
+    ):
         assert needle in text, needle
     assert not (tmp_path / "d.db").exists()
 
@@ -450,7 +524,9 @@ def test_an_ambiguous_prefix_names_the_candidates(tmp_path: Path) -> None:
     a, b = made_call(db), made_call(db)
     one_line_error(invoke("show", "c_", "--db", str(db)), exits.USAGE, "no call")  # too short to guess
     store = Store(db)
-    store.conn.execute("UPDATE calls SET id = 'c_aaaa' || substr(id, 7) WHERE id IN (?, ?)", [a["id"], b["id"]])
+    store.conn.execute(
+        "UPDATE calls SET id = 'c_aaaa' || substr(id, 7) WHERE id IN (?, ?)", [a["id"], b["id"]]
+    )
     store.close()
     result = invoke("show", "c_aaaa", "--db", str(db))
     one_line_error(result, exits.USAGE, "is the start of 2 calls", "give more of the id")
@@ -460,17 +536,37 @@ def test_show_reads_like_the_report(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     row = made_call(db, state_events=("ringing", "in-progress", "completed"))
     store = Store(db)
-    store.put_metrics(row["id"], {"turns": 2.0, "first_audio_ms": 412.4, "echo_detected": 0.0,
-                                  "inbound_rms_dbfs": -23.44, "outbound_clip_ratio": 0.005},
-                      {"turns": "count", "first_audio_ms": "ms", "echo_detected": "bool",
-                       "inbound_rms_dbfs": "dBFS", "outbound_clip_ratio": "ratio"})
+    store.put_metrics(
+        row["id"],
+        {
+            "turns": 2.0,
+            "first_audio_ms": 412.4,
+            "echo_detected": 0.0,
+            "inbound_rms_dbfs": -23.44,
+            "outbound_clip_ratio": 0.005,
+        },
+        {
+            "turns": "count",
+            "first_audio_ms": "ms",
+            "echo_detected": "bool",
+            "inbound_rms_dbfs": "dBFS",
+            "outbound_clip_ratio": "ratio",
+        },
+    )
     store.update_call(row["id"], recording_path=str(tmp_path / "c.wav"))
     store.close()
     text = invoke("show", row["id"], "--db", str(db)).stdout
-    metrics = {line.split()[0]: " ".join(line.split()[1:]) for line in text.split("metrics:")[1].split("\n\n")[0]
-               .strip().splitlines()}
-    assert metrics == {"turns": "2", "first_audio_ms": "412 ms", "echo_detected": "no",
-                       "inbound_rms_dbfs": "-23.4 dBFS", "outbound_clip_ratio": "0.50 %"}
+    metrics = {
+        line.split()[0]: " ".join(line.split()[1:])
+        for line in text.split("metrics:")[1].split("\n\n")[0].strip().splitlines()
+    }
+    assert metrics == {
+        "turns": "2",
+        "first_audio_ms": "412 ms",
+        "echo_detected": "no",
+        "inbound_rms_dbfs": "-23.4 dBFS",
+        "outbound_clip_ratio": "0.50 %",
+    }
     assert f"recording {tmp_path / 'c.wav'}" in text
     timeline = text.split("timeline (since created):")[1].split("\n\n")[0].strip().splitlines()
     assert timeline and all(line.split()[0].startswith("+") and line.split()[1] == "s" for line in timeline)
@@ -492,7 +588,11 @@ def test_check_with_only_a_call_lists_its_checks(tmp_path: Path) -> None:
 def test_check_usage_line_does_not_spill_the_criteria() -> None:
     text = invoke("check", "--help").stdout
     usage = text.split("\n\n")[0]
-    assert usage.startswith("Usage: ") and "[CRITERION] [VERDICT]" in usage and "model_loads_quickly" not in usage
+    assert (
+        usage.startswith("Usage: ")
+        and "[CRITERION] [VERDICT]" in usage
+        and "model_loads_quickly" not in usage
+    )
     from orchestrator.cli import CRITERIA
 
     assert all(c in " ".join(text.split()) for c in CRITERIA)  # listed in the help instead
@@ -512,12 +612,19 @@ def test_help_lists_commands_without_importing_them() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from orchestrator.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('orchestrator.emulator', 'scipy', 'orchestrator.demo', 'aiohttp') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys; from orchestrator.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('orchestrator.emulator', 'scipy', 'orchestrator.demo', 'aiohttp') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
     assert "emulator  Run a local Twilio stand-in" in out.stdout
 
@@ -572,8 +679,11 @@ def test_models_without_the_moshi_extra_is_one_line(monkeypatch: pytest.MonkeyPa
     import orchestrator.models_cli as models_cli
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(models_cli.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "huggingface_hub" else real(name, *a))
+    monkeypatch.setattr(
+        models_cli.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "huggingface_hub" else real(name, *a),
+    )
     for args in (("models", "list"), ("models", "pull")):
         result = invoke(*args, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
         one_line_error(result, exits.USAGE, "needs the moshi extra", "pip install -e '.[moshi]'")

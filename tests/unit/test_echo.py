@@ -83,7 +83,9 @@ def test_detection_stops_when_echo_is_buried_in_line_noise() -> None:
     # Model speech ≈ −21 dBFS, so a 40 dB loss leaves the echo at ≈ −61 dBFS. The whole-call fit still
     # finds it, with its loss, 16 dB under −45 dBFS noise (a per-second GCC-PHAT did not)...
     est = estimate_echo(*_scene(200, 40, noise_dbfs=-45.0))
-    assert est.detected and est.delay_ms == pytest.approx(200, abs=1) and est.erl_db == pytest.approx(40, abs=2)
+    assert (
+        est.detected and est.delay_ms == pytest.approx(200, abs=1) and est.erl_db == pytest.approx(40, abs=2)
+    )
     # ... but not 26 dB under -35 dBFS noise, where it is noise-level in the estimate too.
     assert not estimate_echo(*_scene(200, 40, noise_dbfs=-35.0)).detected
     assert estimate_echo(*_scene(200, 40, noise_dbfs=-65.0)).detected

@@ -73,8 +73,16 @@ def test_valid_sid(kind: str, value: object, ok: bool) -> None:
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("c_" + "0" * 16, True), ("c_" + "a" * 16, True), ("c_doesnotexist", False), ("c_" + "0" * 17, False),
-     ("c_" + "A" * 16, False), ("c_" + "0" * 15 + "\n", False), ("", False), (None, False)],
+    [
+        ("c_" + "0" * 16, True),
+        ("c_" + "a" * 16, True),
+        ("c_doesnotexist", False),
+        ("c_" + "0" * 17, False),
+        ("c_" + "A" * 16, False),
+        ("c_" + "0" * 15 + "\n", False),
+        ("", False),
+        (None, False),
+    ],
 )
 def test_valid_call_id(value: object, ok: bool) -> None:
     assert valid_call_id(value) is ok
@@ -98,7 +106,9 @@ def test_start_identifier_problem() -> None:
     assert start_identifier_problem(start(), "c_" + "0" * 16) is None
     assert start_identifier_problem(start(), None) is None
     assert start_identifier_problem(start(call_sid="CA1\n"), None) == (
-        "invalid start.callSid CA1\\u000a: expected CA and 32 hex digits")
+        "invalid start.callSid CA1\\u000a: expected CA and 32 hex digits"
+    )
     assert start_identifier_problem(start(stream_sid="MZ" + "1" * 500), None).startswith(  # type: ignore[union-attr]
-        "invalid start.streamSid MZ1111")
+        "invalid start.streamSid MZ1111"
+    )
     assert start_identifier_problem(start(), "c_bad") == "invalid call_id c_bad in start.customParameters"

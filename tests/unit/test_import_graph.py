@@ -124,8 +124,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_nothing_below_the_command_line_imports_it() -> None:
-    offenders = {m: sorted(d for d in deps if is_cli(d))
-                 for m, deps in graph().items() if not is_cli(m)}
+    offenders = {m: sorted(d for d in deps if is_cli(d)) for m, deps in graph().items() if not is_cli(m)}
     assert {m: d for m, d in offenders.items() if d} == {}
 
 

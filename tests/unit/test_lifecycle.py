@@ -92,7 +92,13 @@ def test_table_covers_every_pair() -> None:
 
 
 def test_terminal_states_are_the_failure_terminals_and_completed() -> None:
-    assert {s.value for s in CallState if s.terminal} == {"completed", "busy", "no-answer", "failed", "canceled"}
+    assert {s.value for s in CallState if s.terminal} == {
+        "completed",
+        "busy",
+        "no-answer",
+        "failed",
+        "canceled",
+    }
 
 
 # The forward order, written here independently of the module.
@@ -153,8 +159,14 @@ def test_stream_before_answered_implies_answered() -> None:
 
 
 def test_terminal_transition_ends_media_and_evaluates() -> None:
-    assert handle(S.STREAMING, CallEvent(E.COMPLETED, AT)).effects == (EndMedia("call completed"), EvaluateCall())
-    assert handle(S.RINGING, CallEvent(E.INTERRUPTED, AT)).effects == (EndMedia("call failed"), EvaluateCall())
+    assert handle(S.STREAMING, CallEvent(E.COMPLETED, AT)).effects == (
+        EndMedia("call completed"),
+        EvaluateCall(),
+    )
+    assert handle(S.RINGING, CallEvent(E.INTERRUPTED, AT)).effects == (
+        EndMedia("call failed"),
+        EvaluateCall(),
+    )
     assert handle(S.QUEUED, CallEvent(E.RINGING, AT)).effects == ()
     assert handle(S.COMPLETED, CallEvent(E.COMPLETED, AT)).effects == ()  # absorbed: nothing to do again
 
@@ -166,7 +178,8 @@ def test_checked_in_diagram_matches_the_table() -> None:
 
     docs = Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md"
     assert docs.read_text(encoding="utf-8") == page(), (
-        "docs/lifecycle.md is out of date: python -m orchestrator.lifecycle_diagram > docs/lifecycle.md")
+        "docs/lifecycle.md is out of date: python -m orchestrator.lifecycle_diagram > docs/lifecycle.md"
+    )
 
 
 def test_diagram_draws_every_move_and_no_backward_one() -> None:

@@ -46,8 +46,9 @@ class FakeTransport:
 
 
 def guard(cap: int, streams: int = 0) -> ConnectionGuard:
-    return ConnectionGuard(cap=cap, header_timeout_s=10, keepalive_timeout_s=10, body_timeout_s=10,
-                           streams=lambda: streams)
+    return ConnectionGuard(
+        cap=cap, header_timeout_s=10, keepalive_timeout_s=10, body_timeout_s=10, streams=lambda: streams
+    )
 
 
 def fill(g: ConnectionGuard, phases: list[Phase]) -> list[tuple[object, Any]]:
@@ -90,7 +91,9 @@ def test_live_calls_take_descriptors_from_the_connection_limit() -> None:
 def test_sweep_closes_reading_and_idle_connections_past_their_deadlines_only() -> None:
     g = ConnectionGuard(cap=10, header_timeout_s=5, keepalive_timeout_s=8, body_timeout_s=10)
     held = fill(g, [Phase.READING, Phase.IDLE, Phase.BUSY, Phase.READING])  # since 0, 1, 2, 3
-    g.sweep(now=7.5)  # reading since 0 is 7.5 s old (> 5); reading since 3 is 4.5 s; idle since 1 is 6.5 s (< 8)
+    g.sweep(
+        now=7.5
+    )  # reading since 0 is 7.5 s old (> 5); reading since 3 is 4.5 s; idle since 1 is 6.5 s (< 8)
     assert [t.aborted for _, t in held] == [True, False, False, False]
     g.sweep(now=100.0)
     assert [t.aborted for _, t in held] == [True, True, False, True]  # busy is never timed out here
@@ -98,14 +101,17 @@ def test_sweep_closes_reading_and_idle_connections_past_their_deadlines_only() -
     assert g.phases() == {"reading": 0, "busy": 1, "idle": 0}
 
 
-def test_accept_errors_are_logged_once_per_interval_with_a_count(monkeypatch: pytest.MonkeyPatch,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_accept_errors_are_logged_once_per_interval_with_a_count(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = [1000.0]
     monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
     passed: list[dict[str, Any]] = []
     handler = AcceptErrorLog(lambda loop, ctx: passed.append(ctx), interval_s=10)
-    emfile = {"message": "socket.accept() out of system resource",
-              "exception": OSError(errno.EMFILE, "Too many open files")}
+    emfile = {
+        "message": "socket.accept() out of system resource",
+        "exception": OSError(errno.EMFILE, "Too many open files"),
+    }
     caplog.set_level(logging.ERROR, logger="orchestrator.web.limits")
     for _ in range(1000):
         handler(None, emfile)  # type: ignore[arg-type]

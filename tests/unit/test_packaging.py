@@ -14,8 +14,11 @@ def _config() -> dict:
 
 
 def test_the_package_list_names_every_package_on_disk() -> None:
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("orchestrator", "bridge")
-               for p in (ROOT / top).rglob("__init__.py")}
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("orchestrator", "bridge")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
     listed = set(_config()["packages"])
     assert listed - {"orchestrator.migrations"} == on_disk  # a new subpackage must be listed to be installed
     assert "orchestrator.migrations" in listed

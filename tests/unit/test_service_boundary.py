@@ -12,13 +12,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HANDLERS = ["orchestrator/web/hooks.py", "orchestrator/web/media.py", "orchestrator/web/app.py",
-            "orchestrator/web/effects.py", "orchestrator/evaluation.py", "orchestrator/reconcile.py",
-            "orchestrator/retention.py"]
+HANDLERS = [
+    "orchestrator/web/hooks.py",
+    "orchestrator/web/media.py",
+    "orchestrator/web/app.py",
+    "orchestrator/web/effects.py",
+    "orchestrator/evaluation.py",
+    "orchestrator/reconcile.py",
+    "orchestrator/retention.py",
+]
 
 
 def store_accesses(source: str) -> list[int]:
-    return [n.lineno for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute) and n.attr == "store"]
+    return [
+        n.lineno for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute) and n.attr == "store"
+    ]
 
 
 def test_the_check_sees_store_access_inside_a_lambda() -> None:

@@ -29,23 +29,51 @@ def test_dtmf_digits_wait_for_their_window_and_a_flood_keeps_only_its_count() ->
 
 
 def test_secrets_are_replaced_wherever_they_sit() -> None:
-    payload = {"CallSid": "CA1", "CallToken": "%7B%22parentCallInfoToken...", "nested": {"token": "t0k"},
-               "items": [{"AuthToken": "x"}], "token": ""}
-    assert without_secrets(payload) == {"CallSid": "CA1", "CallToken": "(redacted)", "nested": {"token": "(redacted)"},
-                                        "items": [{"AuthToken": "(redacted)"}], "token": ""}
+    payload = {
+        "CallSid": "CA1",
+        "CallToken": "%7B%22parentCallInfoToken...",
+        "nested": {"token": "t0k"},
+        "items": [{"AuthToken": "x"}],
+        "token": "",
+    }
+    assert without_secrets(payload) == {
+        "CallSid": "CA1",
+        "CallToken": "(redacted)",
+        "nested": {"token": "(redacted)"},
+        "items": [{"AuthToken": "(redacted)"}],
+        "token": "",
+    }
 
 
 def test_personal_data_masked_for_sharing() -> None:
-    doc = {"call": {"to": "+14155550100", "from": "+15005550006", "state": "completed"},
-           "events": [{"payload": {"From": "+14155550100", "Caller": "+14155550100", "CallerCity": "SAN FRANCISCO",
-                                   "FromZip": "94105", "CallerName": "Jane Doe", "CallerCountry": "US",
-                                   "StirPassportToken": "eyJhbGciOi..."}}],
-           "checks": [{"evidence": "answered: +14155550100 rang 2 s"}]}
+    doc = {
+        "call": {"to": "+14155550100", "from": "+15005550006", "state": "completed"},
+        "events": [
+            {
+                "payload": {
+                    "From": "+14155550100",
+                    "Caller": "+14155550100",
+                    "CallerCity": "SAN FRANCISCO",
+                    "FromZip": "94105",
+                    "CallerName": "Jane Doe",
+                    "CallerCountry": "US",
+                    "StirPassportToken": "eyJhbGciOi...",
+                }
+            }
+        ],
+        "checks": [{"evidence": "answered: +14155550100 rang 2 s"}],
+    }
     out = personal_data_masked(doc)
     assert out["call"] == {"to": "…0100", "from": "…0006", "state": "completed"}
-    assert out["events"][0]["payload"] == {"From": "…0100", "Caller": "…0100", "CallerCity": "(redacted)",
-                                           "FromZip": "(redacted)", "CallerName": "(redacted)",
-                                           "CallerCountry": "US", "StirPassportToken": "(redacted)"}
+    assert out["events"][0]["payload"] == {
+        "From": "…0100",
+        "Caller": "…0100",
+        "CallerCity": "(redacted)",
+        "FromZip": "(redacted)",
+        "CallerName": "(redacted)",
+        "CallerCountry": "US",
+        "StirPassportToken": "(redacted)",
+    }
     assert out["checks"][0]["evidence"] == "answered: …0100 rang 2 s"
     assert doc["call"]["to"] == "+14155550100"  # the input is left as it was
 

@@ -14,7 +14,9 @@ def test_a_long_line_wraps_under_its_first_word_and_keeps_words_whole() -> None:
     assert lines[0].startswith("  pass audio_quality_ok  inbound")
     assert all(line.startswith(" " * 25) for line in lines[1:])
     assert all(len(line) <= WIDTH for line in lines if "/a/very" not in line)
-    assert " ".join(w for line in lines for w in line.split()) == " ".join(("  pass audio_quality_ok  " + text).split())
+    assert " ".join(w for line in lines for w in line.split()) == " ".join(
+        ("  pass audio_quality_ok  " + text).split()
+    )
     assert wrap("", "FIX  x  ") == ["FIX  x"]
 
 

@@ -17,9 +17,11 @@ CLOUDFLARED_LINES = """2026-11-24T12:00:00Z INF Thank you for trying Cloudflare 
 2026-11-24T12:00:02Z INF |  https://quiet-river-sample-words.trycloudflare.com                                        |
 2026-11-24T12:00:02Z INF +--------------------------------------------------------------------------------------------+
 """
-NGROK_LINES = ('t=2026-11-24T12:00:00+0000 lvl=info msg="starting web service" obj=web addr=127.0.0.1:4040\n'
-               't=2026-11-24T12:00:01+0000 lvl=info msg="started tunnel" obj=tunnels name=command_line '
-               'addr=http://127.0.0.1:8080 url=https://ab12-34-56.ngrok-free.app\n')
+NGROK_LINES = (
+    't=2026-11-24T12:00:00+0000 lvl=info msg="starting web service" obj=web addr=127.0.0.1:4040\n'
+    't=2026-11-24T12:00:01+0000 lvl=info msg="started tunnel" obj=tunnels name=command_line '
+    "addr=http://127.0.0.1:8080 url=https://ab12-34-56.ngrok-free.app\n"
+)
 
 
 def stand_in(tmp_path: Path, name: str, output: str, *, then_sleep: bool = True) -> Path:
