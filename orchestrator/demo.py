@@ -74,7 +74,7 @@ def choose_backend(
     if status.get("ready"):
         return "moshi", f"model {settings.moshi_hf_repo} found in the local cache"
     if "huggingface_hub" in status.get("missing_packages", ()):
-        return "echo", f"the moshi extra is not installed ({status['fix']} adds the Moshi backend)"
+        return "echo", f"the moshi extra is not installed; {status['fix']} adds the Moshi backend"
     return (
         "echo",
         f"no Moshi model in the local cache ({settings.moshi_hf_repo}; `orchestrator models pull` fetches it)",
