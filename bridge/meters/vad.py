@@ -25,8 +25,8 @@ import numpy.typing as npt
 import webrtcvad
 
 from bridge.meters.levels import (
-    SILENCE_FLOOR_DBFS,
     boundary_threshold_dbfs,
+    floor_of_levels,
     speech_offset,
     speech_onset,
     speech_threshold_dbfs,
@@ -55,9 +55,9 @@ def total_speech_s(segments: list[Segment]) -> float:
 
 
 def _noise_floor_dbfs(frame_db: npt.NDArray[np.float64]) -> float:
-    # Digital silence (lost frames, zero padding) says nothing about the line's noise; leave it out.
-    live = frame_db[frame_db > SILENCE_FLOOR_DBFS + 20]
-    return float(np.percentile(live, 10)) if live.size else SILENCE_FLOOR_DBFS
+    # Digital silence (lost frames, zero padding) says nothing about the line's noise, nor does the
+    # near-silence of synthetic pauses on a noisy line: the floor rule of levels.floor_of_levels.
+    return floor_of_levels(frame_db)
 
 
 def _runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ from bridge.meters.levels import ULAW_MAX, measure_levels, speech_offset, speech
 from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_offset_s
 from bridge.meters.vad import detect_speech
 from orchestrator.emulator.audio import find_speech
-from tests.speech import speak
+from tests.speech import CALLER_LINES, speak
 
 R = 8000
 
@@ -187,3 +187,38 @@ def test_media_clock_offset_is_the_least_delayed_frame() -> None:
     # A causal sender: the frame with media time t leaves once its last sample exists, at t + 20 ms;
     # the offset is the fixed transit alone (3 ms for the least-delayed frame), the frame taken out.
     assert media_clock_offset_s(0.5 + ts / 1000 + 0.02 + delay, ts) == pytest.approx(0.503)
+
+
+def test_the_noise_floor_of_a_noisy_line_ignores_near_silence_whatever_the_windows_phase() -> None:
+    # A -40 dBFS noisy line whose replies also carry stretches at mu-law's smallest steps (a synthetic
+    # voice's pauses, about 12 % of the windows): counted as noise, they let the 10th percentile fall
+    # anywhere between them and the noise as the 10 ms windows' phase moved (-43 to -49 dBFS seen), and
+    # product and truth read the model's onsets 13-35 ms apart.
+    from bridge.meters.levels import noise_floor_dbfs
+    from orchestrator.emulator.audio import noise_floor_dbfs as truth_floor
+
+    rng = np.random.default_rng(4)
+    n = 8 * 8000
+    x = rng.normal(0.0, 32768 * 10 ** (-40 / 20), n)
+    for start in range(4000, n - 2000, 16000):  # near-silence of ~1900 samples every 2 s
+        x[start : start + 1900] = rng.choice([-8.0, 0.0, 0.0, 8.0], 1900)
+    x[:1000] = 0.0  # and digital silence before anything played
+    pcm = np.rint(x).astype(np.int16)
+    for shift in (0, 10, 23, 46, 60, 79):
+        shifted = np.concatenate([np.zeros(shift, np.int16), pcm])
+        product, truth = noise_floor_dbfs(shifted, 8000), truth_floor(shifted.astype(np.float64))
+        assert product == pytest.approx(-41.0, abs=0.6)  # the noise windows' own 10th percentile
+        assert truth == pytest.approx(product, abs=0.3)
+
+
+def test_a_clean_line_keeps_the_floor_of_its_silence_not_of_its_speech() -> None:
+    # No steady noise: speech, its quiet tails and digital silence. The floor stays below anything
+    # audible (so the onset threshold is -40 dBFS), not the quiet end of the speech itself.
+    from bridge.meters.levels import noise_floor_dbfs, speech_threshold_dbfs
+    from orchestrator.emulator.audio import noise_floor_dbfs as truth_floor
+
+    voice = speak(CALLER_LINES[0])
+    pcm = np.concatenate([np.zeros(4000, np.int16), voice, np.zeros(8000, np.int16), voice])
+    assert noise_floor_dbfs(pcm, 8000) < -60.0
+    assert speech_threshold_dbfs(noise_floor_dbfs(pcm, 8000)) == -40.0
+    assert truth_floor(pcm.astype(np.float64)) < -60.0
