@@ -157,6 +157,7 @@ def playout_runs(sends: npt.NDArray[np.float64], rate: int = 8000) -> list[npt.N
 _ALIGN_Z = 6.0  # a path (and each run's own view of it) that stands this far out of its noise
 _ALIGN_SPAN_S = 0.02  # runs are placed at most one packet apart (the playout clock caps them so)
 _ALIGN_MIN_S = 0.3  # a run this short is left as placed
+_ALIGN_MAX_RUNS = 16  # at most this many runs are fitted alone
 
 
 def align_runs(
@@ -179,9 +180,12 @@ def align_runs(
         return None
     n = len(inbound)
     tail = round(1.2 * rate)  # the searched lags (1 s), the fit's overflow taps and some margin
+    # Each fit costs about its span plus a second: a call split into many runs (underruns) fits only its
+    # longest ones, the rest stay as placed.
+    longest = {id(r) for r in sorted(runs, key=len, reverse=True)[:_ALIGN_MAX_RUNS]}
     arrivals: list[float | None] = []
     for run in runs:
-        if len(run) * CHUNK < _ALIGN_MIN_S * rate:  # too little audio to show a path of its own
+        if len(run) * CHUNK < _ALIGN_MIN_S * rate or id(run) not in longest:  # too little to show a path
             arrivals.append(None)
             continue
         alone = np.full(len(sends), np.nan)
