@@ -72,6 +72,7 @@ class MarkEcho:
     expected_at: float  # the estimate just before the echo arrived
     echoed_at: float
     flushed: bool  # True: a clear dropped the audio before the mark; it was never played
+    chunks_before: int = -1  # chunks sent before the mark (-1: not known)
 
     @property
     def error(self) -> float:
@@ -85,6 +86,7 @@ class _PendingMark:
     sent_at: float
     run: int  # the run its audio belongs to
     raw_end: float  # raw playout end of the audio sent before it
+    chunks_before: int = 0  # chunks sent before it
     flushed: bool = False
 
 
@@ -169,7 +171,7 @@ class PlayoutClock:
         flowing = self._raw_end is not None and self._flowing
         raw_end = max(now, self._raw_end) if flowing and self._raw_end is not None else now
         run = len(self._offsets) - 1 if flowing else -1
-        self._marks.append(_PendingMark(name, now, run, raw_end))
+        self._marks.append(_PendingMark(name, now, run, raw_end, len(self._send)))
 
     def on_mark_echo(self, name: str, now: float) -> MarkEcho | None:
         """Account for Twilio's echo of mark `name` at `now`; refine the run's offset unless flushed.
@@ -186,7 +188,7 @@ class PlayoutClock:
             self.lost_marks += 1
         self._marks.popleft()
         offset = self._offsets[mark.run] if mark.run >= 0 else self.delay
-        echo = MarkEcho(name, mark.sent_at, mark.raw_end + offset, now, mark.flushed)
+        echo = MarkEcho(name, mark.sent_at, mark.raw_end + offset, now, mark.flushed, mark.chunks_before)
         self.echoes.append(echo)
         if not mark.flushed:
             # clamped: playout cannot come before sending

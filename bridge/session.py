@@ -327,6 +327,7 @@ class MediaSession:
             sent_pcm=ulaw_decode(bytes(self.sent_codes)),
             sends=sends.reshape(-1, 3),
             marks=[(e.name, e.sent_at, e.echoed_at, e.flushed) for e in self.playout.echoes],
+            mark_chunks=[e.chunks_before for e in self.playout.echoes],
             underruns=self.playout.underruns,
             frames_to_model=self.frames_to_model,
             step_ms=list(self.step_ms),

@@ -133,9 +133,10 @@ def synth_call(
     for k in range(m):
         play[k] = max(send[k] + net_s, play[k - 1] + 0.02 if k else 0.0)
     sends = np.column_stack([send, play, np.zeros(m)])
+    # `play` is where the product's playout clock puts each chunk: at the least-late echo of the marks
+    # after it, which (no return delay here) come back as the audio before them ends.
     marks = [
-        (f"m{k}", float(send[k]), float(play[k] + 0.02 + net_s), False)
-        for k in range(mark_every - 1, m, mark_every)
+        (f"m{k}", float(send[k]), float(play[k] + 0.02), False) for k in range(mark_every - 1, m, mark_every)
     ]
     played = played_track(out, sends, rate)
 

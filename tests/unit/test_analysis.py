@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bridge.analysis import MediaEvidence, analyse, find_turns, played_track
+from bridge.meters.echo import EchoEstimate
 from bridge.meters.vad import Segment
 from orchestrator.emulator.audio import find_speech
 from tests.speech import CALLER_LINES as C
@@ -150,13 +151,23 @@ def test_step_times_and_counters_pass_through() -> None:
 
 
 def _runs_call(
-    late_ms: list[float], *, echo: bool = True, caller_at: float | None = None, seed: int = 3
+    late_ms: list[float],
+    *,
+    echo: bool = True,
+    caller_at: float | None = None,
+    seed: int = 3,
+    marked: bool = False,
+    slip: tuple[int, int, float] | None = None,
 ) -> tuple[MediaEvidence, dict[str, float]]:
     """Model replies in separate runs, each placed by the marks `late_ms[r]` after it really played.
 
     The inbound audio is the true played track through a room (the emulator's own response, after a
     60 ms bulk delay, 15 dB), so truth (first arrival, loss over the whole response) comes from the
-    signals themselves, as the emulator computes it.
+    signals themselves, as the emulator computes it. `marked`: a mark after every fifth chunk, echoed
+    0.3-2.3 ms after its audio truly played out (one echo per run 60 ms late, as a loaded far end does);
+    otherwise one mark sent after everything played, which says nothing of any run. `slip`: (run, chunk,
+    ms): from that chunk of that run on, the phone played `ms` later than the placement says (it ran
+    dry and fell behind), while the placement runs on back to back.
     """
     from scipy.signal import oaconvolve
 
@@ -165,11 +176,14 @@ def _runs_call(
     from tests.speech import speak
 
     rate, n = 8000, 16 * 8000
+    rng = np.random.default_rng(seed)
     rir, direct = room_impulse_response(0.4, 1.0, seed=seed)
     bulk = round(0.060 * rate)
     path = np.zeros(bulk + len(rir))
     path[bulk:] = rir * 10 ** (-15 / 20)
     sent_parts, rows, true_track = [], [], np.zeros(n)
+    marks: list[tuple[str, float, float, bool]] = []
+    mark_chunks: list[int] = []
     t = 0.3
     for r, late in enumerate(late_ms):
         clip = speak(M[r % len(M)])
@@ -177,10 +191,18 @@ def _runs_call(
         pcm = np.zeros(chunks * 160, dtype=np.int16)
         pcm[: len(clip)] = clip
         start = round(t * rate) + 37 * r  # each run has its own packet phase
-        true_track[start : start + len(pcm)] = pcm
+        late_one = int(rng.integers(0, chunks // 5))  # the mark of this run echoed late
         for k in range(chunks):
+            behind = round(slip[2] * rate / 1000) if slip and slip[0] == r and k >= slip[1] else 0
+            at = start + 160 * k + behind  # where the phone really played chunk k
+            true_track[at : at + 160] = pcm[160 * k : 160 * (k + 1)]
             play = (start + 160 * k) / rate
             rows.append([play - 0.1, play + late / 1000.0, 0.0])
+            if marked and (k % 5 == 4 or k == chunks - 1):
+                ret = float(rng.uniform(0.3, 2.3)) + (60.0 if k // 5 == late_one else 0.0)
+                sent = rows[-1][0] + 0.001
+                marks.append((f"m{len(rows)}", sent, (at + 160) / rate + ret / 1000.0, False))
+                mark_chunks.append(len(rows))
         sent_parts.append(pcm)
         t += len(pcm) / rate + 0.8
     inbound = oaconvolve(true_track, path)[:n] if echo else np.zeros(n)
@@ -188,19 +210,22 @@ def _runs_call(
         voice = speak(C[0])
         k = round(caller_at * rate)
         inbound[k : k + len(voice)] += voice[: n - k]
-    inbound += np.random.default_rng(seed).normal(0.0, 32768 * 10 ** (-60 / 20), n)
+    inbound += rng.normal(0.0, 32768 * 10 ** (-60 / 20), n)
     pcm_in = ulaw_decode(ulaw_encode(np.clip(np.rint(inbound), -32768, 32767).astype(np.int16)))
     frames = n // 160
     arrivals = np.column_stack([0.02 + 0.02 * np.arange(frames), 20.0 * np.arange(frames)])
     sends = np.asarray(rows)
     last = float(sends[-1, 0])
+    if not marked:
+        marks, mark_chunks = [("end", last + 0.01, last + 0.5, False)], [len(rows)]
     ev = MediaEvidence(
         rate=rate,
         inbound_pcm=pcm_in[: frames * 160],
         inbound_arrivals=arrivals,
         sent_pcm=np.concatenate(sent_parts),
         sends=sends,
-        marks=[("end", last + 0.01, last + 0.5, False)],
+        marks=marks,
+        mark_chunks=mark_chunks,
     )
     whole = oaconvolve(true_track, path)
     truth = {
@@ -210,30 +235,68 @@ def _runs_call(
     return ev, truth
 
 
+def _as_marked(ev: MediaEvidence) -> EchoEstimate:
+    """The whole call's echo with every chunk where the marks' placement puts it."""
+    from bridge.analysis import _confirmed_sends
+    from bridge.meters.echo import estimate_echo
+
+    n = len(ev.inbound_pcm)
+    reference = np.zeros(n, dtype=np.int16)
+    track = played_track(ev.sent_pcm, _confirmed_sends(ev))
+    reference[: min(n, len(track))] = track[:n]
+    return estimate_echo(reference, ev.inbound_pcm, 8000)
+
+
 def test_runs_placed_late_by_different_amounts_are_aligned_by_their_own_echo() -> None:
     from bridge.analysis import _confirmed_sends, align_runs, playout_runs
-    from bridge.meters.echo import estimate_echo
 
     late = [0.875, 0.125, 2.5]  # ms: what a loaded far end's late mark echoes did on one run of the rig
     ev, truth = _runs_call(late)
     sends = _confirmed_sends(ev)
     assert len(playout_runs(sends)) == 3
     # As the marks placed them, one path over all three runs is smeared: the loss reads well off.
-    n = len(ev.inbound_pcm)
-    reference = np.zeros(n, dtype=np.int16)
-    track = played_track(ev.sent_pcm, sends)
-    reference[: min(n, len(track))] = track[:n]
-    as_marked = estimate_echo(reference, ev.inbound_pcm, 8000)
+    as_marked = _as_marked(ev)
     assert abs(as_marked.erl_db - truth["loss_db"]) > 1.0
-    # Each run's own first arrival puts it back: the least-late run (0.125 ms) anchors the others.
-    moves = align_runs(ev.sent_pcm, sends, ev.inbound_pcm, np.ones(n, bool), as_marked)
-    assert moves is not None
+    # Each run's own echo puts it back: the least-late run (0.125 ms) anchors the others.
+    n = len(ev.inbound_pcm)
+    starts = align_runs(ev.sent_pcm, sends, ev.inbound_pcm, np.ones(n, bool), as_marked)
+    assert starts is not None
     for run, ms in zip(playout_runs(sends), late, strict=True):
-        assert moves[run] * 1000.0 == pytest.approx(ms - min(late), abs=0.2)
+        assert (sends[run, 1] - starts[run]) * 1000.0 == pytest.approx(ms - min(late), abs=0.2)
     m = analyse(ev).metrics
     assert m["echo_detected"] == 1.0
     # the anchor run itself was placed 0.125 ms late: its echo reads that much early
     assert m["echo_delay_ms"] == pytest.approx(truth["delay_ms"] - min(late), abs=0.2)
+    assert m["echo_return_loss_db"] == pytest.approx(truth["loss_db"], abs=0.5)
+
+
+def test_a_run_placed_early_is_put_back_by_its_own_mark_echoes() -> None:
+    # The playout clock placed the middle run 18 ms before it played (its offset capped by the others').
+    # That run, as the anchor of the others, read the room's delay 18 ms high; its own echoes, which can
+    # only come after its audio played, place it no earlier than it played.
+    ev, truth = _runs_call([0.5, -18.0, 1.0], marked=True, seed=5)
+    as_marked = _as_marked(ev)
+    assert abs(as_marked.erl_db - truth["loss_db"]) > 1.0 or abs(as_marked.delay_ms - truth["delay_ms"]) > 5
+    m = analyse(ev).metrics
+    assert m["echo_detected"] == 1.0
+    # echoes come back 0.3 ms or more after the audio played: the delay reads early by at most that much
+    assert truth["delay_ms"] - 2.5 <= m["echo_delay_ms"] <= truth["delay_ms"] + 0.2
+    assert m["echo_return_loss_db"] == pytest.approx(truth["loss_db"], abs=0.5)
+
+
+def test_a_run_where_the_phone_fell_behind_is_split_at_the_slip() -> None:
+    from bridge.analysis import latest_starts, playout_runs
+
+    # From its 30th chunk on, the second run played 20 ms later than its back-to-back placement says.
+    ev, truth = _runs_call([0.5, 0.5, 0.5], marked=True, seed=7, slip=(1, 30, 20.0))
+    runs = playout_runs(ev.sends)
+    placed = latest_starts(ev.sends, ev.marks, ev.mark_chunks)
+    behind = (placed - ev.sends[:, 1])[runs[1]] * 1000.0
+    assert behind[:30] == pytest.approx(np.zeros(30), abs=2.5)  # bounded by the echoes' 0.3-2.3 ms
+    assert behind[30:] == pytest.approx(np.full(len(behind) - 30, 20.0), abs=2.5)
+    m = analyse(ev).metrics
+    assert m["echo_detected"] == 1.0
+    assert truth["delay_ms"] - 2.5 <= m["echo_delay_ms"] <= truth["delay_ms"] + 0.2
     assert m["echo_return_loss_db"] == pytest.approx(truth["loss_db"], abs=0.5)
 
 
