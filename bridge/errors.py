@@ -5,9 +5,12 @@ Hierarchy::
     BridgeError                  base of everything raised by `bridge`
     ├── LocalProtocolError       *we* tried something the protocol forbids (a bug in our code),
     │                            e.g. sending media before the stream started or after it stopped
-    └── RemoteProtocolError      *the peer* sent something invalid; carries Twilio's warning `code`
-                                 (31950 binary frame, 31951 invalid message), a short `reason`
-                                 and the offending `field` when known
+    ├── RemoteProtocolError      *the peer* sent something invalid; carries Twilio's warning `code`
+    │                            (31950 binary frame, 31951 invalid message), a short `reason`
+    │                            and the offending `field` when known
+    └── BackendError             a speech backend could not do what was asked (bad weights, a dead
+        │                        worker, a model server that refused); the call ends with the reason
+        └── BackendBusy          it already serves as many calls as it can
 
 The split follows h11: a local error should crash loudly in tests, a remote error is counted, logged
 and survived (one bad frame must never take down the server or touch another call). Other modules may
@@ -43,3 +46,11 @@ class RemoteProtocolError(BridgeError):
         self.field = field
         where = f" (field {field!r})" if field else ""
         super().__init__(f"{code}: {reason}{where}")
+
+
+class BackendError(BridgeError):
+    """A backend could not do what was asked (bad weights, dead worker...)."""
+
+
+class BackendBusy(BackendError):
+    """The backend already serves as many calls as it can."""

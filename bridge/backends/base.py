@@ -21,16 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+# re-exported: backends and their callers import them from here
+from bridge.errors import BackendBusy as BackendBusy
+from bridge.errors import BackendError as BackendError
+
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one Mimi / Moshi step
-
-
-class BackendError(Exception):
-    """A backend could not do what was asked (bad weights, dead worker...)."""
-
-
-class BackendBusy(BackendError):
-    """The backend already serves as many calls as it can."""
 
 
 Audio = npt.NDArray[np.float32]  # mono float32 samples (24 kHz frames of 1920 inside the bridge)

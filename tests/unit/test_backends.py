@@ -66,3 +66,13 @@ def test_echo_rejects_bad_settings() -> None:
         EchoBackend(delay_ms=-1)
     with pytest.raises(ValueError):
         EchoBackend(mode="parrot")
+
+
+def test_backend_errors_sit_in_the_bridge_hierarchy() -> None:
+    # One except BridgeError catches everything the media path raises, a backend's refusal included;
+    # the names backends have always imported still work.
+    from bridge.backends import base
+    from bridge.errors import BackendBusy, BackendError, BridgeError
+
+    assert base.BackendError is BackendError and base.BackendBusy is BackendBusy
+    assert issubclass(BackendBusy, BackendError) and issubclass(BackendError, BridgeError)
