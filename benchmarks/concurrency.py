@@ -68,7 +68,7 @@ def _summary(live: Any) -> dict[str, Any]:
 
 
 async def serve(db: Path, port_file: Path, stats_file: Path, recordings: Path) -> None:
-    from orchestrator.serve_cli import start_server
+    from orchestrator.cli.serve import start_server
     from orchestrator.settings import Settings
     from orchestrator.web.app import STATE
 

@@ -44,7 +44,7 @@ STATUSES = ("initiated", "ringing", "in-progress", "completed")
 
 
 async def serve_real(db: Path, port_file: Path) -> None:
-    from orchestrator.serve_cli import start_server
+    from orchestrator.cli.serve import start_server
     from orchestrator.settings import Settings
 
     settings = Settings(

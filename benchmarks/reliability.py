@@ -218,7 +218,7 @@ async def until(check: Any, timeout_s: float, every_s: float = 0.1) -> bool:
 
 def place(server: Server, to: str) -> dict[str, Any]:
     """One call through the product's REST path (what `orchestrator call` does)."""
-    from orchestrator.call_cli import place as place_call
+    from orchestrator.cli.call import place as place_call
     from orchestrator.service import CallService
     from orchestrator.store import Store
 

@@ -113,7 +113,7 @@ def main() -> None:
         "python -c pass (interpreter only)": [],
         "bare aiohttp app": [],
         "orchestrator serve, echo backend, fresh database": [],
-        "serve_cli entry point alone (no other commands imported)": [],
+        "serve entry point alone (no other commands imported)": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         work = Path(tmp)
@@ -139,10 +139,10 @@ def main() -> None:
             cmd = [
                 sys.executable,
                 "-c",
-                "from orchestrator.serve_cli import serve; serve()",
+                "from orchestrator.cli.serve import serve; serve()",
                 *serve_cmd(port, work / f"direct-{i}.db", "echo")[4:],
             ]
-            results["serve_cli entry point alone (no other commands imported)"].append(
+            results["serve entry point alone (no other commands imported)"].append(
                 time_to_healthy(cmd, port, env)
             )
         if not a.quick and not a.no_model:

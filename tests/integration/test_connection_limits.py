@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, WSMsgType
 
-from orchestrator.serve_cli import RunningServer, start_server
+from orchestrator.cli.serve import RunningServer, start_server
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.web.app import STATE

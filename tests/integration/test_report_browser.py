@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pytest
 
 from orchestrator.report import build_report, render_html
-from orchestrator.report_samples import sample_docs
+from orchestrator.report.samples import sample_docs
 
 pytestmark = pytest.mark.browser
 

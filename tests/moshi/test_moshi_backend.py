@@ -417,7 +417,7 @@ def test_models_pull_fills_the_cache_that_serving_reads(
     import huggingface_hub.constants as hf_constants
     from click.testing import CliRunner
 
-    from orchestrator.models_cli import model_status, models, pull_files
+    from orchestrator.cli.models import model_status, models, pull_files
 
     # hf_transfer requested but not installed: pull must still work because it turns hf_transfer off.
     monkeypatch.setattr(hf_constants, "HF_HUB_ENABLE_HF_TRANSFER", True)

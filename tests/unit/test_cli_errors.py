@@ -409,7 +409,7 @@ def test_emulator_reads_its_credentials_from_dot_env(tmp_path: Path) -> None:
 def test_call_wait_exits_1_when_the_call_did_not_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator import call_cli
+    from orchestrator.cli import call as call_cli
 
     db = tmp_path / "c.db"
     row = made_call(db, state_events=("ringing", "busy"))
@@ -481,9 +481,9 @@ def test_doctor_recommends_only_an_installed_tunnel(tmp_path: Path, monkeypatch:
 
 
 def test_demo_exit_code_follows_failed_criteria() -> None:
-    from orchestrator.demo import failed_criteria
+    from orchestrator.cli.demo import failed_criteria
     from orchestrator.report import build_report
-    from orchestrator.report_samples import sample_docs
+    from orchestrator.report.samples import sample_docs
 
     docs = sample_docs()  # c1 clean; c2 echo and a manual fail; c3 busy; c4 create refused
     failed = failed_criteria(build_report(docs, "sample"))
@@ -495,7 +495,7 @@ def test_demo_exit_code_follows_failed_criteria() -> None:
 @needs_hub
 def test_models_pull_offline_says_so_without_a_false_config_note(tmp_path: Path) -> None:
     from bridge.backends.moshi_loader import MoshiConfig
-    from orchestrator.models_cli import _fetch_error, pull_files
+    from orchestrator.cli.models import _fetch_error, pull_files
 
     said: list[str] = []
     config = MoshiConfig.from_env({}, cache_dir=tmp_path / "hub")
@@ -512,7 +512,7 @@ def test_models_pull_offline_says_so_without_a_false_config_note(tmp_path: Path)
 def test_show_takes_the_shortened_ids_the_report_prints(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     row = made_call(db)
-    short = row["id"][:11] + "…"  # report_text._short
+    short = row["id"][:11] + "…"  # orchestrator.report.text._short
     shown = invoke("show", short, "--db", str(db), "--json")
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["call"]["id"] == row["id"]
@@ -615,7 +615,7 @@ def test_help_lists_commands_without_importing_them() -> None:
     code = (
         "import sys; from orchestrator.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('orchestrator.emulator', 'scipy', 'orchestrator.demo', 'aiohttp') if m in sys.modules]\n"
+        "heavy = [m for m in ('orchestrator.emulator', 'scipy', 'orchestrator.cli.demo', 'aiohttp') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
     out = subprocess.run(
@@ -631,7 +631,7 @@ def test_help_lists_commands_without_importing_them() -> None:
 
 def test_lazy_help_matches_each_commands_own_first_sentence() -> None:
     from orchestrator.cli import _register_optional
-    from orchestrator.commands import LAZY_HELP
+    from orchestrator.cli.commands import LAZY_HELP
 
     _register_optional()
     for name, text in LAZY_HELP.items():
@@ -676,7 +676,7 @@ def test_hangup_says_the_call_is_ending_not_that_it_failed(tmp_path: Path) -> No
 
 def test_models_without_the_moshi_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The base install (the demo's) has no Hugging Face client: `models` says which extra adds it."""
-    import orchestrator.models_cli as models_cli
+    import orchestrator.cli.models as models_cli
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

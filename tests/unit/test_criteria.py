@@ -18,7 +18,7 @@ from orchestrator.criteria import (
     evaluate,
 )
 from orchestrator.errors import SettingsError, ThresholdError
-from orchestrator.report_samples import iso, sample_docs
+from orchestrator.report.samples import iso, sample_docs
 
 Doc = dict[str, Any]
 

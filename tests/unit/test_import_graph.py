@@ -103,8 +103,9 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def is_cli(module: str) -> bool:
+    """The command line: `orchestrator.cli` and its commands, the emulator's own command, `__main__`."""
     last = module.rpartition(".")[2]
-    return last in ("cli", "commands", "__main__", "demo", "doctor") or last.endswith("_cli")
+    return module.startswith("orchestrator.cli.") or last in ("cli", "__main__")
 
 
 def test_the_graph_is_read_from_every_kind_of_import() -> None:

@@ -21,9 +21,9 @@ from orchestrator.report import (
     render_markdown,
     render_table,
 )
-from orchestrator.report_model import mask_number, percentile
-from orchestrator.report_samples import iso, sample_docs
-from orchestrator.report_svg import LEFT, RIGHT, W
+from orchestrator.report.model import mask_number, percentile
+from orchestrator.report.samples import iso, sample_docs
+from orchestrator.report.svg import LEFT, RIGHT, W
 
 
 @pytest.fixture

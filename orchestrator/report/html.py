@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from html import escape
 
-from orchestrator.report_model import CallReport, Cell, Report, RunReport
-from orchestrator.report_svg import (
+from orchestrator.report.model import CallReport, Cell, Report, RunReport
+from orchestrator.report.svg import (
     CALLER,
     ECHO,
     MODEL,
@@ -25,7 +25,7 @@ from orchestrator.report_svg import (
     levels_svg,
     timeline_svg,
 )
-from orchestrator.report_text import LABELS, fmt_ms, fmt_value
+from orchestrator.report.text import LABELS, fmt_ms, fmt_value
 
 SHORT: dict[str, str] = {
     "model_loads_quickly": "Model loads",

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from html import escape
 
-from orchestrator.report_model import CallReport, percentile
+from orchestrator.report.model import CallReport, percentile
 
 W = 1000  # viewBox width; the page scales it
 LEFT, RIGHT = 110, 20

@@ -199,7 +199,7 @@ def model_finding(settings: Settings) -> Finding:
     if settings.backend != "moshi":
         return Finding("model", None, f"backend {settings.backend} needs no model")
     try:
-        from orchestrator.models_cli import model_status
+        from orchestrator.cli.models import model_status
     except ImportError as exc:
         return Finding("model", False, f"the moshi extra is not installed: pip install -e '.[moshi]' ({exc})")
     status = model_status(settings)

@@ -17,14 +17,14 @@ import click
 
 # command name -> module holding a click command or group of that name
 LAZY_COMMANDS = {
-    "serve": "orchestrator.serve_cli",
-    "call": "orchestrator.call_cli",
-    "hangup": "orchestrator.call_cli",
-    "report": "orchestrator.report_cli",
-    "demo": "orchestrator.demo",
+    "serve": "orchestrator.cli.serve",
+    "call": "orchestrator.cli.call",
+    "hangup": "orchestrator.cli.call",
+    "report": "orchestrator.cli.report",
+    "demo": "orchestrator.cli.demo",
     "emulator": "orchestrator.emulator.cli",
-    "doctor": "orchestrator.doctor",
-    "models": "orchestrator.models_cli",
+    "doctor": "orchestrator.cli.doctor",
+    "models": "orchestrator.cli.models",
 }
 
 

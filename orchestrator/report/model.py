@@ -1,4 +1,4 @@
-"""The test-run report as values: built from call documents, rendered by report_text / report_html.
+"""The test-run report as values: built from call documents, rendered by `orchestrator.report.text` / `.html`.
 
 `build_report(docs, run_label)` groups calls by run and gives each call its checklist row (automatic
 verdict beside any manual one; the manual one wins for display), its timeline of states and events in ms

@@ -8,7 +8,7 @@ Pure string building: never prints, never reads files.
 
 from __future__ import annotations
 
-from orchestrator.report_model import CallReport, Cell, MetricSummary, Report, RunReport
+from orchestrator.report.model import CallReport, Cell, MetricSummary, Report, RunReport
 from orchestrator.textwidth import wrap
 
 LABELS: dict[str, str] = {

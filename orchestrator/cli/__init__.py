@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from orchestrator import exits
-from orchestrator.commands import LazyGroup
+from orchestrator.cli.commands import LazyGroup
 from orchestrator.criteria import CRITERIA
 from orchestrator.lifecycle import CallState
 from orchestrator.redact import personal_data_masked
@@ -414,7 +414,7 @@ def check(
 
 def _register_optional() -> None:
     """Load every lazily registered command (for tests that inspect them all)."""
-    from orchestrator import commands
+    from orchestrator.cli import commands
 
     commands.register(cli)
 

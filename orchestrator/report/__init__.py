@@ -3,8 +3,8 @@
     report = build_report(docs, run_label)          # docs as `orchestrator show CALL --json` prints them
     render_table(report) | render_markdown(report) | render_json(report) | render_html(report)
 
-The values live in report_model, the text renderers in report_text, the HTML page in report_html (with
-its SVG plots in report_svg). Everything here is pure: it returns strings and never writes files.
+The values live in `.model`, the text renderers in `.text`, the HTML page in `.html` (with
+its SVG plots in `.svg`). Everything here is pure: it returns strings and never writes files.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import json
 import math
 from typing import Any
 
-from orchestrator.report_html import render_html
-from orchestrator.report_model import (
+from orchestrator.report.html import render_html
+from orchestrator.report.model import (
     SUMMARY_METRICS,
     CallReport,
     Cell,
@@ -26,7 +26,7 @@ from orchestrator.report_model import (
     TimelineItem,
     build_report,
 )
-from orchestrator.report_text import render_markdown, render_table
+from orchestrator.report.text import render_markdown, render_table
 
 FORMATS = ("table", "md", "json", "html")
 

@@ -66,7 +66,7 @@ def choose_backend(
     if moshi_paths and any(moshi_paths.values()):
         return "moshi", "model files given on the command line"
     try:
-        from orchestrator.models_cli import model_status
+        from orchestrator.cli.models import model_status
 
         status = model_status(settings)
     except Exception as exc:
