@@ -412,7 +412,7 @@ def demo(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from orchestrator.cli import check_out, write_out
+    from orchestrator.cli.common import check_out, write_out
 
     if out is not None:
         check_out(out)  # now, not after the calls

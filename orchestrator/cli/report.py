@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from orchestrator import exits
-from orchestrator.cli import check_out, since_option, write_out
+from orchestrator.cli.common import check_out, since_option, write_out
 from orchestrator.criteria import Thresholds
 from orchestrator.redact import personal_data_masked
 from orchestrator.report import FORMATS, build_report, render
