@@ -197,7 +197,10 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
                         *[rig.emulator.wait_call(r["call_sid"], timeout=opts.seconds + 60) for r in rows]
                     ),
                 )
-                docs = [await _unless_stopped(stop, rig.settled(r["id"])) for r in rows]
+                # one analysis process takes the calls in turn (a second or two each): the first call
+                # waited for may be the last analysed
+                settle_s = 30.0 + 3.0 * len(rows)
+                docs = [await _unless_stopped(stop, rig.settled(r["id"], timeout_s=settle_s)) for r in rows]
             except Interrupted:
                 click.echo("interrupted: hanging up and stopping the server and emulator", err=True)
                 interrupted = True

@@ -153,7 +153,9 @@ async def _run_batch(workdir: Path) -> dict[str, tuple[dict[str, Any], Any]]:
         truths = await asyncio.gather(
             *[rig.emulator.wait_call(r["call_sid"], timeout=60) for r in rows.values()]
         )
-        docs = [await rig.settled(r["id"]) for r in rows.values()]
+        # one analysis process takes the calls in turn: on a loaded box the first waited for can be
+        # the last analysed, a minute later
+        docs = [await rig.settled(r["id"], timeout_s=120) for r in rows.values()]
     return {name: (doc, truth) for name, doc, truth in zip(rows, docs, truths, strict=True)}
 
 
