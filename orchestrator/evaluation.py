@@ -23,6 +23,7 @@ from orchestrator import criteria
 from orchestrator.children import child_init
 from orchestrator.service import CallService
 from orchestrator.store import parse_iso
+from orchestrator.thresholds import Thresholds
 
 if TYPE_CHECKING:
     from bridge.session import MediaSession
@@ -79,14 +80,14 @@ def call_level_metrics(doc: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def thresholds() -> criteria.Thresholds:
+def thresholds() -> Thresholds:
     """The CHECK_* thresholds from the environment, parsed once per distinct setting."""
     return _thresholds(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("CHECK_"))))
 
 
 @functools.lru_cache(maxsize=4)
-def _thresholds(items: tuple[tuple[str, str], ...]) -> criteria.Thresholds:
-    return criteria.Thresholds.from_env(dict(items))
+def _thresholds(items: tuple[tuple[str, str], ...]) -> Thresholds:
+    return Thresholds.from_env(dict(items))
 
 
 def evaluate_call(service: CallService, ref: str) -> list[criteria.Verdict]:
@@ -118,8 +119,8 @@ def _levels_track(pcm: Any, offset_s: float, rate: int = 8000, win_s: float = 0.
 
 def analysis_summary(result: Any, evidence: Any) -> dict[str, Any]:
     """The compact per-call analysis the reports plot (segments, turns, echo, level tracks)."""
-    from bridge.analysis import played_track
     from bridge.meters.timing import media_clock_offset_s
+    from bridge.played import played_track
 
     arrivals = evidence.inbound_arrivals
     offset = float(media_clock_offset_s(arrivals[:, 0], arrivals[:, 1])) if len(arrivals) else 0.0

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from bridge.analysis import MediaEvidence, played_track
+from bridge.analysis import MediaEvidence
 from bridge.g711 import ulaw_decode, ulaw_encode
 from bridge.meters.levels import speech_offset, speech_onset
+from bridge.played import played_track
 from bridge.speech import have_espeak, synthesize
 
 __all__ = [

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bridge.analysis import MediaEvidence, analyse, find_turns, played_track
+from bridge.analysis import MediaEvidence, analyse, find_turns
 from bridge.meters.echo import EchoEstimate
 from bridge.meters.vad import Segment
+from bridge.played import played_track
 from orchestrator.emulator.audio import find_speech
 from tests.speech import CALLER_LINES as C
 from tests.speech import MODEL_LINES as M
@@ -248,7 +249,8 @@ def _as_marked(ev: MediaEvidence) -> EchoEstimate:
 
 
 def test_runs_placed_late_by_different_amounts_are_aligned_by_their_own_echo() -> None:
-    from bridge.analysis import _confirmed_sends, align_runs, playout_runs
+    from bridge.analysis import _confirmed_sends
+    from bridge.played import align_runs, playout_runs
 
     late = [0.875, 0.125, 2.5]  # ms: what a loaded far end's late mark echoes did on one run of the rig
     ev, truth = _runs_call(late)
@@ -285,7 +287,7 @@ def test_a_run_placed_early_is_put_back_by_its_own_mark_echoes() -> None:
 
 
 def test_a_run_where_the_phone_fell_behind_is_split_at_the_slip() -> None:
-    from bridge.analysis import latest_starts, playout_runs
+    from bridge.played import latest_starts, playout_runs
 
     # From its 30th chunk on, the second run played 20 ms later than its back-to-back placement says.
     ev, truth = _runs_call([0.5, 0.5, 0.5], marked=True, seed=7, slip=(1, 30, 20.0))

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 EMULATOR = Path(__file__).resolve().parents[2] / "orchestrator" / "emulator"
-JUDGES = ("bridge.meters", "bridge.analysis", "bridge.playout", "bridge.session", "orchestrator.criteria")
+JUDGES = (
+    "bridge.meters",
+    "bridge.analysis",
+    "bridge.played",
+    "bridge.playout",
+    "bridge.session",
+    "orchestrator.criteria",
+    "orchestrator.thresholds",
+)
 
 
 def _imports(path: Path) -> set[str]:
