@@ -1,9 +1,8 @@
 """The SQLite store: one database file, schema from numbered migrations, one writer.
 
 sqlite-utils over a single connection in WAL mode with a busy timeout. The schema is created only by
-the numbered SQL files in ``migrations/`` (installed as ``orchestrator.migrations``), applied in order, each inside a transaction and
-recorded in ``_sqlite_migrations`` (sqlite-utils' ``Migrations``). A database that records a migration
-this code does not know was written by a newer version: we refuse to touch it rather than guess.
+the numbered SQL files in ``migrations/`` (``orchestrator.schema``), applied in order, each inside a
+transaction; a database this code did not write, or one a newer version did, is refused untouched.
 
 Threading: a ``Store`` is used by one thread at a time. The server gives it a dedicated writer thread
 (see ``orchestrator.writer.AsyncService``); the CLI uses it directly. Keep this module free of business
@@ -17,37 +16,21 @@ import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
 from orchestrator.errors import StoreError, UnknownCall
+from orchestrator.schema import build_migrations, check_schema, migration_files
 
-MIGRATION_SET = "orchestrator"
+# the columns update_call may set (anything else is a programming error, refused before SQL sees it)
 _CALL_COLUMNS = frozenset(
-    {
-        "call_sid",
-        "run_id",
-        "direction",
-        "to_number",
-        "from_number",
-        "state",
-        "created_at",
-        "updated_at",
-        "ended_at",
-        "end_reason",
-        "backend",
-        "say_text",
-        "token",
-        "stream_sid",
-        "recording_path",
-        "facts",
-    }
+    (
+        "call_sid run_id direction to_number from_number state created_at updated_at ended_at "
+        "end_reason backend say_text token stream_sid recording_path facts"
+    ).split()
 )
 
 
@@ -61,48 +44,6 @@ def iso(ts: datetime) -> str:
 
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationFile:
-    name: str  # e.g. "0001_initial"
-    sql: str
-
-
-def migration_files() -> list[MigrationFile]:
-    """The numbered SQL files shipped with the package, in order."""
-    folder = resources.files("orchestrator.migrations")
-    files = sorted(
-        (f for f in folder.iterdir() if f.name.endswith(".sql") and f.name[:4].isdigit()),
-        key=lambda f: f.name,
-    )
-    return [MigrationFile(f.name[:-4], f.read_text(encoding="utf-8")) for f in files]
-
-
-def _statements(sql: str) -> Iterator[str]:
-    """Split a SQL script into statements (executescript would COMMIT and break the transaction)."""
-    buf = ""
-    for line in sql.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            stmt = buf.strip()
-            buf = ""
-            if stmt and not all(ln.strip().startswith("--") or not ln.strip() for ln in stmt.splitlines()):
-                yield stmt
-    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
-        raise StoreError(f"incomplete SQL statement at the end of a migration: {buf.strip()[:60]!r}")
-
-
-def build_migrations(files: list[MigrationFile] | None = None) -> Migrations:
-    migrations = Migrations(MIGRATION_SET)
-    for mf in files if files is not None else migration_files():
-
-        def run(db: sqlite_utils.Database, sql: str = mf.sql) -> None:
-            for stmt in _statements(sql):
-                db.execute(stmt)
-
-        migrations(name=mf.name)(run)
-    return migrations
 
 
 class Store:
@@ -133,7 +74,7 @@ class Store:
         self._savepoints = 0
         self.db = sqlite_utils.Database(conn)
         try:
-            self._check_version()
+            check_schema(conn, self.db, self.path)
             if on_disk:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -145,31 +86,6 @@ class Store:
             self.migrate()
 
     # -- schema -------------------------------------------------------------------------------------
-
-    def _check_version(self) -> None:
-        try:
-            applied = {m.name for m in build_migrations().applied(self.db)}
-            tables = [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-                )
-            ]
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a readable SQLite database: {exc}") from exc
-        if tables and not applied:  # an empty file is ours to fill; someone else's tables are not
-            shown = ", ".join(tables[:4]) + (f" and {len(tables) - 4} more" if len(tables) > 4 else "")
-            raise StoreError(
-                f"{self.path} is another application's SQLite database (tables {shown}), not ours: point --db / "
-                "ORCHESTRATOR_DB at a new file or one this tool made"
-            )
-        known = {m.name for m in migration_files()}
-        unknown = sorted(applied - known)
-        if unknown:
-            raise StoreError(
-                f"database {self.path} was written by a newer version (unknown migrations: "
-                f"{', '.join(unknown)}); upgrade moshi-call-orchestrator or use another --db"
-            )
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied now."""

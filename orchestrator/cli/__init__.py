@@ -27,9 +27,10 @@ from orchestrator.cli.common import (
 from orchestrator.criteria import CRITERIA
 from orchestrator.lifecycle import CallState
 from orchestrator.redact import personal_data_masked
+from orchestrator.schema import migration_files
 from orchestrator.service import CallService, relative_ms
 from orchestrator.settings import Settings, load_env_file, mask_number
-from orchestrator.store import Store, migration_files
+from orchestrator.store import Store
 from orchestrator.textwidth import wrap
 
 

@@ -51,8 +51,8 @@ def settings_findings(environ: Mapping[str, str], db: Path | None = None) -> tup
 
 def threshold_findings(environ: Mapping[str, str]) -> list[Finding]:
     """Each CHECK_* threshold that is unknown or malformed, one finding each."""
-    from orchestrator.criteria import Thresholds
     from orchestrator.errors import ThresholdError
+    from orchestrator.thresholds import Thresholds
 
     found = []
     for key in sorted(k for k in environ if k.startswith("CHECK_")):

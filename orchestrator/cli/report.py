@@ -10,12 +10,12 @@ import click
 
 from orchestrator import exits
 from orchestrator.cli.common import check_out, since_option, write_out
-from orchestrator.criteria import Thresholds
 from orchestrator.redact import personal_data_masked
 from orchestrator.report import FORMATS, build_report, render
 from orchestrator.service import CallService
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.thresholds import Thresholds
 
 
 def load_docs(

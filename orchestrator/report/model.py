@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from orchestrator.criteria import CRITERIA, Thresholds, evaluate
+from orchestrator.criteria import CRITERIA, evaluate
 from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.settings import mask_number as _mask
+from orchestrator.thresholds import Thresholds
 
 # Metrics summarised across calls (p50/p95): the ones a person compares between runs.
 SUMMARY_METRICS: tuple[str, ...] = (

@@ -9,7 +9,8 @@ import pytest
 import sqlite_utils
 
 from orchestrator.errors import StoreError
-from orchestrator.store import MigrationFile, Store, build_migrations, migration_files
+from orchestrator.schema import MigrationFile, build_migrations, migration_files
+from orchestrator.store import Store
 
 
 def tables(path: Path) -> set[str]:

@@ -13,12 +13,11 @@ from orchestrator.criteria import (
     CRITERIA,
     JUDGES,
     SAY_SECONDS_PER_WORD,
-    Thresholds,
-    env_example_lines,
     evaluate,
 )
 from orchestrator.errors import SettingsError, ThresholdError
 from orchestrator.report.samples import iso, sample_docs
+from orchestrator.thresholds import Thresholds, env_example_lines
 
 Doc = dict[str, Any]
 

@@ -28,7 +28,7 @@ def test_the_top_level_migrations_folder_ships_as_orchestrator_migrations() -> N
     config = _config()
     assert config["package-dir"]["orchestrator.migrations"] == "migrations"
     assert config["package-data"]["orchestrator.migrations"] == ["*.sql"]
-    from orchestrator.store import migration_files
+    from orchestrator.schema import migration_files
 
     names = [m.name for m in migration_files()]
     assert names == sorted(p.stem for p in (ROOT / "migrations").glob("*.sql"))

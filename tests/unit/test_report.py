@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.criteria import CRITERIA, Thresholds
+from orchestrator.criteria import CRITERIA
 from orchestrator.report import (
     FORMATS,
     build_report,
@@ -24,6 +24,7 @@ from orchestrator.report import (
 from orchestrator.report.model import mask_number, percentile
 from orchestrator.report.samples import iso, sample_docs
 from orchestrator.report.svg import LEFT, RIGHT, W
+from orchestrator.thresholds import Thresholds
 
 
 @pytest.fixture
