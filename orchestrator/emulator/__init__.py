@@ -49,7 +49,8 @@ from aiohttp import web
 from orchestrator.emulator.audio import Turn
 from orchestrator.emulator.calls import SAY_SECONDS_PER_WORD, CallOptions, EmulatedCall, GroundTruth
 from orchestrator.emulator.faults import CallbackFaults, EchoSpec, Faults
-from orchestrator.emulator.rest import Webhooks, create_rest_app
+from orchestrator.emulator.rest import create_rest_app
+from orchestrator.emulator.webhooks import Webhooks
 
 __all__ = [
     "MAGIC_NUMBERS",

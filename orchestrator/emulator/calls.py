@@ -96,7 +96,7 @@ def _country(number: str) -> str:
 
 
 class WebhookSender(Protocol):
-    """What a playing call asks of the HTTP side (`rest.Webhooks` is one): this module never imports it."""
+    """What a playing call asks of the HTTP side (`webhooks.Webhooks` is one): this module never imports it."""
 
     def new_sid(self, prefix: str) -> str: ...
 

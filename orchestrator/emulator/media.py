@@ -1,10 +1,9 @@
 """The carrier's end of a Media Stream: dial the server's WebSocket and play the phone in real time.
 
-`PlayoutBuffer` is Twilio's outbound buffer as a pure model (queue, marks echoed after playout, `clear`).
 `MediaStreamClient` owns the I/O: a signed handshake (through the tunnel route), `connected`, `start`,
 a `media` frame every 20 ms on absolute deadlines (silence when the caller is quiet, exactly like
 Twilio), the phone's playout, echo and noise, lost and jittered frames, and `stop` when the call ends.
-It records what it did in the call's ground-truth `stream` section; it never decides the call's fate
+The phone's outbound buffer is the pure `playout.PlayoutBuffer`. It records what it did in the call's ground-truth `stream` section; it never decides the call's fate
 (the call playback in `calls.py` does) and never blocks the event loop.
 """
 
@@ -52,6 +51,7 @@ from orchestrator.emulator.audio import (
     threshold_over_floor,
 )
 from orchestrator.emulator.faults import Faults, FramePlan
+from orchestrator.emulator.playout import PlayoutBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -60,64 +60,6 @@ _SILENCE = b"\xff" * FRAME
 _ZEROS: Pcm = np.zeros(FRAME, np.int16)
 _ZEROS.setflags(write=False)
 USER_AGENT = "Twilio.TmeWs/1.0"
-
-
-class PlayoutBuffer:
-    """Twilio's outbound buffer (section C): audio played in order, marks echoed once all before them played.
-
-    `play(n, now)` is called once per 20 ms frame, at the frame's start on the phone's clock, and returns
-    the frame the phone hears (silence where the queue ran dry) plus the marks whose audio finished *by
-    the end of the previous frame* — the caller echoes those now, so a mark is never echoed before its
-    audio has really played. Only what had arrived by `now` can play (a line is causal: the timer may
-    run late, but audio that came in after the frame began waits for the next one). A mark arriving
-    with nothing queued or pending is echoed at once (`push_mark` returns it); `clear()` drops the audio
-    and returns every pending mark.
-    """
-
-    def __init__(self) -> None:
-        # (arrival time, item): bytes = audio, str = a mark's name
-        self._queue: deque[tuple[float, bytes | str]] = deque()
-        self._finished: list[str] = []  # marks whose audio ended within the last played frame
-        self.queued_bytes = 0
-
-    def push_audio(self, payload: bytes, at: float = 0.0) -> None:
-        if payload:
-            self._queue.append((at, payload))
-            self.queued_bytes += len(payload)
-
-    def push_mark(self, name: str, at: float = 0.0) -> list[str]:
-        if not self._queue and not self._finished:
-            return [name]
-        self._queue.append((at, name))
-        return []
-
-    def clear(self) -> list[str]:
-        marks = self._finished + [m for _, m in self._queue if isinstance(m, str)]
-        self._queue.clear()
-        self._finished = []
-        self.queued_bytes = 0
-        return marks
-
-    def play(self, n: int = FRAME, now: float = float("inf")) -> tuple[bytes, list[str]]:
-        queue = self._queue
-        while queue and isinstance(queue[0][1], str) and queue[0][0] <= now:  # behind audio now played
-            self._finished.append(queue.popleft()[1])  # type: ignore[arg-type]
-        echo_now, self._finished = self._finished, []
-        out = bytearray()
-        while queue and queue[0][0] <= now and (len(out) < n or isinstance(queue[0][1], str)):
-            at, head = queue[0]
-            if isinstance(head, str):
-                self._finished.append(head)
-                queue.popleft()
-                continue
-            take = head[: n - len(out)]
-            out += take
-            self.queued_bytes -= len(take)
-            if len(take) == len(head):
-                queue.popleft()
-            else:
-                queue[0] = (at, head[len(take) :])
-        return bytes(out) + _SILENCE[: n - len(out)], echo_now
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from orchestrator.emulator.audio import FRAME, CallerScript, EchoPath, SpeechDetector, Turn
 from orchestrator.emulator.cli import emulator
 from orchestrator.emulator.faults import Faults, FramePlan, shuffled
-from orchestrator.emulator.media import PlayoutBuffer
-from orchestrator.emulator.rest import route
+from orchestrator.emulator.playout import PlayoutBuffer
+from orchestrator.emulator.webhooks import route
 
 
 def test_playout_buffer_marks_follow_their_audio() -> None:
