@@ -123,6 +123,17 @@ def server_health(settings: Settings) -> dict[str, Any] | None:
         return None
 
 
+def require_server(settings: Settings) -> dict[str, Any]:
+    """The running server's /healthz answer; SettingsError (one line, what to do) when none answers."""
+    health = server_health(settings)
+    if health is None:
+        raise SettingsError(
+            f"no server answers at http://{settings.host}:{settings.port}/healthz: start `orchestrator serve` "
+            "first (ORCHESTRATOR_HOST/ORCHESTRATOR_PORT must point at it)"
+        )
+    return health
+
+
 def place(
     settings: Settings,
     service: CallService,
@@ -134,24 +145,22 @@ def place(
     timeout_s: int,
     record: bool,
     check_server: bool = True,
+    health: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create the call row, dial, record the outcome. Returns the call row. Raises on refusal.
 
     The running server is asked first: it must be up, not busy, and it knows the public URL it serves
     (with `serve --tunnel`, a fresh one each start), which wins over PUBLIC_URL in the settings so the
-    TwiML always points at the tunnel that is really there.
+    TwiML always points at the tunnel that is really there. `health` is that answer when the caller
+    already asked (before opening the database, so that no server means no file made).
     """
     to = check_e164(to, "TO")  # the argument first: it is what the user just typed
     settings.require_twilio()
     from_ = check_e164(from_ or settings.twilio_from_number or "", "TWILIO_FROM_NUMBER (or --from)")
     backend = settings.backend
     if check_server:
-        health = server_health(settings)
         if health is None:
-            raise SettingsError(
-                f"no server answers at http://{settings.host}:{settings.port}/healthz: start `orchestrator serve` "
-                "first (ORCHESTRATOR_HOST/ORCHESTRATOR_PORT must point at it)"
-            )
+            health = require_server(settings)
         if health.get("busy"):
             raise OrchestratorError("the model is busy with another call; try again when it ends")
         backend = health.get("backend", backend)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from orchestrator import exits
-from orchestrator.bootstrap import open_service, place
+from orchestrator.bootstrap import open_service, place, require_server
 from orchestrator.errors import CarrierError, OrchestratorError
 from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.settings import Settings, check_e164, mask_number
@@ -99,10 +99,20 @@ def call(
     """
     check_e164(to, "TO")
     settings = Settings.from_env().with_overrides(db=db)
+    settings.require_twilio()
+    health = require_server(settings)  # before the database is opened: no server, no file made
     service = open_service(settings.db)
     try:
         row = place(
-            settings, service, to=to, from_=from_, run=run, say=say, timeout_s=timeout_s, record=record
+            settings,
+            service,
+            to=to,
+            from_=from_,
+            run=run,
+            say=say,
+            timeout_s=timeout_s,
+            record=record,
+            health=health,
         )
     except CarrierError as exc:
         raise exits.UserError(f"{exc} (stored as a failed call)", exits.UNAVAILABLE) from exc

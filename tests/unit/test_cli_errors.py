@@ -241,6 +241,13 @@ def test_unreachable_carrier_leaves_a_failed_call_with_the_reason(tmp_path: Path
     assert "carrier unreachable" in rows[0]["end_reason"]
 
 
+def test_call_with_no_server_running_makes_no_database(tmp_path: Path) -> None:
+    db = tmp_path / "calls.db"
+    result = invoke("call", "+14155550123", env=_carrier_env(db, closed_port(), closed_port()))
+    one_line_error(result, exits.USAGE, "no server answers", "orchestrator serve")
+    assert not db.exists()  # said before anything was opened: no file, no call row
+
+
 def test_hangup_with_the_carrier_unreachable_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "calls.db"
     row = made_call(db, state_events=("ringing",))
@@ -414,7 +421,8 @@ def test_call_wait_exits_1_when_the_call_did_not_complete(
     db = tmp_path / "c.db"
     row = made_call(db, state_events=("ringing", "busy"))
     monkeypatch.setattr(call_cli, "place", lambda *a, **k: row)  # the dialing itself is tested end to end
-    result = invoke("call", "+14155550123", "--wait", "--db", str(db))
+    monkeypatch.setattr(call_cli, "require_server", lambda settings: {"backend": "echo"})
+    result = invoke("call", "+14155550123", "--wait", "--db", str(db), env=_carrier_env(db, 1, 1))
     assert result.exit_code == exits.OUTCOME, result.output
     assert f"call {row['id']}" in result.stdout and ": busy" in result.stdout
     assert "busy" in result.stderr  # the progress line
