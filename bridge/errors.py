@@ -10,7 +10,8 @@ Hierarchy::
     │                            and the offending `field` when known
     └── BackendError             a speech backend could not do what was asked (bad weights, a dead
         │                        worker, a model server that refused); the call ends with the reason
-        └── BackendBusy          it already serves as many calls as it can
+        ├── BackendBusy          it already serves as many calls as it can
+        └── ServerProtocolError  a Moshi model server sent what its protocol does not allow
 
 The split follows h11: a local error should crash loudly in tests, a remote error is counted, logged
 and survived (one bad frame must never take down the server or touch another call). Other modules may
@@ -54,3 +55,7 @@ class BackendError(BridgeError):
 
 class BackendBusy(BackendError):
     """The backend already serves as many calls as it can."""
+
+
+class ServerProtocolError(BackendError):
+    """A Moshi server sent something its protocol does not allow (the peer's fault, not ours)."""

@@ -11,15 +11,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import platformdirs
 
 from orchestrator.errors import SettingsError
 
+if TYPE_CHECKING:
+    from bridge.backends.moshi_pool import ServerSpec
+
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-BACKENDS = ("echo", "playback", "moshi")
+BACKENDS = ("echo", "playback", "moshi", "moshi-server")
 
 
 def default_db_path() -> Path:
@@ -43,6 +46,8 @@ class Settings:
     backend: str = "echo"
     moshi_hf_repo: str = "kyutai/moshiko-mlx-q4"
     moshi_quantize: str = "4"
+    # moshi-server backend: ws:// or wss:// URLs of Kyutai Moshi servers, each optionally *N sessions
+    moshi_server_urls: str | None = None
     recordings_dir: Path | None = field(default_factory=default_recordings_dir)  # None = off
     # retention (orchestrator.retention): older recordings go, then the oldest over the total; 0 = no limit
     recordings_max_age_days: float = 30.0
@@ -82,6 +87,7 @@ class Settings:
             "BACKEND": "backend",
             "MOSHI_HF_REPO": "moshi_hf_repo",
             "MOSHI_QUANTIZE": "moshi_quantize",
+            "MOSHI_SERVER_URLS": "moshi_server_urls",
             "GREETING": "greeting",
             "ECHO_MODE": "echo_mode",
             "ECHO_GREETING": "echo_greeting",
@@ -130,6 +136,8 @@ class Settings:
             raise SettingsError(f"ECHO_MODE={self.echo_mode!r}: choose delay or turns")
         if self.moshi_quantize not in ("4", "8", "none"):
             raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
+        if self.backend == "moshi-server":
+            self.moshi_servers()
         for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "media_start_timeout_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(
@@ -155,6 +163,20 @@ class Settings:
         return self
 
     # -- what each command needs -------------------------------------------------------------------
+
+    def moshi_servers(self) -> tuple[ServerSpec, ...]:
+        """The moshi-server backend's pool, parsed from MOSHI_SERVER_URLS."""
+        from bridge.backends.moshi_pool import parse_server_urls
+
+        if not self.moshi_server_urls:
+            raise SettingsError(
+                "BACKEND=moshi-server needs MOSHI_SERVER_URLS: one or more ws://host:port URLs of Moshi "
+                "servers (e.g. ws://127.0.0.1:8998 for `python -m moshi_mlx.local_web`)"
+            )
+        try:
+            return parse_server_urls(self.moshi_server_urls)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
 
     def require_public_url(self) -> str:
         if not self.public_url:

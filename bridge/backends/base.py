@@ -55,6 +55,12 @@ class BackendSession(abc.ABC):
     async def close(self) -> None:
         """Release per-call state. Safe to call twice."""
 
+    def evidence(self) -> dict[str, float]:
+        """What this session measured that the media session cannot see (a remote server's handshake and
+        round trip, say), as call metrics: name -> value, times in ms (names end `_ms` or `_ms_pNN`),
+        other figures counts. Read once, after `close()`; empty by default."""
+        return {}
+
 
 class SpeechBackend(abc.ABC):
     """A kind of speech backend, loaded once per server process."""
@@ -70,6 +76,11 @@ class SpeechBackend(abc.ABC):
     def busy(self) -> bool:
         """True when `open_session` would raise BackendBusy right now."""
         return False
+
+    def servers(self) -> list[dict[str, object]]:
+        """The model servers behind this backend, each a dict with at least `url`, `capacity`, `in_use`,
+        `reachable` (None: not tried yet) and `last_error`; empty when the model runs in this process."""
+        return []
 
     @abc.abstractmethod
     async def open_session(self, call_id: str, max_seconds: float) -> BackendSession:

@@ -30,4 +30,9 @@ def create(settings: Any, **overrides: Any) -> SpeechBackend:
             ) from exc
         config = overrides.get("moshi_config") or MoshiConfig.from_settings(settings)
         return MoshiBackend(config)
-    raise BackendError(f"unknown backend {name!r}: choose echo, playback or moshi")
+    if name == "moshi-server":
+        from bridge.backends.moshi_server import MoshiServerBackend, MoshiServerConfig
+
+        config = overrides.get("moshi_server_config") or MoshiServerConfig.from_settings(settings)
+        return MoshiServerBackend(config)
+    raise BackendError(f"unknown backend {name!r}: choose echo, playback, moshi or moshi-server")

@@ -1,0 +1,270 @@
+"""The moshi-server backend against the real Kyutai server: `python -m moshi_mlx.local_web` with the
+tiny generated weights (tests/moshi/conftest.py) on 127.0.0.1. A backend session, a whole call
+through the bridge and the carrier emulator, a server killed mid-call, and local_web's own step
+limit (`--steps`, counted over every client since it started) showing up as a stall.
+
+Each server runs in its own process group and is killed with it in teardown: local_web runs the
+model and the web server in two multiprocessing children that outlive a killed parent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bridge.backends.base import FRAME_SAMPLES, SAMPLE_RATE
+from bridge.backends.moshi_pool import parse_server_urls
+from bridge.backends.moshi_protocol import Handshake
+from bridge.backends.moshi_server import MoshiServerBackend, MoshiServerConfig
+from tests.moshi.conftest import LM_FILE, MIMI_FILE, TOKENIZER_FILE, TinyRepo
+
+pytestmark = [pytest.mark.moshi, pytest.mark.slow]
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class LocalWeb:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own group: the parent and both children
+        self.proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_local_web(repo: TinyRepo, workdir: Path, *extra: str) -> LocalWeb:
+    pytest.importorskip("sphn")
+    workdir.mkdir(parents=True, exist_ok=True)
+    lm_config = workdir / "lm_config.json"
+    lm_config.write_text(json.dumps(repo.lm_config))
+    port = free_port()
+    # stdout is a file, so Python block-buffers the server's log: unbuffered, a failure's tail is there
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(repo.cache_dir), "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "moshi_mlx.local_web",
+        "--static",
+        "none",
+        "--no-browser",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--moshi-weight",
+        str(repo.file(LM_FILE)),
+        "--mimi-weight",
+        str(repo.file(MIMI_FILE)),
+        "--tokenizer",
+        str(repo.file(TOKENIZER_FILE)),
+        "--lm-config",
+        str(lm_config),
+        *extra,
+    ]
+    log = workdir / "local_web.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = LocalWeb(f"ws://127.0.0.1:{port}/api/chat", proc, log)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"local_web exited with {proc.returncode} before listening:\n{server.log_tail()}")
+        try:  # it listens only once the model and Mimi are warmed up
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return server
+        except OSError:
+            time.sleep(0.25)
+    server.kill()
+    pytest.fail(f"local_web did not listen within {START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def local_web(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWeb]:
+    server = start_local_web(tiny_repo, tmp_path_factory.mktemp("local-web"))
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def fresh_local_web(tiny_repo: TinyRepo, tmp_path: Path) -> Iterator[Any]:
+    """A server of the test's own (to kill, or to run out of steps), killed in teardown whatever happens."""
+    started: list[LocalWeb] = []
+
+    def start(*extra: str) -> LocalWeb:
+        started.append(start_local_web(tiny_repo, tmp_path / f"lw{len(started)}", *extra))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def speechlike(k: int) -> np.ndarray:
+    """A voiced-sounding frame: a 150 Hz pulse train's harmonics, amplitude-modulated at 4 Hz."""
+    t = (np.arange(FRAME_SAMPLES) + k * FRAME_SAMPLES) / SAMPLE_RATE
+    voice = sum(np.sin(2 * np.pi * 150 * h * t) / h for h in range(1, 8))
+    return (0.2 * voice * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
+
+async def push(session: Any, seconds: float) -> tuple[list[np.ndarray], list[str]]:
+    frames: list[np.ndarray] = []
+    text: list[str] = []
+    for k in range(int(seconds * 12.5)):
+        if session.ended is not None:
+            break
+        out = await session.process(speechlike(k))
+        frames += out.frames
+        text += out.text
+        await asyncio.sleep(0.08)  # about real time: local_web's queues are unbounded
+    return frames, text
+
+
+async def test_a_session_gets_the_handshake_then_audio_and_text_back(local_web: LocalWeb) -> None:
+    backend = MoshiServerBackend(MoshiServerConfig(servers=parse_server_urls(local_web.url)))
+    session = await backend.open_session("c_0123456789abcdef", max_seconds=60)
+    try:
+        assert session.handshake == Handshake(None, None)  # local_web sends the kind byte alone
+        frames, text = await push(session, 4.0)
+    finally:
+        await session.close()
+    assert session.ended is None, f"{session.ended}\n{local_web.log_tail()}"
+    assert len(frames) >= 20 and all(f.shape == (FRAME_SAMPLES,) for f in frames)
+    assert all(np.isfinite(f).all() for f in frames) and max(float(np.abs(f).max()) for f in frames) > 0
+    assert text, "local_web sends the model's text pieces"
+    stats = session.stats()
+    assert stats["first_audio_ms"] is not None and stats["lag_frames"] >= 20
+    assert backend.servers()[0]["in_use"] == 0 and backend.servers()[0]["reachable"] is True
+
+
+async def test_local_web_sends_the_last_callers_leftovers_to_the_next_and_we_drop_them(
+    local_web: LocalWeb,
+) -> None:
+    backend = MoshiServerBackend(MoshiServerConfig(servers=parse_server_urls(local_web.url)))
+    first = await backend.open_session("c_1111111111111111", max_seconds=60)
+    for k in range(25):  # 2 s of audio at once, then hang up before the answers come back
+        await first.process(speechlike(k))
+    await asyncio.sleep(0.3)  # let the writer put it on the wire
+    await first.close()
+    second = await backend.open_session("c_2222222222222222", max_seconds=60)
+    try:
+        await asyncio.sleep(3.0)  # send nothing: whatever comes now is the first caller's
+        stale = second.stale_samples
+        frames, _ = await push(second, 2.0)
+    finally:
+        await second.close()
+    assert stale >= FRAME_SAMPLES, f"local_web sent no leftovers this time\n{local_web.log_tail()}"
+    assert frames and second.ended is None
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+async def test_a_whole_call_through_local_web_completes_with_first_audio(
+    local_web: LocalWeb, tmp_path: Path
+) -> None:
+    from orchestrator.emulator import CallOptions, Faults, Turn
+    from orchestrator.rig import LocalRig, rig_settings
+
+    settings = rig_settings(
+        tmp_path, backend="moshi-server", moshi_server_urls=local_web.url, greeting="", max_call_seconds=4.0
+    )
+    far = CallOptions(
+        ring_s=0.1,
+        caller_start_s=0.3,
+        turns=(Turn(text="Hello Moshi, can you hear me?", wait_for_answer=False),),
+        faults=Faults(hangup_after_stream_s=15.0),
+    )  # the budget must end it first
+    async with LocalRig(settings, tmp_path / "truth") as rig:  # the backend built from the settings
+        row = await rig.place(far)
+        truth = await rig.emulator.wait_call(row["call_sid"], timeout=40)
+        doc = await rig.settled(row["id"])
+    assert doc["call"]["state"] == "completed", local_web.log_tail()
+    assert doc["call"]["end_reason"].startswith("budget_exhausted"), doc["call"]["end_reason"]
+    assert any(e["type"] == "backend_ended" for e in doc["events"])
+    m = doc["metrics"]
+    assert m["frames_to_model"] >= 20
+    assert m.get("first_audio_ms") is not None and m["first_audio_ms"] > 0
+    assert truth.stream["frames_sent"] > 0 and m["marks_played"] > 0  # the phone got the model's audio
+    assert doc["transcript"], "the model's text pieces are stored per call"
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+async def test_a_server_killed_mid_call_ends_the_call_with_the_reason(
+    fresh_local_web: Any, tmp_path: Path
+) -> None:
+    from orchestrator.emulator import CallOptions, Faults, Turn
+    from orchestrator.rig import LocalRig, rig_settings
+    from orchestrator.web.state import STATE
+
+    server = fresh_local_web()
+    settings = rig_settings(
+        tmp_path, backend="moshi-server", moshi_server_urls=server.url, greeting="", max_call_seconds=60.0
+    )
+    far = CallOptions(
+        ring_s=0.1,
+        caller_start_s=0.3,
+        turns=(Turn(text="Hello Moshi, are you there?", wait_for_answer=False),),
+        faults=Faults(hangup_after_stream_s=40.0),
+    )
+    async with LocalRig(settings, tmp_path / "truth") as rig:
+        backend = rig.server.app[STATE].backend
+        row = await rig.place(far)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:  # mid-call: the session is live and audio has come back
+            sessions = list(getattr(backend, "_sessions", ()))
+            if sessions and sessions[0].frames_received >= 5:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"the call never got audio from local_web:\n{server.log_tail()}")
+        server.kill()
+        truth = await rig.emulator.wait_call(row["call_sid"], timeout=30)
+        doc = await rig.settled(row["id"])
+    reason = doc["call"]["end_reason"]
+    assert reason == f"moshi server {server.url}: closed the connection mid-call (code 1006)", reason
+    ended = [e for e in doc["events"] if e["type"] == "backend_ended"]
+    assert ended and reason in json.dumps(ended[0])
+    assert truth.stream["ended"]["reason"] != "hangup"  # our side ended it, not the caller
+    assert backend.servers()[0]["last_error"] == "closed the connection mid-call (code 1006)"
+    assert not backend.busy
+
+
+async def test_local_web_stops_answering_after_its_steps_and_the_stall_says_why(
+    fresh_local_web: Any,
+) -> None:
+    # --steps 30: its generator has room for 35 steps, 4 of them spent on its own warm-up.
+    server = fresh_local_web("--steps", "30")
+    config = MoshiServerConfig(servers=parse_server_urls(server.url), stall_after_s=3.0)
+    backend = MoshiServerBackend(config)
+    session = await backend.open_session("c_0123456789abcdef", max_seconds=60)
+    try:
+        frames, _ = await push(session, 15.0)
+    finally:
+        await session.close()
+    assert frames, "it answered until the limit"
+    assert session.ended is not None and "stalled: no audio for" in session.ended, session.ended
+    assert "--steps" in session.ended
+    assert session.frames_received <= 35
+    assert "reached max-steps" in server.log_tail(20_000)  # the model process died; the socket did not
