@@ -59,6 +59,11 @@ UNITS = {
 }
 
 
+def _unit(name: str) -> str:
+    """The unit of a metric UNITS does not name (a backend's own): ms by its name, else a count."""
+    return "ms" if name.endswith("_ms") or "_ms_p" in name else "count"
+
+
 def call_level_metrics(doc: dict[str, Any]) -> dict[str, float]:
     """Metrics read off the event log and transitions (no audio needed)."""
     out: dict[str, float] = {}
@@ -209,6 +214,10 @@ async def finalize_media(
 ) -> None:
     evidence = session.evidence()
     metrics, summary = await state.analysis.run(evidence)
+    try:  # what a remote model server's session saw (handshake, round trip): beside our own figures
+        metrics.update(session.backend.evidence())
+    except Exception:
+        log.exception("call %s: the backend's evidence could not be read", call_id)
     prom = state.prom
     if metrics.get("first_audio_heard_ms") is not None:
         prom.first_audio.observe(metrics["first_audio_heard_ms"])
@@ -217,9 +226,11 @@ async def finalize_media(
     for step in evidence.step_ms:
         prom.step_ms.observe(step)
 
+    units = {**{k: _unit(k) for k in metrics}, **UNITS}
+
     def save(service: CallService) -> None:
         service.save_media_results(
-            call_id, metrics=metrics, units=UNITS, summary=summary, transcript=transcript
+            call_id, metrics=metrics, units=units, summary=summary, transcript=transcript
         )
         evaluate_call(service, call_id)
 

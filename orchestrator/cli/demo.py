@@ -21,6 +21,7 @@ import click
 
 from orchestrator import exits
 from orchestrator.cli.demo_run import DemoOptions, caller_script, run_demo
+from orchestrator.settings import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ NOT_NEGATIVE = click.FloatRange(min=0)
 )
 @click.option(
     "--backend",
-    type=click.Choice(["echo", "playback", "moshi"]),
+    type=click.Choice(BACKENDS),
     default=None,
     help="Speech backend (default: moshi when its model is cached, else echo).",
 )

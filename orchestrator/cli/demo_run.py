@@ -55,6 +55,8 @@ def choose_backend(
     """(backend, why). moshi when its model is in the local cache, otherwise echo."""
     if requested:
         return requested, "asked for with --backend"
+    if settings.backend == "moshi-server":
+        return "moshi-server", "BACKEND=moshi-server in the settings (MOSHI_SERVER_URLS)"
     if moshi_paths and any(moshi_paths.values()):
         return "moshi", "model files given on the command line"
     try:
@@ -145,6 +147,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         echo_greeting=ECHO_GREETING if opts.echo_mode == "turns" else None,
         moshi_hf_repo=base.moshi_hf_repo,
         moshi_quantize=base.moshi_quantize,
+        moshi_server_urls=base.moshi_server_urls,
     )
     click.echo(f"backend: {backend_name} ({why})", err=True)
     backend = None

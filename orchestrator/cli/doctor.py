@@ -172,7 +172,7 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             "espeak-ng)",
         )
     )
-    out.append(model_finding(settings))
+    out += model_findings(settings)
     out.append(file_limit_finding(settings))
     return out
 
@@ -195,15 +195,72 @@ def file_limit_finding(settings: Settings, minimum: int = 256) -> Finding:
     return Finding("open files", True, detail)
 
 
-def model_finding(settings: Settings) -> Finding:
+def model_findings(settings: Settings) -> list[Finding]:
+    if settings.backend == "moshi-server":
+        return server_findings(settings)
     if settings.backend != "moshi":
-        return Finding("model", None, f"backend {settings.backend} needs no model")
+        return [Finding("model", None, f"backend {settings.backend} needs no model")]
     try:
         from orchestrator.cli.models import model_status
     except ImportError as exc:
-        return Finding("model", False, f"the moshi extra is not installed: pip install -e '.[moshi]' ({exc})")
+        return [
+            Finding("model", False, f"the moshi extra is not installed: pip install -e '.[moshi]' ({exc})")
+        ]
     status = model_status(settings)
-    return Finding("model", bool(status.get("ready")), str(status.get("detail", status)))
+    out = [Finding("model", bool(status.get("ready")), str(status.get("detail", status)))]
+    from bridge.backends.bench_record import last_bench_line
+    from bridge.backends.moshi_loader import MoshiConfig
+
+    line = last_bench_line(repo=MoshiConfig.from_settings(settings).hf_repo)
+    out.append(
+        Finding(
+            "model bench",
+            None,
+            line or "no bench yet: `orchestrator models bench` says if this machine keeps up",
+        )
+    )
+    return out
+
+
+def server_findings(settings: Settings, timeout_s: float = 2.0) -> list[Finding]:
+    """Each model server of MOSHI_SERVER_URLS: does its port answer? Doctor opens no session: moshi_mlx's
+    local_web counts model steps over every client and carries one client's state into the next."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        specs = settings.moshi_servers()
+    except SettingsError as exc:
+        return [Finding("model servers", False, str(exc))]
+    out: list[Finding] = []
+    for spec in specs:
+        parts = urlsplit(spec.url)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        sessions = f"{spec.capacity} session{'s' if spec.capacity != 1 else ''}"
+        try:
+            with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+                pass
+        except OSError as exc:
+            out.append(
+                Finding(
+                    f"model server {spec.display}",
+                    False,
+                    f"does not answer ({exc.strerror or exc}): start it, e.g. `python -m moshi_mlx.local_web "
+                    f"--no-browser --host {parts.hostname} --port {port}`, or fix MOSHI_SERVER_URLS",
+                )
+            )
+            continue
+        out.append(Finding(f"model server {spec.display}", True, f"port open, {sessions}"))
+    out.append(
+        Finding(
+            "model server limits",
+            None,
+            "moshi_mlx local_web stops after --steps model steps (4000, 5.3 min, by default) counted over "
+            "every call since it started, and never resets between calls: start it with a large --steps "
+            "and restart it between test runs",
+        )
+    )
+    return out
 
 
 @click.command(epilog=exits.epilog(outcome="something needs fixing (the FIX lines say what)"))

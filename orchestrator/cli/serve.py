@@ -13,7 +13,7 @@ import click
 
 from orchestrator import exits
 from orchestrator.bootstrap import RunningServer, probe_health, start_server
-from orchestrator.settings import Settings
+from orchestrator.settings import BACKENDS, Settings
 
 log = logging.getLogger(__name__)
 __all__ = [
@@ -64,7 +64,7 @@ async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = N
 )
 @click.option(
     "--backend",
-    type=click.Choice(["echo", "playback", "moshi"]),
+    type=click.Choice(BACKENDS),
     default=None,
     help="Speech backend (default $BACKEND or echo).",
 )

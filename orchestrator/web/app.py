@@ -144,11 +144,14 @@ async def healthz(request: web.Request) -> web.Response:
             "busy": state.backend.busy,
             "active_streams": len(state.sessions),
             "public_url": state.settings.public_url,
+            "servers": state.backend.servers(),
         }
     )
 
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body, content_type = state.prom.render(active_streams=len(state.sessions), guard=state.guard)
+    body, content_type = state.prom.render(
+        active_streams=len(state.sessions), guard=state.guard, servers=state.backend.servers()
+    )
     return web.Response(body=body, headers={"Content-Type": content_type})

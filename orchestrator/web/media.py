@@ -333,7 +333,7 @@ async def _go_live(
 
     jitter_ms = state.settings.jitter_buffer_ms
     if jitter_ms is None:  # a model's output comes in bursts; the echo backend's does not
-        jitter_ms = 60.0 if state.backend.name == "moshi" else 20.0
+        jitter_ms = 60.0 if state.backend.name in ("moshi", "moshi-server") else 20.0
     config = SessionConfig(
         max_lead_s=max(state.settings.max_lead_ms, jitter_ms + 80.0) / 1000.0,
         jitter_buffer_s=jitter_ms / 1000.0,

@@ -56,6 +56,18 @@ class Prom:
             ["why"],
             registry=r,
         )
+        self.server_sessions = Gauge(
+            "orchestrator_model_server_sessions",
+            "Sessions of each model server (moshi-server backend), by kind (capacity, in_use)",
+            ["server", "kind"],
+            registry=r,
+        )
+        self.server_reachable = Gauge(
+            "orchestrator_model_server_reachable",
+            "1 when the model server's last connection worked, 0 when it failed (absent: not tried yet)",
+            ["server"],
+            registry=r,
+        )
         self._states: dict[str, str] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
 
@@ -75,8 +87,16 @@ class Prom:
         else:
             self._states[call_id] = state
 
-    def render(self, *, active_streams: int, guard: Any = None) -> tuple[bytes, str]:
+    def render(
+        self, *, active_streams: int, guard: Any = None, servers: list[dict[str, Any]] | None = None
+    ) -> tuple[bytes, str]:
         self.active_streams.set(active_streams)
+        for server in servers or ():  # the backend's pool, read at scrape time
+            url = str(server.get("url"))
+            self.server_sessions.labels(url, "capacity").set(float(server.get("capacity") or 0))
+            self.server_sessions.labels(url, "in_use").set(float(server.get("in_use") or 0))
+            if server.get("reachable") is not None:
+                self.server_reachable.labels(url).set(1.0 if server["reachable"] else 0.0)
         if guard is not None:  # orchestrator.web.limits.ConnectionGuard: read at scrape time
             for phase, n in guard.phases().items():
                 self.connections.labels(phase).set(n)
