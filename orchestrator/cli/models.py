@@ -322,8 +322,8 @@ def list_(cache_dir: Path | None, as_json: bool) -> None:
 
 
 BENCH_EXITS = exits.epilog(
-    outcome="the model does not keep up with real time on this machine (the verdict says why)",
-    unavailable=None,
+    outcome="the model does not keep up with real time (with --url: the server; the verdict says why)",
+    unavailable="with --url: the server did not answer, refused the connection or sent no handshake",
 )
 
 
@@ -348,6 +348,15 @@ def _file_option(flag: str, what: str) -> Any:
     show_default=True,
     help="Seconds of audio to run through the model, at the phone's pace (1-600).",
 )
+@click.option(
+    "--url",
+    default=None,
+    metavar="ws://HOST:PORT[/api/chat]",
+    help="Bench a remote Moshi server (local_web, moshi.server, the Rust moshi-server) instead of a "
+    "local model: round trip per 80 ms frame, handshake, first audio, Opus CPU, frames dropped. "
+    "Keeps up when its round trip does not grow by more than a frame over the run, p99 is within "
+    "60 ms of p50 and nothing is dropped or closed. Not kept for doctor.",
+)
 @json_option
 @click.pass_context
 def bench(
@@ -360,6 +369,7 @@ def bench(
     tokenizer: Path | None,
     lm_config: Path | None,
     seconds: float,
+    url: str | None,
     as_json: bool,
 ) -> None:
     """Will this machine keep up? Run the model on speech-like audio and time every step.
@@ -371,8 +381,30 @@ def bench(
     ways and drops no frame. The result is kept for `orchestrator doctor` ($MOSHI_BENCH_FILE, else
     bench.json in the user cache folder).
 
+    With --url, the same audio goes to a remote Moshi server over its /api/chat protocol, as a call's
+    would (see --url for the rule); that result is printed only, never kept.
+
     Example: orchestrator models bench --quantize 8 --seconds 30
+
+    Example: orchestrator models bench --url ws://gpu-box:8998 --seconds 30
     """
+    if url is not None:
+        local = {
+            "--repo": repo,
+            "--quantize": quantize,
+            "--cache-dir": cache_dir,
+            "--moshi-weight": moshi_weight,
+            "--mimi-weight": mimi_weight,
+            "--tokenizer": tokenizer,
+            "--lm-config": lm_config,
+        }
+        given = [flag for flag, value in local.items() if value is not None]
+        if given:
+            raise exits.UserError(
+                f"--url benches a remote server; {', '.join(given)} choose a local model: drop one or the other"
+            )
+        _bench_url(ctx, url, seconds, as_json)
+        return
     _needs_hub()
     missing = _missing_packages()
     if missing:
@@ -416,6 +448,36 @@ def bench(
         click.echo("\n".join(moshi_bench.render(result)))
         if stored:
             click.echo(f"  kept in      {stored}")
+    if not result.keeps_up:
+        ctx.exit(exits.OUTCOME)
+
+
+def _bench_url(ctx: click.Context, url: str, seconds: float, as_json: bool) -> None:
+    """`models bench --url`: bridge.backends.moshi_server_bench, its errors as one line and an exit code."""
+    if importlib.util.find_spec("sphn") is None:
+        raise exits.UserError(f"`models bench --url` needs sphn for Opus (missing): {EXTRA_FIX}")
+    from bridge.backends import moshi_server_bench
+
+    try:
+        spec = moshi_server_bench.parse_url(url)
+    except ValueError as err:
+        raise exits.UserError(str(err)) from None
+    if not as_json:
+        click.echo(f"connecting to {spec.display}, then {seconds:g} s of audio in real time...", err=True)
+    # The verdict names a server that stalls or closes; the backend's own warning would say it twice.
+    backend_log = logging.getLogger("bridge.backends")
+    level = backend_log.level
+    backend_log.setLevel(logging.ERROR)
+    try:
+        result = moshi_server_bench.bench_url(spec, seconds)
+    except BackendError as err:
+        raise exits.UserError(f"cannot bench {spec.display}: {err}", exits.UNAVAILABLE) from None
+    finally:
+        backend_log.setLevel(level)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo("\n".join(moshi_server_bench.render(result)))
     if not result.keeps_up:
         ctx.exit(exits.OUTCOME)
 

@@ -205,7 +205,7 @@ def test_help_has_an_example_and_the_exit_codes() -> None:
     assert result.exit_code == 0
     assert "Example: orchestrator models bench" in result.stdout
     assert "Exit codes: 0 done" in result.stdout and "1 the model does not keep up" in result.stdout
-    assert "--url" not in result.stdout
+    assert "--url" in result.stdout and "3 " in result.stdout  # a remote server that does not answer
 
 
 # --- The pure parts: no model ----------------------------------------------------------------------

@@ -3,22 +3,16 @@ tiny generated weights (tests/moshi/conftest.py) on 127.0.0.1. A backend session
 through the bridge and the carrier emulator, a server killed mid-call, and local_web's own step
 limit (`--steps`, counted over every client since it started) showing up as a stall.
 
-Each server runs in its own process group and is killed with it in teardown: local_web runs the
-model and the web server in two multiprocessing children that outlive a killed parent."""
+Each server runs in its own process group and is killed with it in teardown
+(tests/moshi/local_web_server.py starts and kills them)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,77 +23,20 @@ from bridge.backends.base import FRAME_SAMPLES, SAMPLE_RATE
 from bridge.backends.moshi_pool import parse_server_urls
 from bridge.backends.moshi_protocol import Handshake
 from bridge.backends.moshi_server import MoshiServerBackend, MoshiServerConfig
-from tests.moshi.conftest import LM_FILE, MIMI_FILE, TOKENIZER_FILE, TinyRepo
+from tests.moshi import local_web_server
+from tests.moshi.conftest import TinyRepo
+from tests.moshi.local_web_server import LocalWeb, LocalWebFailed
 
 pytestmark = [pytest.mark.moshi, pytest.mark.slow]
-START_TIMEOUT_S = 120.0
-
-
-@dataclass
-class LocalWeb:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own group: the parent and both children
-        self.proc.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_local_web(repo: TinyRepo, workdir: Path, *extra: str) -> LocalWeb:
+    """The shared starter, its failure a test failure with the server's log tail."""
     pytest.importorskip("sphn")
-    workdir.mkdir(parents=True, exist_ok=True)
-    lm_config = workdir / "lm_config.json"
-    lm_config.write_text(json.dumps(repo.lm_config))
-    port = free_port()
-    # stdout is a file, so Python block-buffers the server's log: unbuffered, a failure's tail is there
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(repo.cache_dir), "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "moshi_mlx.local_web",
-        "--static",
-        "none",
-        "--no-browser",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--moshi-weight",
-        str(repo.file(LM_FILE)),
-        "--mimi-weight",
-        str(repo.file(MIMI_FILE)),
-        "--tokenizer",
-        str(repo.file(TOKENIZER_FILE)),
-        "--lm-config",
-        str(lm_config),
-        *extra,
-    ]
-    log = workdir / "local_web.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = LocalWeb(f"ws://127.0.0.1:{port}/api/chat", proc, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"local_web exited with {proc.returncode} before listening:\n{server.log_tail()}")
-        try:  # it listens only once the model and Mimi are warmed up
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return server
-        except OSError:
-            time.sleep(0.25)
-    server.kill()
-    pytest.fail(f"local_web did not listen within {START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+    try:
+        return local_web_server.start_local_web(repo, workdir, *extra)
+    except LocalWebFailed as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="module")
