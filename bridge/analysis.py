@@ -67,6 +67,8 @@ class MediaEvidence:
     frames_to_model: int = 0  # 80 ms frames of caller audio fed to the backend
     step_ms: list[float] = field(default_factory=list)
     late_frames: int = 0
+    # what the model heard after the echo canceller, int16 on the media clock like inbound_pcm (None: off)
+    model_input_pcm: npt.NDArray[np.int16] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,65 @@ def _level_metrics(prefix: str, lv: Levels) -> dict[str, float]:
     }
 
 
+_ERLE_BLOCK = 160  # 20 ms
+_ERLE_WINDOW = 4000  # 0.5 s
+# A residual echo this far under what we played is under the μ-law noise of the played speech itself
+# (μ-law's SNR is ~38 dB): it is measured and kept, but not counted as the model hearing itself.
+_RESIDUAL_AUDIBLE_DB = 45.0
+_ERLE_ECHO_DBFS = -55.0  # a window whose predicted echo is quieter than this holds no echo to measure
+
+
+def _after_canceller(
+    played: npt.NDArray[np.int16],
+    inbound: npt.NDArray[np.int16],
+    caller: npt.NDArray[np.float64] | npt.NDArray[np.int16],
+    heard: npt.NDArray[np.int16],
+    received: npt.NDArray[np.bool_],
+    echo: EchoEstimate,
+    caller_segments: list[Segment],
+    rate: int,
+) -> dict[str, float]:
+    """What the model heard with the canceller on (all on the local clock): its residual echo (the echo
+    meter on the model's input, against the same reference) and the ERLE over single talk: per 0.5 s
+    window where the line's echo (as the whole-call path predicts it) is above -55 dBFS and the caller
+    is silent throughout, 10 log10(line energy / model-input energy); the median over the call."""
+    out: dict[str, float] = {}
+    residual = estimate_echo(played, heard, rate, received=received)
+    loss = residual.erl_db if residual.detected else None
+    out["residual_echo_detected"] = float(loss is not None and loss <= _RESIDUAL_AUDIBLE_DB)
+    if loss is not None:
+        out["residual_echo_return_loss_db"] = loss
+    if not echo.detected:
+        return out
+    x = np.asarray(inbound, dtype=np.float64)
+    predicted = x - np.asarray(caller, dtype=np.float64)[: len(x)]
+    k = len(x) // _ERLE_BLOCK
+    if k == 0:
+        return out
+    blocks = slice(0, k * _ERLE_BLOCK)
+    p_echo = np.mean(predicted[blocks].reshape(k, -1) ** 2, axis=1)
+    talking = np.zeros(len(x), bool)
+    for seg in caller_segments:
+        talking[round(seg.start_s * rate) : round(seg.end_s * rate)] = True
+    quiet: npt.NDArray[np.bool_] = np.asarray(
+        ~talking[blocks].reshape(k, -1).any(axis=1) & received[blocks].reshape(k, -1).all(axis=1), dtype=bool
+    )
+    # per 0.5 s window of single talk: line energy / model-input energy; the median over the call
+    w = _ERLE_WINDOW // _ERLE_BLOCK
+    kw = k // w
+    if kw:
+        e_in = np.sum(x[blocks].reshape(k, -1) ** 2, axis=1)[: kw * w].reshape(kw, w)
+        e_out = np.sum(heard.astype(np.float64)[blocks].reshape(k, -1) ** 2, axis=1)[: kw * w].reshape(kw, w)
+        echo_w = (p_echo[: kw * w].reshape(kw, w)).mean(axis=1)
+        loud = np.asarray(echo_w > (32768.0 * 10 ** (_ERLE_ECHO_DBFS / 20)) ** 2, dtype=bool)
+        whole = np.asarray(quiet[: kw * w].reshape(kw, w).all(axis=1), dtype=bool) & loud
+        if whole.any():
+            erle = 10.0 * np.log10(e_in[whole].sum(axis=1) / np.maximum(e_out[whole].sum(axis=1), 1.0))
+            out["aec_erle_db"] = float(np.median(erle))
+            out["aec_single_talk_s"] = float(np.count_nonzero(whole)) * _ERLE_WINDOW / rate
+    return out
+
+
 def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     rate = ev.rate
     arrivals = np.asarray(ev.inbound_arrivals, dtype=np.float64).reshape(-1, 2)
@@ -209,6 +270,12 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
         played_n = _shift(played_track(sent_pcm, aligned, rate), 0, n)
     caller_track = cancel_echo(played_n, inbound_local, echo)
     inbound_segments = detect_speech(caller_track, rate)
+    model_heard: dict[str, float] = {}
+    if ev.model_input_pcm is not None:
+        heard_local = _shift(np.asarray(ev.model_input_pcm, dtype=np.int16), off, n)
+        model_heard = _after_canceller(
+            played_n, inbound_local, caller_track, heard_local, received_local, echo, inbound_segments, rate
+        )
     # What we played holds nothing but our own output: its speech is found by the onset convention alone
     # (the same one the first audio uses), so a model turn starts where its speech really starts.
     played_threshold = speech_threshold_dbfs(noise_floor_dbfs(played_n, rate))
@@ -242,6 +309,7 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
     m["echo_absent_ratio"] = echo.absent_ratio
     m["echo_segments_used"] = float(echo.segments_used)
     m["echo_segments_flagged"] = float(echo.segments_flagged)
+    m.update(model_heard)
 
     if ev.step_ms:
         steps = np.asarray(ev.step_ms, dtype=np.float64)

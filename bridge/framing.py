@@ -19,6 +19,8 @@ No I/O, no clock here: the caller paces, timestamps and sends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -31,6 +33,10 @@ FRAME_SAMPLES_24K = 1920  # Moshi/Mimi frame: 80 ms at 24 kHz
 CHUNK_SAMPLES_8K = 160  # Twilio media chunk: 20 ms at 8 kHz, one μ-law byte per sample
 
 _EMPTY_I16: npt.NDArray[np.int16] = np.zeros(0, np.int16)
+
+#: A filter on the decoded inbound audio (`bridge.cancel.InboundCanceller`): (int16 block, index of its
+#: first sample on the media clock) -> the block to resample (float32, int16 scale, same length).
+BlockFilter = Callable[[npt.NDArray[np.int16], int], npt.NDArray[np.float32]]
 
 
 class FrameAccumulator:
@@ -83,9 +89,9 @@ class InboundPipeline:
     Added delay: ``delay_ms`` (the resampler's), plus up to 80 ms of frame filling inherent to the model.
     """
 
-    __slots__ = ("_codes", "_frame_8k", "_frames", "_last", "_resampler")
+    __slots__ = ("_codes", "_consumed", "_frame_8k", "_frames", "_last", "_resampler", "canceller")
 
-    def __init__(self, frame_samples: int = FRAME_SAMPLES_24K) -> None:
+    def __init__(self, frame_samples: int = FRAME_SAMPLES_24K, canceller: BlockFilter | None = None) -> None:
         self._resampler = StreamResampler(8000, 24000, gain=1.0 / 32768.0)
         self._frames = FrameAccumulator(frame_samples, np.float32)
         # Codes wait here until a whole frame has arrived and are then decoded and resampled in one go:
@@ -95,6 +101,10 @@ class InboundPipeline:
         self._frame_8k = frame_samples // 3 if frame_samples % 3 == 0 else 0
         self._codes = bytearray()
         self._last = b""
+        # An echo canceller between the decode and the resampler: each 8 kHz block of a whole frame
+        # (640 samples) goes through it with its first sample's index on the media clock.
+        self.canceller = canceller if self._frame_8k else None
+        self._consumed = 0  # 8 kHz samples decoded so far (= the media clock: gaps are filled)
 
     @property
     def pcm8k_last(self) -> npt.NDArray[np.int16]:
@@ -120,7 +130,13 @@ class InboundPipeline:
         if len(codes) < f:
             return []
         k = len(codes) - len(codes) % f
-        out = self._resampler.process(ulaw_decode(codes[:k]))
+        decoded = ulaw_decode(codes[:k])
+        pcm: npt.NDArray[np.float32] | npt.NDArray[np.int16] = decoded
+        if self.canceller is not None:
+            at = self._consumed
+            pcm = np.concatenate([self.canceller(decoded[j : j + f], at + j) for j in range(0, k, f)])
+        self._consumed += k
+        out = self._resampler.process(pcm)
         del codes[:k]
         return [out] if k == f else list(out.reshape(-1, 3 * f))
 
@@ -133,6 +149,7 @@ class InboundPipeline:
         self._frames.reset()
         self._codes.clear()
         self._last = b""
+        self._consumed = 0
 
 
 class OutboundPipeline:

@@ -15,6 +15,8 @@ Rules (conventions in DESIGN.md, "Measurements"):
 - `codes` holds the caller's mu-law at its place on the media clock (timestamp ms * 8), 0xFF in gaps;
   `offset` maps the media clock to ours (local s - media s), taken from the first frame, which left the
   phone after its last sample.
+- With a `canceller` (bridge.cancel), the model gets the caller's audio with our own echo taken out;
+  `codes` keep what the line sent.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from bridge.cancel import InboundCanceller
 from bridge.errors import RemoteProtocolError
 from bridge.framing import InboundPipeline
 from bridge.protocol import MAX_GAP_MS
@@ -46,9 +49,12 @@ _NOTHING = Received()
 class InboundTrack:
     """One call's inbound audio; see the module docstring."""
 
-    def __init__(self, *, max_ahead_s: float | None = None) -> None:
+    def __init__(
+        self, *, max_ahead_s: float | None = None, canceller: InboundCanceller | None = None
+    ) -> None:
         self.max_ahead_s = max_ahead_s
-        self.pipeline = InboundPipeline()
+        self.canceller = canceller
+        self.pipeline = InboundPipeline(canceller=canceller)
         self.codes = bytearray()
         self.arrivals: list[tuple[float, int]] = []  # (arrival s since start, timestamp ms)
         self.gaps: list[tuple[int, int]] = []  # (timestamp ms, missing ms)
@@ -93,6 +99,8 @@ class InboundTrack:
         self._next_ts = ts + len(payload) * 1000 // RATE
         if self.offset is None:
             self.offset = rel - ts / 1000 - len(payload) / RATE  # sent after its last sample
+            if self.canceller is not None:
+                self.canceller.offset = self.offset
         frames = self.pipeline.push(payload)
         if silence:
             frames = silence + frames

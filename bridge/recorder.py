@@ -1,4 +1,6 @@
 """The call recording: a dual-channel WAV (left = caller, right = model as played), written off the loop.
+With the echo canceller on, what the model heard (the caller after it) is kept beside it, on the media
+clock, as `<call>.model-in.wav` (`model_input_path`).
 
 - `DualWavWriter` is the file (blocking: call it from a worker thread). The stdlib `wave` module patches
   the RIFF and data sizes after every write and each write is flushed, so a crash mid-call still leaves
@@ -188,3 +190,17 @@ class CallRecording:
     def _close(self) -> None:  # on a worker thread
         if self._writer is not None:
             self._writer.close()
+
+
+def model_input_path(recording: Path) -> Path:
+    """Where the audio the model heard (after the echo canceller) is kept beside a call's recording."""
+    return recording.with_name(recording.stem + ".model-in.wav")
+
+
+def write_mono_wav(path: Path, pcm: npt.NDArray[np.int16], rate: int = RATE) -> None:
+    """A mono 16-bit WAV in one go. Blocking: call it from a worker thread."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.ascontiguousarray(pcm, dtype="<i2").tobytes())

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.backends.base import BackendSession
+from bridge.cancel import InboundCanceller
 from bridge.errors import RemoteProtocolError
 from bridge.framing import OutboundPipeline
 from bridge.g711 import ulaw_decode
@@ -42,7 +43,7 @@ from bridge.inbound import LONG_GAP_MS, InboundTrack
 from bridge.pacer import ChunkOut, Pacer, PacingConfig
 from bridge.playout import PlayoutClock
 from bridge.protocol import InboundMessage, Mark, Media, MediaStream
-from bridge.recorder import CallRecording
+from bridge.recorder import CallRecording, model_input_path, write_mono_wav
 
 if TYPE_CHECKING:  # bridge.analysis pulls in scipy.signal/stats (~0.6 s): only evidence() needs it
     from bridge.analysis import MediaEvidence
@@ -65,6 +66,9 @@ class SessionConfig:
     # time since `start` is a broken or hostile peer, not jitter (None: unchecked, for replays that feed
     # recorded audio faster than real time). The server sets it to MAX_GAP_MS.
     max_media_ahead_s: float | None = None
+    # Cancel our own echo before the model hears the caller (bridge.cancel): the reference is what we
+    # sent, placed where the playout clock says it played.
+    aec: bool = False
 
     @property
     def pacing(self) -> PacingConfig:
@@ -105,7 +109,8 @@ class MediaSession:
         self._on_text = on_text
         self._on_long_gap = on_long_gap
         self.t0 = clock()  # `start` received: the origin of every time in the evidence
-        self.inbound = InboundTrack(max_ahead_s=self.config.max_media_ahead_s)
+        self.canceller = InboundCanceller() if self.config.aec else None
+        self.inbound = InboundTrack(max_ahead_s=self.config.max_media_ahead_s, canceller=self.canceller)
         self.outbound = OutboundPipeline()
         self.pacer = Pacer(self.config.pacing, origin=self.t0)
         self._latency_in: list[float] = []
@@ -222,6 +227,12 @@ class MediaSession:
             except Exception as exc:
                 self.failure = self.failure or f"recording failed: {exc.__class__.__name__}: {exc}"[:300]
                 log.exception("call %s: recording not finished", self.call_id)
+        if self.canceller is not None and self.config.recording is not None:
+            try:
+                path = model_input_path(self.config.recording)
+                await asyncio.to_thread(write_mono_wav, path, self.canceller.model_input_pcm())
+            except Exception:
+                log.exception("call %s: the model's input was not kept", self.call_id)
 
     @property
     def done(self) -> asyncio.Event:
@@ -246,7 +257,10 @@ class MediaSession:
 
     def clear(self) -> None:
         """Barge-in: drop what Twilio has buffered and what we have not sent yet."""
-        self.pacer.clear(self._clock())
+        now = self._clock()
+        self.pacer.clear(now)
+        if self.canceller is not None:
+            self.canceller.reference.clear(now - self.t0)
         self.stream.send_clear()
         self._wake.set()
 
@@ -282,7 +296,7 @@ class MediaSession:
     # -- sender: what the pacer allows, on the wire ---------------------------------------------------
 
     async def _sender(self) -> None:
-        pacer, stream = self.pacer, self.stream
+        pacer, stream, canceller = self.pacer, self.stream, self.canceller
         while not self._done.is_set():
             now = self._clock()
             had_audio = pacer.queued > 0
@@ -293,6 +307,8 @@ class MediaSession:
                     stream.send_media(item.payload)
                     if rec is not None:  # only the recording reads the played audio back
                         rec.place_played(item.payload, item.playout_start)
+                    if canceller is not None:
+                        canceller.reference.place(item.payload, item.playout_start)
                     self.sent_codes += item.payload
                 else:
                     stream.send_mark(item.name)
@@ -332,6 +348,7 @@ class MediaSession:
             frames_to_model=self.frames_to_model,
             step_ms=list(self.step_ms),
             late_frames=self.late_frames,
+            model_input_pcm=None if self.canceller is None else self.canceller.model_input_pcm(),
         )
 
 

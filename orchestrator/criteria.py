@@ -363,6 +363,7 @@ def no_latency_echo_issues(doc: Doc, th: Thresholds) -> Verdict:
             f"step p95 {step:.1f} ms {'<=' if ok else '>'} {th.step_ms_p95_max:.0f} ms"
         )
     echo = _num(doc, "echo_detected")
+    residual = _num(doc, "residual_echo_detected")  # present when the echo canceller was on
     if echo is None:
         bad.append("echo not measured")
     elif echo >= 1:
@@ -370,7 +371,22 @@ def no_latency_echo_issues(doc: Doc, th: Thresholds) -> Verdict:
         parts = ([f"{delay:.0f} ms delay"] if delay is not None else []) + (
             [f"ERL {erl:.1f} dB"] if erl is not None else []
         )
-        bad.append("echo detected" + (f" ({', '.join(parts)})" if parts else ""))
+        line = "echo on the line" + (f" ({', '.join(parts)})" if parts else "")
+        if residual is None:
+            bad.append(line.replace("echo on the line", "echo detected"))
+        else:  # the canceller was on: what counts is what the model heard
+            erle = _num(doc, "aec_erle_db")
+            cancelled = f"{line}, cancelled" + (f" by {erle:.0f} dB" if erle is not None else "")
+            if residual >= 1:
+                loss = _num(doc, "residual_echo_return_loss_db")
+                bad.append(
+                    f"{cancelled}; the model still heard it"
+                    + (f" (residual ERL {loss:.1f} dB)" if loss is not None else "")
+                )
+            else:
+                good.append(f"{cancelled}; the model did not hear it")
+    elif residual is not None and residual >= 1:
+        bad.append("the model heard an echo the line did not show")
     else:
         good.append("no echo")
     if bad:

@@ -59,6 +59,8 @@ class Settings:
     echo_greeting: str | None = None
     max_lead_ms: float = 100.0
     jitter_buffer_ms: float | None = None  # None: 20 ms (echo, playback) or 60 ms (moshi)
+    # cancel our own echo before the model hears the caller (bridge.cancel): off | on
+    aec: str = "off"
     # unfinished calls are asked of the carrier at start, then every this many seconds (0: off)
     reconcile_interval_s: float = 60.0
     # what one peer can hold (orchestrator.web.limits): time to send headers, a body, a media `start`;
@@ -91,6 +93,7 @@ class Settings:
             "GREETING": "greeting",
             "ECHO_MODE": "echo_mode",
             "ECHO_GREETING": "echo_greeting",
+            "AEC": "aec",
         }
         for name, attr in simple.items():
             if name in env:
@@ -134,6 +137,8 @@ class Settings:
             raise SettingsError(f"BACKEND={self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.echo_mode not in ("delay", "turns"):
             raise SettingsError(f"ECHO_MODE={self.echo_mode!r}: choose delay or turns")
+        if self.aec not in ("off", "on"):
+            raise SettingsError(f"AEC={self.aec!r}: choose off or on")
         if self.moshi_quantize not in ("4", "8", "none"):
             raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
         if self.backend == "moshi-server":

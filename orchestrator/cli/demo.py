@@ -78,7 +78,34 @@ def truth_lines(docs: list[dict[str, Any]], truths: list[Any]) -> list[str]:
                 f"{'flagged' if m.get('echo_detected') else 'not flagged'} "
                 f"{m.get('echo_delay_ms', float('nan')):.0f} ms / {m.get('echo_return_loss_db', float('nan')):.1f} dB"
             )
+        lines += _model_heard_lines(doc, truth)
     return lines
+
+
+def _model_heard_lines(doc: dict[str, Any], truth: Any) -> list[str]:
+    """With AEC on: the echo the model heard, truth from the emulator's parts of the line."""
+    m, files = doc["metrics"], getattr(truth, "files", None) or {}
+    recording = doc["call"].get("recording_path")
+    if "residual_echo_detected" not in m or not files.get("parts_npz") or not recording:
+        return []
+    from bridge.recorder import model_input_path
+    from orchestrator.emulator.aec_truth import aec_truth_files
+
+    try:
+        t = aec_truth_files(
+            Path(files["parts_npz"]).parent, truth.call_sid, model_input_path(Path(recording))
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"    model heard: no truth ({type(exc).__name__}: {exc})"]
+
+    def db(v: Any) -> str:
+        return "-" if v is None else f"{v:.1f} dB"
+
+    return [
+        f"    model heard: ERLE truth {db(t.get('erle_db'))}, measured {db(m.get('aec_erle_db'))}; residual "
+        f"echo {'flagged' if m.get('residual_echo_detected') else 'not flagged'}; caller kept "
+        f"{db(t.get('caller_level_change_db'))} level, SDR {db(t.get('caller_sdr_db'))}"
+    ]
 
 
 DEMO_EXITS = exits.epilog(
@@ -109,6 +136,12 @@ NOT_NEGATIVE = click.FloatRange(min=0)
     type=click.Choice(BACKENDS),
     default=None,
     help="Speech backend (default: moshi when its model is cached, else echo).",
+)
+@click.option(
+    "--aec",
+    type=click.Choice(["off", "on"]),
+    default=None,
+    help="Cancel the model's own echo before it hears the caller (default $AEC or off).",
 )
 @click.option(
     "--echo-mode",
@@ -194,6 +227,7 @@ def demo(
     seconds: float,
     n_calls: int,
     backend: str | None,
+    aec: str | None,
     echo_mode: str,
     echo_delay_ms: float,
     echo_loss_db: float | None,
@@ -242,6 +276,7 @@ def demo(
         seconds=seconds,
         calls=n_calls,
         backend=backend,
+        aec=aec,
         echo_delay_ms=echo_delay_ms,
         echo_mode=echo_mode,
         echo_loss_db=echo_loss_db,

@@ -36,6 +36,7 @@ class DemoOptions:
     seconds: float = 20.0
     calls: int = 1
     backend: str | None = None
+    aec: str | None = None  # None: $AEC
     echo_delay_ms: float = 400.0
     echo_mode: str = "turns"
     echo_loss_db: float | None = None
@@ -148,6 +149,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         moshi_hf_repo=base.moshi_hf_repo,
         moshi_quantize=base.moshi_quantize,
         moshi_server_urls=base.moshi_server_urls,
+        aec=opts.aec or base.aec,
     )
     click.echo(f"backend: {backend_name} ({why})", err=True)
     backend = None

@@ -69,6 +69,12 @@ async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = N
     help="Speech backend (default $BACKEND or echo).",
 )
 @click.option(
+    "--aec",
+    type=click.Choice(["off", "on"]),
+    default=None,
+    help="Cancel the model's own echo before it hears the caller (default $AEC or off).",
+)
+@click.option(
     "--tunnel",
     type=click.Choice(["cloudflared", "ngrok"]),
     default=None,
@@ -105,6 +111,7 @@ def serve(
     public_url: str | None,
     db: Path | None,
     backend: str | None,
+    aec: str | None,
     tunnel: str | None,
     moshi_weight: Path | None,
     mimi_weight: Path | None,
@@ -123,7 +130,7 @@ def serve(
     if not verbose:  # the twilio package logs every request and response header at INFO
         logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     settings = Settings.from_env().with_overrides(
-        host=host, port=port, public_url=public_url, db=db, backend=backend
+        host=host, port=port, public_url=public_url, db=db, backend=backend, aec=aec
     )
     settings.require_auth_token()
     if settings.public_url:

@@ -130,6 +130,9 @@ class MediaStreamClient:
         self.noise = NoiseSource(faults.noise_dbfs, faults.seed) if faults.noise_dbfs is not None else None
         self.heard: list[bytes] = []
         self.sent_pcm: list[Pcm] = []
+        # the line's parts apart (float, before μ-law): the echo of what played, and the line's noise
+        self.echo_frames: list[npt.NDArray[np.float32]] = []
+        self.noise_frames: list[npt.NDArray[np.float32]] = []
         self._outbox: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
         self._unechoed: dict[str, deque[dict[str, Any]]] = {}  # ground-truth entries of marks not echoed yet
         self._seq = 0
@@ -243,9 +246,13 @@ class MediaStreamClient:
         self.caller_frames.append(mic)
         if self.echo is not None:
             self.echo.feed(heard_pcm)
-            mic = mic + self.echo.take(FRAME)
+            part = self.echo.take(FRAME)
+            self.echo_frames.append(part)
+            mic = mic + part
         if self.noise is not None:
-            mic = mic + self.noise.take(FRAME)
+            part = self.noise.take(FRAME)
+            self.noise_frames.append(part)
+            mic = mic + part
         if self.echo is None and self.noise is None:  # the script's int16 samples, exactly
             pcm = mic.astype(np.int16)
         else:
@@ -376,6 +383,20 @@ class MediaStreamClient:
 
     def heard_pcm(self) -> Pcm:
         return ulaw_decode(b"".join(self.heard)) if self.heard else np.zeros(0, dtype=np.int16)
+
+    def parts(self) -> dict[str, npt.NDArray[np.float32]]:
+        """The line's audio apart, on the phone's clock (sample i at media time i/8000): the clean caller,
+        and the echo of what played and the noise when the line has them."""
+        parts = {"caller": self.caller_frames, "echo": self.echo_frames, "noise": self.noise_frames}
+        return (
+            {
+                name: np.concatenate(frames).astype(np.float32)
+                for name, frames in parts.items()
+                if frames or name == "caller"
+            }
+            if self.caller_frames
+            else {"caller": np.zeros(0, np.float32)}
+        )
 
     def sent(self) -> Pcm:
         return np.concatenate(self.sent_pcm) if self.sent_pcm else np.zeros(0, dtype=np.int16)

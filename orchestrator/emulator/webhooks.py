@@ -240,7 +240,9 @@ class Webhooks:
         heard, sent = self.truth_dir / f"{call_sid}.heard.wav", self.truth_dir / f"{call_sid}.sent.wav"
         await asyncio.to_thread(write_wav, heard, client.heard_pcm())
         await asyncio.to_thread(write_wav, sent, client.sent())
-        return {"heard_wav": str(heard), "sent_wav": str(sent)}
+        parts = self.truth_dir / f"{call_sid}.parts.npz"  # caller, echo, noise apart (float32)
+        await asyncio.to_thread(_save_parts, parts, client.parts())
+        return {"heard_wav": str(heard), "sent_wav": str(sent), "parts_npz": str(parts)}
 
     def write_truth(self, truth: GroundTruth) -> None:
         if self.truth_dir is not None:
@@ -250,3 +252,9 @@ class Webhooks:
 
 
 # --- the REST surface ----------------------------------------------------------------------------------
+
+
+def _save_parts(path: Path, parts: dict[str, Any]) -> None:
+    import numpy as np
+
+    np.savez(path, **parts)

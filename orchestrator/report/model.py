@@ -33,6 +33,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "step_ms_p95",
     "echo_delay_ms",
     "echo_return_loss_db",
+    "aec_erle_db",  # with AEC=on: what the canceller took out, and what echo the model still heard
+    "residual_echo_return_loss_db",
+    "backend_lag_ms_p50",  # the moshi-server backend: the round trip of one 80 ms frame
     "inbound_gap_ms_total",
     "inbound_jitter_ms",
     "outbound_underruns",

@@ -339,6 +339,7 @@ async def _go_live(
         jitter_buffer_s=jitter_ms / 1000.0,
         recording=recording,
         max_media_ahead_s=MAX_GAP_MS / 1000.0,
+        aec=state.settings.aec == "on",
     )
     live_ref: list[LiveCall] = []
 

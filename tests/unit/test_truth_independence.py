@@ -20,6 +20,8 @@ JUDGES = (
     "bridge.played",
     "bridge.playout",
     "bridge.session",
+    "bridge.cancel",
+    "bridge.aec",
     "orchestrator.criteria",
     "orchestrator.thresholds",
 )
