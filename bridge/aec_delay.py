@@ -30,10 +30,17 @@ class BulkDelay:
     """Feed `update` once per canceller step; `lag` is the held estimate in samples (or None)."""
 
     def __init__(
-        self, partition: int, partitions: int, *, every: int = 2, smooth: float = 0.12, z_on: float = 9.0
+        self,
+        partition: int,
+        partitions: int,
+        *,
+        every: int = 2,
+        smooth: float = 0.12,
+        z_on: float = 9.0,
+        min_active: int = 6,
     ) -> None:
         self.m, self.ps, self.kb = partition, partitions, partition // 2 + 1
-        self.every, self.smooth, self.z_on = every, smooth, z_on
+        self.every, self.smooth, self.z_on, self.min_active = every, smooth, z_on, min_active
         self.reset()
 
     def reset(self) -> None:
@@ -62,7 +69,7 @@ class BulkDelay:
             self._sxx += np.float32(a) * (xpow[:kb] - self._sxx)
             self._sdd += np.float32(a) * ((d.real**2 + d.imag**2) - self._sdd)
         self._n += 1
-        if self._n % self.every or self._active < 6:
+        if self._n % self.every or self._active < self.min_active:
             return False
         w = 1.0 / (
             np.sqrt(self._sxx * self._sdd) + 1e-3 * float(self._sxx.mean() * self._sdd.mean()) ** 0.5 + 1e-9
