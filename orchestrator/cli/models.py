@@ -8,11 +8,8 @@ moshi_mlx are imported inside it, through bridge.backends.moshi_bench).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +29,18 @@ from bridge.backends.moshi_loader import (
     weight_file_name,
 )
 from orchestrator import exits
-
-MOSHI_PACKAGES = ("moshi_mlx", "rustymimi", "mlx", "sentencepiece", "huggingface_hub")
-EXTRA_FIX = "pip install -e '.[moshi]'"
-
-
-def _missing_packages() -> list[str]:
-    return [p for p in MOSHI_PACKAGES if importlib.util.find_spec(p) is None]
-
-
-def _needs_hub() -> None:
-    """`models` reads and fills the Hugging Face cache: without the moshi extra there is no hub client."""
-    if importlib.util.find_spec("huggingface_hub") is None:
-        raise exits.UserError(
-            f"`orchestrator models` needs the moshi extra (huggingface_hub is not installed): {EXTRA_FIX}"
-        )
-
-
-def _config(settings: Any | None, **overrides: Any) -> MoshiConfig:
-    if settings is None:
-        return MoshiConfig.from_env(**overrides)
-    return MoshiConfig.from_settings(settings, **overrides)
+from orchestrator.cli.models_bench import bench
+from orchestrator.cli.models_common import (
+    EXTRA_FIX,
+    _config,
+    _missing_packages,
+    _moshi_config,
+    _needs_hub,
+    cache_option,
+    json_option,
+    quantize_option,
+    repo_option,
+)
 
 
 def _size(path: Path | None) -> int | None:
@@ -154,17 +142,6 @@ def pull_files(config: MoshiConfig, echo: Any = click.echo, endpoint: str | None
     return fetched
 
 
-REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-
-
-def _moshi_config(**overrides: Any) -> MoshiConfig:
-    """MoshiConfig from the environment and options, or a one-line UserError naming what is wrong."""
-    try:
-        return MoshiConfig.from_env(**overrides)
-    except ValueError as err:
-        raise exits.UserError(f"{err}; fix it in .env or the environment, or pass --quantize") from err
-
-
 def _fetch_error(repo: str, err: Exception) -> exits.UserError:
     """Why a download failed, in one line, with the exit code of orchestrator.exits."""
     import requests
@@ -230,37 +207,6 @@ def cached_repos(cache_dir: Path) -> list[dict[str, Any]]:
     return repos
 
 
-quantize_option = click.option(
-    "--quantize",
-    type=click.Choice(["4", "8", "none"]),
-    default=None,
-    help="Weights to use: 4-bit, 8-bit or none (bf16). Default: $MOSHI_QUANTIZE, else 4.",
-)
-
-
-def _repo(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not REPO_ID.fullmatch(value):
-        raise click.BadParameter(
-            f"{value!r} is not a Hugging Face repo id: OWNER/NAME, e.g. kyutai/moshiko-mlx-q4"
-        )
-    return value
-
-
-repo_option = click.option(
-    "--repo",
-    default=None,
-    callback=_repo,
-    help="Hugging Face repo, OWNER/NAME (default: $MOSHI_HF_REPO, else kyutai/moshiko-mlx-q4).",
-)
-cache_option = click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Hugging Face hub cache folder (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-
-
 @click.group()
 def models() -> None:
     """Fetch and inspect the Moshi model files (Hugging Face cache).
@@ -321,165 +267,6 @@ def list_(cache_dir: Path | None, as_json: bool) -> None:
     click.echo(f"configured: {config.hf_repo} (quantize {status['quantize']}): {ready}")
 
 
-BENCH_EXITS = exits.epilog(
-    outcome="the model does not keep up with real time (with --url: the server; the verdict says why)",
-    unavailable="with --url: the server did not answer, refused the connection or sent no handshake",
-)
-
-
-def _file_option(flag: str, what: str) -> Any:
-    return click.option(
-        flag, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help=what
-    )
-
-
-@models.command(epilog=BENCH_EXITS)
-@repo_option
-@quantize_option
-@cache_option
-@_file_option("--moshi-weight", "Moshi LM weights (instead of the repo's file).")
-@_file_option("--mimi-weight", "Mimi codec weights (instead of the repo's file).")
-@_file_option("--tokenizer", "Text tokenizer (instead of the repo's file).")
-@_file_option("--lm-config", "LM config.json (instead of the repo's file).")
-@click.option(
-    "--seconds",
-    type=click.FloatRange(min=1, max=600),
-    default=20.0,
-    show_default=True,
-    help="Seconds of audio to run through the model, at the phone's pace (1-600).",
-)
-@click.option(
-    "--url",
-    default=None,
-    metavar="ws://HOST:PORT[/api/chat]",
-    help="Bench a remote Moshi server (local_web, moshi.server, the Rust moshi-server) instead of a "
-    "local model: round trip per 80 ms frame, handshake, first audio, Opus CPU, frames dropped. "
-    "Keeps up when its round trip does not grow by more than a frame over the run, p99 is within "
-    "60 ms of p50 and nothing is dropped or closed. Not kept for doctor.",
-)
-@json_option
-@click.pass_context
-def bench(
-    ctx: click.Context,
-    repo: str | None,
-    quantize: str | None,
-    cache_dir: Path | None,
-    moshi_weight: Path | None,
-    mimi_weight: Path | None,
-    tokenizer: Path | None,
-    lm_config: Path | None,
-    seconds: float,
-    url: str | None,
-    as_json: bool,
-) -> None:
-    """Will this machine keep up? Run the model on speech-like audio and time every step.
-
-    Loads the model as `serve` does (local cache or the files given; never downloads), feeds one real
-    session an 80 ms frame every 80 ms for --seconds, and prints the LM step time (p50/p95/p99) against
-    the 80 ms budget, the share of late steps, Mimi's encode and decode real-time factors and the peak
-    memory. It keeps up when at most 1 % of steps are over 80 ms, Mimi is faster than real time both
-    ways and drops no frame. The result is kept for `orchestrator doctor` ($MOSHI_BENCH_FILE, else
-    bench.json in the user cache folder).
-
-    With --url, the same audio goes to a remote Moshi server over its /api/chat protocol, as a call's
-    would (see --url for the rule); that result is printed only, never kept.
-
-    Example: orchestrator models bench --quantize 8 --seconds 30
-
-    Example: orchestrator models bench --url ws://gpu-box:8998 --seconds 30
-    """
-    if url is not None:
-        local = {
-            "--repo": repo,
-            "--quantize": quantize,
-            "--cache-dir": cache_dir,
-            "--moshi-weight": moshi_weight,
-            "--mimi-weight": mimi_weight,
-            "--tokenizer": tokenizer,
-            "--lm-config": lm_config,
-        }
-        given = [flag for flag, value in local.items() if value is not None]
-        if given:
-            raise exits.UserError(
-                f"--url benches a remote server; {', '.join(given)} choose a local model: drop one or the other"
-            )
-        _bench_url(ctx, url, seconds, as_json)
-        return
-    _needs_hub()
-    missing = _missing_packages()
-    if missing:
-        raise exits.UserError(
-            f"`models bench` needs the moshi extra (missing {', '.join(missing)}): {EXTRA_FIX}"
-        )
-    config = _moshi_config(
-        hf_repo=repo,
-        quantize=quantize,
-        cache_dir=cache_dir,
-        moshi_weight=moshi_weight,
-        mimi_weight=mimi_weight,
-        tokenizer=tokenizer,
-        lm_config=lm_config,
-    )
-    try:
-        resolve_files(config)  # a model not in the cache: one line with the pull command, before mlx loads
-    except BackendError as err:
-        raise exits.UserError(f"cannot bench: {err}") from err
-    from bridge.backends import moshi_bench
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not as_json:
-        click.echo(f"loading {config.hf_repo}, then {seconds:g} s of audio in real time...", err=True)
-    # The verdict reports a codec that fell behind; the backend's own warning would say it twice.
-    backend_log = logging.getLogger("bridge.backends.moshi")
-    level = backend_log.level
-    backend_log.setLevel(logging.ERROR)
-    try:
-        result = moshi_bench.bench(config, seconds)
-    finally:
-        backend_log.setLevel(level)
-    stored: str | None = None
-    try:
-        stored = str(moshi_bench.save(result))
-    except OSError as err:  # the figures are still worth printing
-        click.echo(f"could not keep the result for `orchestrator doctor`: {err}", err=True)
-    if as_json:
-        click.echo(json.dumps({**result.as_dict(), "stored": stored}, indent=2))
-    else:
-        click.echo("\n".join(moshi_bench.render(result)))
-        if stored:
-            click.echo(f"  kept in      {stored}")
-    if not result.keeps_up:
-        ctx.exit(exits.OUTCOME)
-
-
-def _bench_url(ctx: click.Context, url: str, seconds: float, as_json: bool) -> None:
-    """`models bench --url`: bridge.backends.moshi_server_bench, its errors as one line and an exit code."""
-    if importlib.util.find_spec("sphn") is None:
-        raise exits.UserError(f"`models bench --url` needs sphn for Opus (missing): {EXTRA_FIX}")
-    from bridge.backends import moshi_server_bench
-
-    try:
-        spec = moshi_server_bench.parse_url(url)
-    except ValueError as err:
-        raise exits.UserError(str(err)) from None
-    if not as_json:
-        click.echo(f"connecting to {spec.display}, then {seconds:g} s of audio in real time...", err=True)
-    # The verdict names a server that stalls or closes; the backend's own warning would say it twice.
-    backend_log = logging.getLogger("bridge.backends")
-    level = backend_log.level
-    backend_log.setLevel(logging.ERROR)
-    try:
-        result = moshi_server_bench.bench_url(spec, seconds)
-    except BackendError as err:
-        raise exits.UserError(f"cannot bench {spec.display}: {err}", exits.UNAVAILABLE) from None
-    finally:
-        backend_log.setLevel(level)
-    if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
-    else:
-        click.echo("\n".join(moshi_server_bench.render(result)))
-    if not result.keeps_up:
-        ctx.exit(exits.OUTCOME)
-
-
 __all__ = ["bench", "cached_file", "cached_repos", "model_status", "models", "pull_files"]
+
+models.add_command(bench)

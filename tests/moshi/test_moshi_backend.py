@@ -74,9 +74,13 @@ def hub_trap() -> Iterator[ConnectionTrap]:
         mp.setenv("HF_HUB_ENABLE_HF_TRANSFER", "1")
         # huggingface_hub read these at import; make the running process see them too.
         mp.setattr(hf_constants, "ENDPOINT", trap.url)
-        mp.setattr(
-            hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", trap.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
+        template = trap.url + "/{repo_id}/resolve/{revision}/{filename}"
+        mp.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        # file_download took its own copy of the template when it was imported: whichever test imported
+        # it first (a cache lookup does), the trap must see what it would fetch
+        import huggingface_hub.file_download as hf_file_download
+
+        mp.setattr(hf_file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         mp.setattr(hf_constants, "HF_HUB_ENABLE_HF_TRANSFER", True)
         mp.setattr(hf_constants, "HF_HUB_OFFLINE", False)
         yield trap

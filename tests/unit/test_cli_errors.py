@@ -685,10 +685,11 @@ def test_hangup_says_the_call_is_ending_not_that_it_failed(tmp_path: Path) -> No
 def test_models_without_the_moshi_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The base install (the demo's) has no Hugging Face client: `models` says which extra adds it."""
     import orchestrator.cli.models as models_cli
+    import orchestrator.cli.models_common as models_common
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        models_cli.importlib.util,
+        models_common.importlib.util,  # the `models` commands' extra check lives there
         "find_spec",
         lambda name, *a: None if name == "huggingface_hub" else real(name, *a),
     )
