@@ -219,8 +219,10 @@ class MoshiSession(BackendSession):
         text_token = int(self._gen.step(user_codes, ct=self._model.ct)[0].item())
         audio = self._gen.last_audio_tokens()
         piece = None
-        if text_token not in TEXT_PADDING_IDS:
-            piece = self._model.text_tokenizer.id_to_piece(text_token).replace("▁", " ")
+        tokenizer = self._model.text_tokenizer
+        # padding is no text, and neither are sentencepiece's control pieces (<s>, </s>): never transcript
+        if text_token not in TEXT_PADDING_IDS and not tokenizer.is_control(text_token):
+            piece = tokenizer.id_to_piece(text_token).replace("▁", " ")
         if audio is None:
             return piece, None
         # decode() needs (1, 8) uint32: (8, 1) or any other shape makes the decoder thread drop it.

@@ -174,7 +174,7 @@ async def test_loads_from_cache_and_serves_without_touching_the_network(
     }
     assert texts, "the random model should emit some text"
     assert all(t.replace(" ", "▁") in vocab for t in texts)
-    assert not {"<unk>", "<pad>"} & set(texts)  # ids 0 and 3 are padding, never transcript text
+    assert not {"<unk>", "<pad>", "<s>", "</s>"} & set(texts)  # padding and control pieces are no text
 
     assert hub_trap.connections == 0
     # The trap does catch Hub traffic: a real download attempt is counted.
