@@ -25,7 +25,7 @@ from orchestrator.report.svg import (
     levels_svg,
     timeline_svg,
 )
-from orchestrator.report.text import LABELS, fmt_ms, fmt_value
+from orchestrator.report.text import LABELS, fmt_ms, fmt_value, metric_label
 
 SHORT: dict[str, str] = {
     "model_loads_quickly": "Model loads",
@@ -148,7 +148,7 @@ def _metrics_table(run: RunReport) -> str:
     if not run.summaries:
         return '<p class="none">No metrics recorded in this run.</p>'
     rows = "".join(
-        f"<tr><td>{escape(s.name)}</td><td>{s.n}</td>"
+        f'<tr><td title="{escape(s.name)}">{escape(metric_label(s.name))}</td><td>{s.n}</td>'
         + "".join(f"<td>{fmt_value(s.name, v)}</td>" for v in (s.p50, s.p95, s.min, s.max))
         + "</tr>"
         for s in run.summaries

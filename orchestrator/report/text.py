@@ -34,7 +34,24 @@ def fmt_value(name: str, value: float) -> str:
         return f"{value * 100:.2f} %"
     if name.endswith("_db") or name.endswith("_dbfs") or name.endswith("_s"):
         return f"{value:.1f}"
+    if abs(value) < 10 and value != round(value):  # 0.8 ms of jitter is not "1"
+        return f"{value:.1f}"
     return f"{value:.0f}"
+
+
+_UNITS = (("_ms", "ms"), ("_dbfs", "dBFS"), ("_db", "dB"), ("_s", "s"), ("_ratio", "%"))
+
+
+def metric_label(name: str) -> str:
+    """A metric's name as a person reads it, unit last: response_latency_ms_p50 -> response latency p50 (ms)."""
+    words, unit = name, ""
+    for suffix, u in _UNITS:
+        head, sep, tail = words.rpartition(suffix)
+        if sep and (tail == "" or tail.startswith("_")):
+            words, unit = head + tail, u
+            break
+    label = words.strip("_").replace("_", " ")
+    return f"{label} ({unit})" if unit else label
 
 
 def fmt_ms(ms: float) -> str:
@@ -67,7 +84,8 @@ def _matrix_rows(report: Report, calls: tuple[CallReport, ...], emoji: bool) -> 
 
 def _summary_rows(summaries: tuple[MetricSummary, ...]) -> list[list[str]]:
     return [
-        [s.name, str(s.n), *(fmt_value(s.name, v) for v in (s.p50, s.p95, s.min, s.max))] for s in summaries
+        [metric_label(s.name), str(s.n), *(fmt_value(s.name, v) for v in (s.p50, s.p95, s.min, s.max))]
+        for s in summaries
     ]
 
 

@@ -124,7 +124,7 @@ def test_table_shows_checklist_metrics_and_timelines(docs: list[dict[str, Any]])
     assert "FAIL audio_quality_ok [manual]: manual: hiss on the line from the second turn" in text
     assert "auto: pass audio_quality_ok: inbound clipping" in text
     assert re.search(r"\+5450 ms\s+state\s+in-progress → streaming", text)
-    assert re.search(r"first_audio_heard_ms\s+2\s+382\s+400\s+362\s+402", text)
+    assert re.search(r"first audio heard \(ms\)\s+2\s+382\s+400\s+362\s+402", text)
     assert "FAIL call_initiated: create refused (code 21211): Invalid 'To' Phone Number" in text
 
 
