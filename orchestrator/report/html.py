@@ -136,7 +136,14 @@ def _matrix(report: Report, run: RunReport) -> str:
             + "".join(_cell(c.cell(n)) for n in report.criteria)
             + "</tr>"
         )
-    totals = "".join(f"<td>{run.counts[n]['pass']}/{len(run.calls)} pass</td>" for n in report.criteria)
+    # of the calls where the criterion could be judged: an unknown (no tunnel offline, no model to load)
+    # is not a failure to pass
+    totals = "".join(
+        f"<td>{run.counts[n]['pass']}/{run.counts[n]['pass'] + run.counts[n]['fail']} pass"
+        + (f"<br><small>{run.counts[n]['unknown']} unknown</small>" if run.counts[n]["unknown"] else "")
+        + "</td>"
+        for n in report.criteria
+    )
     return (
         f'<table id="matrix-{dom_id(run.label)}" class="matrix"><thead><tr><th class="callid">call</th>{head}'
         f'</tr></thead><tbody>{"".join(rows)}<tr class="totals"><th class="callid">passed</th>{totals}</tr>'
@@ -191,6 +198,8 @@ def _events_table(c: CallReport) -> str:
 
 def _call_section(report: Report, c: CallReport) -> str:
     passed = sum(1 for cell in c.cells if cell.status == "pass")
+    judged = sum(1 for cell in c.cells if cell.status != "unknown")
+    unknown = len(c.cells) - judged
     facts = [c.direction or "", f"to {c.to}" if c.to else "", f"backend {c.backend}" if c.backend else ""]
     if c.duration_s is not None:
         facts.append(f"{c.duration_s:.1f} s")
@@ -206,7 +215,9 @@ def _call_section(report: Report, c: CallReport) -> str:
     parts = [
         f'<section class="call" id="call-{dom_id(c.id)}" data-call="{escape(c.id)}">',
         f"<h3>Call {escape(c.id)} {_badge(state_status, c.state)} "
-        f"<small>{passed}/{len(c.cells)} criteria pass</small></h3>",
+        f"<small>{passed}/{judged} criteria pass"
+        + (f", {unknown} unknown" if unknown else "")
+        + "</small></h3>",
         f'<p class="facts">{escape(c.call_sid or "no CallSid")} · {escape(" · ".join(f for f in facts if f))}</p>',
         '<p class="facts">Automatic verdicts computed by this report: none were stored with the call.</p>'
         if c.verdict_source == "computed"

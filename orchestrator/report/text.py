@@ -77,8 +77,15 @@ def _short(call_id: str) -> str:
 
 def _matrix_rows(report: Report, calls: tuple[CallReport, ...], emoji: bool) -> list[list[str]]:
     rows = [[LABELS.get(n, n)] + [_mark(c.cell(n), emoji) for c in calls] for n in report.criteria]
-    passed = [sum(1 for cell in c.cells if cell.status == "pass") for c in calls]
-    rows.append(["passed"] + [f"{p}/{len(report.criteria)}" for p in passed])
+    # of the criteria that could be judged: an unknown (evidence that cannot exist) is not a failure
+    passed = [
+        (
+            sum(1 for cell in c.cells if cell.status == "pass"),
+            sum(1 for cell in c.cells if cell.status != "unknown"),
+        )
+        for c in calls
+    ]
+    rows.append(["passed"] + [f"{p}/{j}" for p, j in passed])
     return rows
 
 

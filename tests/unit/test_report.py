@@ -132,7 +132,7 @@ def test_markdown_has_a_checklist_table_per_run(docs: list[dict[str, Any]]) -> N
     md = render_markdown(build_report(docs))
     assert "## Run sample (4 calls)" in md
     assert "| Audio quality OK | ✅ | ❌* | ❔ | ❔ |" in md
-    assert "| passed | 10/11 | 7/11 | 3/11 | 2/11 |" in md
+    assert "| passed | 10/10 | 7/10 | 3/4 | 2/4 |" in md  # of the criteria that could be judged
     assert md.count("### Call ") == 4
 
 
