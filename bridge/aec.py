@@ -14,11 +14,12 @@ Theory of operation
 * Bulk delay first (bridge/aec_delay.py): a SCOT-weighted cross-correlation of the microphone with
   the reference over lags 0 .. lead + `taps_ms`, on the reference partition spectra kept here anyway.
   Until it finds an echo (or `delay_hint_ms` places one) the output is the input, bit for bit: a clean
-  call is untouched.
+  call is untouched. With a lag held it is fed every other step, every 4th while the foreground
+  cancels 10 dB or more (a move of the path shows in the error first and restores the faster rate).
 * When the lag is found (or moves), a least-squares fit of 32 taps around it from the last second of
   reference and microphone (bridge/aec_fit.py) starts both filters: a pure echo is cancelled at once.
-* Then a short partitioned-block frequency-domain adaptive filter (MDF, overlap-save, FFT 2 x
-  `partition`) over a window of the reference spectra, from `pre_ms` before the estimated lag to at
+* Then a short partitioned-block frequency-domain adaptive filter (bridge/aec_mdf.py; MDF,
+  overlap-save, FFT 2 x `partition`) over a window of the reference spectra, from `pre_ms` before the estimated lag to at
   least `tail_ms` after it: 5 partitions of 80 ms instead of the 14 a blind 540 ms filter needs, so it
   converges faster and costs less. A room response is a direct path and a tail decaying 60 dB over
   RT60, so 240 ms of tail holds all but ~1 % of a 0.6 s room's energy (20 dB).
@@ -71,23 +72,34 @@ Alternatives, measured (benchmarks/aec.py and tests/unit/test_aec.py signals)
   block of double talk the diverged background's error (SDR 2-8 dB); the output is chosen from the
   state the errors were computed with.
 
+* CPU (same algorithm, same figures to 0.1 dB; numpy call overhead, ~1 us per call on this host,
+  dominated): FFTs through scipy's pocketfft binding (bridge/aec_fft.py; the public wrappers cost
+  ~3.5 us of Python per call), the reference, microphone and deferred gradient-constraint FFTs in one
+  batched call, reference spectra in a ring (one row written per step), preallocated buffers with
+  `out=`, partition sums as one BLAS product, the least-squares normal equations from correlations
+  instead of the data matrix (2x faster), histories that do not move every block: 0.55x the CPU
+  in alternating runs on this shared host (2.4-3.5 -> 1.4-1.9 ms per call-second). Still over the
+  1 ms goal: ~4.5 FFTs of 1280 points (~4 us each here) and ~50 numpy calls per block remain.
+
 This version (benchmarks/aec.py): pure echoes 23-36 dB after 5 s, 25 dB within 0.5-2 s for losses
 <= 20 dB (30 dB losses: 2-3.5 s, one cell never); rooms 0.2 s 23.5-27 dB, 0.6 s 18-19 dB; -50 dBFS
 noise 14-20 dB; double talk: caller level +0.01 dB, SDR 36.5-37 dB; a 100 -> 250 ms jump: 25 dB 1.5 s
-after it; clean call untouched (bit for bit, no lag found). CPU ~2.0-4.5 ms per call-second on this
+after it; clean call untouched (bit for bit, no lag found). CPU ~1.4-1.9 ms per call-second on this
 shared 2-core host. Open: the 0.6 s rooms (20 dB), noise, room + double talk + noise, and 1 ms CPU.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import fft as sfft
 
 from bridge.aec_delay import BulkDelay
+from bridge.aec_fft import rfft
 from bridge.aec_fit import History, fit_taps
+from bridge.aec_mdf import TwoPathFilter
 
 __all__ = ["AecStats", "EchoCanceller"]
 
@@ -168,15 +180,19 @@ class EchoCanceller:
     def reset(self) -> None:
         """Forget the echo path and the statistics (a new stream)."""
         m, n, k = self.m, self.n, self.k
-        self._x = np.zeros(2 * m, np.float32)
-        self._pad = np.zeros(2 * m, np.float32)
-        self._X: _C64 = np.zeros((self.ps + n, k), np.complex64)  # reference spectra, newest first
-        self._PX: _F32 = np.zeros((self.ps + n, k), np.float32)
-        self._WF: _C64 = np.zeros((2, n, k), np.complex64)  # [0]: background (adapting), [1]: foreground
-        self._same = True  # foreground == background: one product serves both
+        r = self.ps + n
+        # reference spectra, newest first from row _h of a buffer 4x the rows kept: a step writes one
+        # row (instead of moving them all); the newest r - 1 are moved back up every 3r steps
+        self._Xr: _C64 = np.zeros((4 * r, k), np.complex64)
+        self._PXr: _F32 = np.zeros((4 * r, k), np.float32)
+        self._h = 3 * r
+        self._fin: _F32 = np.zeros((3, 2 * m), np.float32)  # the step's FFT inputs: ref, mic, constraint
+        f = self._fin
+        self._rows = {(True, True): f, (True, False): f[:2], (False, True): f[::2], (False, False): f[:1]}
+        self._sq: _F32 = np.zeros((k, 2), np.float32)
+        self._mdf = TwoPathFilter(m, n, mu=self.mu, mu_min=self.mu_min, breg=self.breg, delta=self._delta)
         self._hx = History(self._fit_n + self.ps * m + self._fit_taps + m)
         self._hd = History(self._fit_n)
-        self._prior: _F32 = np.ones(n, np.float32)
         self._delay.reset()
         self._p0: int | None = None
         self._lag: int | None = None
@@ -185,6 +201,7 @@ class EchoCanceller:
         self._copied = False
         self._blocks = self._st = self._dt = self._copies = self._steps = 0
         self._st_d = self._st_e = 0.0
+        self._d2 = self._eo = self._ef2 = 0.0
         self._recent: list[float] = []
         if self.hint is not None:
             self._place(self.hint)
@@ -205,13 +222,12 @@ class EchoCanceller:
         )
 
     def process(self, mic: npt.NDArray[np.generic], ref: npt.NDArray[np.generic]) -> _F32:
-        d = np.asarray(mic, np.float32)
-        x = np.asarray(ref, np.float32)
-        if d.shape != (self.block,) or x.shape != (self.block,):
-            raise ValueError(f"mic and ref must be {self.block} samples, got {d.shape} and {x.shape}")
+        mic, ref = np.asarray(mic), np.asarray(ref)
+        if mic.shape != (self.block,) or ref.shape != (self.block,):
+            raise ValueError(f"mic and ref must be {self.block} samples, got {mic.shape} and {ref.shape}")
         m = self.m
-        self._hx.push(x)
-        self._hd.push(d)
+        x = self._hx.push(ref)  # float32 views of the histories' newest block, valid until the next push
+        d = self._hd.push(mic)
         if self.block == m:
             out = self._step(d, x)
         else:
@@ -226,23 +242,15 @@ class EchoCanceller:
         m, n = self.m, self.n
         p0 = max(0, min((lag - self.pre) // m, self.ps - 1))
         i = np.arange(n) - (lag // m - p0)
-        self._prior = np.where(i < 0, self.rho, np.maximum(self.decay ** np.maximum(i, 0), self.rho)).astype(
-            np.float32
-        )
+        prior = np.where(i < 0, self.rho, np.maximum(self.decay ** np.maximum(i, 0), self.rho))
+        self._mdf.prior = prior.astype(np.float32).tolist()
         old, self._p0 = self._p0, p0
         if old is None or abs(p0 - old) > 1:  # new or moved path: what was learnt belongs to the old one
-            self._WF[:] = 0
+            self._mdf.clear()
             self._sf = self._sb = self._sd
-            self._same = True
             self._fit(lag)
             return
-        wf, s = self._WF, p0 - old
-        if s > 0:
-            wf[:, :-1] = wf[:, 1:].copy()
-            wf[:, -1] = 0
-        elif s < 0:
-            wf[:, 1:] = wf[:, :-1].copy()
-            wf[:, 0] = 0
+        self._mdf.slide(p0 - old)
 
     def _fit_share(self, lag: int) -> float:
         t = self._fit_taps
@@ -261,14 +269,13 @@ class EchoCanceller:
         full[at : at + t] = h[: n * m - at]
         pad = np.zeros((n, 2 * m), np.float32)
         pad[:, :m] = full.reshape(n, m)
-        self._WF[:] = sfft.rfft(pad, axis=1, workers=1)
-        self._same = True
+        self._mdf.load(rfft(pad))
 
     def _account(self, d: _F32, x: _F32, out: _F32) -> None:
         self._blocks += 1
         if self._p0 is None or float(x @ x) < self._active * self.block / (2 * self.m):
             return
-        ed, eo = float(d @ d), float(out @ out)
+        ed, eo = (self._d2, self._eo) if self.block == self.m else (float(d @ d), float(out @ out))
         # double talk: the output carries much more than the background's own residual would
         if self._recent and eo > 4.0 * max(self._sb * self.block / self.m, 1e-3) and eo > 0.3 * ed:
             self._dt += 1
@@ -276,97 +283,87 @@ class EchoCanceller:
         self._st += 1
         self._st_d += ed
         self._st_e += eo + 1e-3
-        self._recent.append(10 * float(np.log10((ed + 1e-3) / (eo + 1e-3))))
+        self._recent.append(10 * math.log10((ed + 1e-3) / (eo + 1e-3)))
         del self._recent[:-13]
 
     def _step(self, d: _F32, x: _F32) -> _F32:
-        m = self.m
-        xb, pad, X, PX = self._x, self._pad, self._X, self._PX
-        xb[:m] = xb[m:]
-        xb[m:] = x
-        X[1:] = X[:-1]
-        PX[1:] = PX[:-1]
-        x0 = X[0]
-        x0[:] = sfft.rfft(xb, workers=1)
-        p0 = PX[0]
-        np.multiply(x0.real, x0.real, out=p0)
-        p0 += x0.imag * x0.imag
-        active = float(p0.sum()) > self._active * (m + 1)
+        m, k, r, fin, mdf = self.m, self.k, self.ps + self.n, self._fin, self._mdf
         self._steps += 1
-        # with a lag held, the estimator only watches for a move: every other step is enough
-        if self._lag is None or self._steps % 2 == 0:
-            pad[m:] = d
-            if self._delay.update(X, sfft.rfft(pad, workers=1), p0, active) and self._delay.lag is not None:
+        self._d2 = float(d @ d)
+        # with a lag held, the estimator only watches for a move: every other step is enough, every
+        # 4th while the output confirms the lag (the foreground 10 dB under the microphone)
+        watch = self._lag is None or self._steps % (4 if self._sf < 0.1 * self._sd else 2) == 0
+        # one batched FFT: the reference window, the mic (for the estimator), and the last step's
+        # gradient constraint (deferred to here: nothing reads that partition in between)
+        fin[0, :m] = fin[0, m:]
+        fin[0, m:] = x
+        if watch:
+            fin[1, m:] = d  # row 1 is [zeros, mic], row 2 [taps, zeros]: only these halves change
+        taps = mdf.constraint_taps()
+        if taps is not None:
+            fin[2, :m] = taps
+        S = rfft(self._rows[watch, taps is not None])
+        if taps is not None:
+            mdf.constrain(S[-1])
+        Xr, PXr = self._Xr, self._PXr
+        if self._h == 0:
+            Xr[-r + 1 :] = Xr[: r - 1]
+            PXr[-r + 1 :] = PXr[: r - 1]
+            self._h = len(Xr) - r + 1
+        self._h = h = self._h - 1
+        x0 = S[0]
+        Xr[h] = x0
+        p0 = PXr[h]
+        np.square(x0.view(np.float32).reshape(k, 2), out=self._sq)
+        np.add(self._sq[:, 0], self._sq[:, 1], out=p0)
+        active = float(p0.sum()) > self._active * (m + 1)
+        if watch:
+            if self._delay.update(Xr[h : h + r], S[1], p0, active) and self._delay.lag is not None:
                 if self._p0 is None and self._fit_share(self._delay.lag) > 0.9:
                     self._delay.reset()  # a correlation peak the signals do not bear out: no echo yet
                 else:
                     self._lag = self._delay.lag
                     self._place(self._lag)
         if self._p0 is None:
-            return d
+            return d.copy()
         return self._filter(d, active)
 
     def _filter(self, d: _F32, active: bool) -> _F32:
-        m, n, WF = self.m, self.n, self._WF
+        n, mdf = self.n, self._mdf
         assert self._p0 is not None
-        Xw, PXw = self._X[self._p0 : self._p0 + n], self._PX[self._p0 : self._p0 + n]
-        if self._same:
-            e = d - sfft.irfft((WF[0] * Xw).sum(axis=0), workers=1)[m:]
-            ef = e
-        else:
-            y = sfft.irfft((WF * Xw).sum(axis=1), axis=1, workers=1)[:, m:]
-            e, ef = d - y[0], d - y[1]
+        lo = self._h + self._p0
+        Xw, PXw = self._Xr[lo : lo + n], self._PXr[lo : lo + n]
+        e, ef = mdf.errors(d, Xw)
         eb2 = float(e @ e)
         if active:
-            d2 = float(d @ d)
+            d2 = self._d2
             nv = min(self._floor, self._sf) + _ULAW_SNR * d2  # what no filter can remove
-            self._adapt(e, eb2, nv, PXw, Xw)
+            j = self._steps % n  # gradient constraint, one partition per step in turn
+            mdf.adapt(e, eb2, nv, PXw, Xw, j)
             if self.reuse and eb2 > 0.01 * d2 and eb2 > 10 * nv:  # far from converged: use the block again
-                e2 = d - sfft.irfft((WF[0] * Xw).sum(axis=0), workers=1)[m:]
-                self._adapt(e2, float(e2 @ e2), nv, PXw, Xw)
-            self._same = False
-        self._copy_rule(d, e, ef, eb2)
+                e2 = mdf.background_error(d, Xw)
+                mdf.adapt(e2, float(e2 @ e2), nv, PXw, Xw, j)
+        self._copy_rule(ef, eb2)
         res: _F32 = e if self._copied else ef
+        self._eo = eb2 if self._copied else self._ef2
         return res
 
-    def _adapt(self, e: _F32, eb2: float, nv: float, PXw: _F32, Xw: _C64) -> None:
-        m, n = self.m, self.n
-        W = self._WF[0]
-        # variable step (Benesty's non-parametric VSS): large while the error is far above what no
-        # filter removes (line noise, μ-law), small once it is down there
-        mu = self.mu * max(self.mu_min, 1.0 - (nv / (eb2 + 1e-9)) ** 0.5)
-        pad = self._pad
-        pad[m:] = e
-        E = sfft.rfft(pad, workers=1)
-        wa = np.sqrt((W.real**2 + W.imag**2).sum(axis=1))
-        gam = np.maximum(wa, self._prior * (float(wa.max()) + 1e-6))
-        gam /= gam.sum()
-        pw = gam @ PXw
-        g = E * (mu / (pw + (self._delta + self.breg * float(pw.mean())))).astype(np.float32)
-        W += np.conj(Xw) * g * gam[:, None]
-        j = self._steps % n  # gradient constraint, one partition per step in turn
-        w = sfft.irfft(W[j], workers=1)
-        w[m:] = 0
-        W[j] = sfft.rfft(w, workers=1)
-
-    def _copy_rule(self, d: _F32, e: _F32, ef: _F32, eb2: float) -> None:
-        a, WF = 0.5, self._WF
-        ef2 = float(ef @ ef)
+    def _copy_rule(self, ef: _F32, eb2: float) -> None:
+        a = 0.5
+        self._ef2 = ef2 = float(ef @ ef)
         self._sb += a * (eb2 - self._sb)
         self._sf += a * (ef2 - self._sf)
-        self._sd += a * (float(d @ d) - self._sd)
+        self._sd += a * (self._d2 - self._sd)
         self._floor = min(self._floor * 1.05, ef2 + 1e-3)  # the error's floor: line noise, μ-law
         nf = min(self._floor, self._sb, self._sf)
         self._copied = self._sb - nf < 0.7 * (self._sf - nf) and self._sb < self._sd
         if self._copied:
-            WF[1] = WF[0]
+            self._mdf.copy()
             self._sf = self._sb
             self._copies += 1
         elif self._sf > 1.5 * self._sd:  # the output is louder than the input: drop the foreground
-            WF[1] = 0
+            self._mdf.drop()
             self._sf = self._sd
-            self._same = False
         elif self._sb > 8.0 * self._sf and self._sf < self._sd:
-            WF[0] = WF[1]  # the background was thrown off (double talk): restart it from the output's
+            self._mdf.restart()  # the background was thrown off (double talk): restart it from the output's
             self._sb = self._sf
-            self._same = True

@@ -11,14 +11,16 @@ uncorrelated pair sits near 4, an echo 10 dB down gives 15-40.
 
 Hysteresis: a first estimate needs z >= `z_on`; a different lag replaces the held one only when it
 beats the held lag's own height by 1.5x on two evaluations in a row, so a word of double talk or a
-strong pitch period cannot move the filter's window.
+strong pitch period cannot move the filter's window. An evaluation with nothing accumulated since the
+last one (silence) has the last one's answer and is not recomputed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from scipy import fft as sfft
+
+from bridge.aec_fft import irfft
 
 __all__ = ["BulkDelay"]
 
@@ -44,11 +46,17 @@ class BulkDelay:
         self.reset()
 
     def reset(self) -> None:
-        self._c: _C64 = np.zeros((self.ps, self.kb), np.complex64)
-        self._sxx: _F32 = np.zeros(self.kb, np.float32)
-        self._sdd: _F32 = np.zeros(self.kb, np.float32)
+        ps, kb, h = self.ps, self.kb, self.m // 2
+        self._c: _C64 = np.zeros((ps, kb), np.complex64)
+        self._sxx: _F32 = np.zeros(kb, np.float32)
+        self._sdd: _F32 = np.zeros(kb, np.float32)
+        self._t: _C64 = np.zeros((ps, kb), np.complex64)  # scratch: one step's cross-spectra
+        self._t2: _F32 = np.zeros((kb, 2), np.float32)
+        self._t1: _F32 = np.zeros(kb, np.float32)
+        self._r2: _F32 = np.zeros((ps, h), np.float32)
         self._n = self._active = 0
-        self._pending: int | None = None
+        self._fresh = False  # something was accumulated since the last evaluation
+        self._pending: tuple[int, float] | None = None
         self.lag: int | None = None
         self.z = 0.0
 
@@ -62,37 +70,61 @@ class BulkDelay:
         kb = self.kb
         if active:
             self._active += 1
-            a = max(self.smooth, 1.0 / self._active)
+            a = np.float32(max(self.smooth, 1.0 / self._active))
             d = dspec[:kb]
+            t, t1 = self._t, self._t1
             self._c *= np.float32(1 - a)
-            self._c += np.float32(a) * (np.conj(xh[: self.ps, :kb]) * d)
-            self._sxx += np.float32(a) * (xpow[:kb] - self._sxx)
-            self._sdd += np.float32(a) * ((d.real**2 + d.imag**2) - self._sdd)
+            np.conjugate(xh[: self.ps, :kb], out=t)
+            t *= d
+            t *= a
+            self._c += t
+            np.subtract(xpow[:kb], self._sxx, out=t1)
+            t1 *= a
+            self._sxx += t1
+            np.square(d.view(np.float32).reshape(kb, 2), out=self._t2)
+            np.add(self._t2[:, 0], self._t2[:, 1], out=t1)
+            t1 -= self._sdd
+            t1 *= a
+            self._sdd += t1
+            self._fresh = True
         self._n += 1
         if self._n % self.every or self._active < self.min_active:
             return False
-        w = 1.0 / (
-            np.sqrt(self._sxx * self._sdd) + 1e-3 * float(self._sxx.mean() * self._sdd.mean()) ** 0.5 + 1e-9
-        )
-        r = np.abs(sfft.irfft(self._c * w.astype(np.float32), n=self.m, axis=1, workers=1)[:, : self.m // 2])
-        i = int(np.argmax(r))
-        rms = float(np.sqrt(np.mean(r * r))) + 1e-12
-        z = float(r.flat[i]) / rms
-        lag = (i // (self.m // 2)) * self.m + 2 * (i % (self.m // 2))
+        if not self._fresh:  # the same sums as the last evaluation: the same answer, without the FFT
+            if self._pending is None:
+                return False
+            (self.lag, self.z), self._pending = self._pending, None
+            return True
+        self._fresh = False
+        return self._evaluate()
+
+    def _evaluate(self) -> bool:
+        m, h = self.m, self.m // 2
+        sxx, sdd = self._sxx, self._sdd
+        w = np.multiply(sxx, sdd)
+        np.sqrt(w, out=w)
+        w += np.float32(1e-3 * (float(sxx.sum()) * float(sdd.sum())) ** 0.5 / self.kb + 1e-9)
+        np.divide(np.float32(1.0), w, out=w)
+        np.multiply(self._c, w, out=self._t)
+        r = irfft(self._t, m)[:, :h]
+        r2 = np.square(r, out=self._r2)
+        i = int(r2.argmax())
+        rms = (float(r2.sum()) / r2.size) ** 0.5 + 1e-12
+        z = abs(float(r[i // h, i % h])) / rms
+        lag = (i // h) * m + 2 * (i % h)
         if self.lag is None:
             if z >= self.z_on:
                 self.lag, self.z = lag, z
                 return True
             return False
-        held = self.lag // self.m, (self.lag % self.m) // 2
-        zh = float(r[held]) / rms
+        zh = abs(float(r[self.lag // m, (self.lag % m) // 2])) / rms
         self.z = zh
         if abs(lag - self.lag) <= 8 or z < self.z_on or z < 1.5 * zh:
             self._pending = None
             return False
-        if self._pending is not None and abs(self._pending - lag) <= 8:
+        if self._pending is not None and abs(self._pending[0] - lag) <= 8:
             self._pending = None
             self.lag, self.z = lag, z
             return True
-        self._pending = lag
+        self._pending = lag, z
         return False
