@@ -32,6 +32,14 @@ FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one Mimi / Moshi step
 Audio = npt.NDArray[np.float32]  # mono float32 samples (24 kHz frames of 1920 inside the bridge)
 
 
+def frame_pcm(frame: Audio, call_id: str) -> Audio:
+    """One frame as the backends take it: contiguous float32 of exactly FRAME_SAMPLES, else ValueError."""
+    pcm = np.ascontiguousarray(frame, dtype=np.float32).reshape(-1)
+    if pcm.shape != (FRAME_SAMPLES,):
+        raise ValueError(f"call {call_id}: frame must be ({FRAME_SAMPLES},) samples, got {frame.shape}")
+    return pcm
+
+
 @dataclass(slots=True)
 class StepOutput:
     """What one `process()` step produced."""

@@ -43,6 +43,7 @@ from bridge.backends.base import (
     BackendSession,
     SpeechBackend,
     StepOutput,
+    frame_pcm,
 )
 from bridge.backends.mimi_stream import CodecStage, Retirement, retire
 from bridge.backends.moshi_loader import LoadedModel, MoshiConfig, load_model, new_tokenizer
@@ -150,11 +151,7 @@ class MoshiSession(BackendSession):
         return {stage.name: stage.pending for stage in (self._encoder, self._decoder)}
 
     async def process(self, frame: NDArray[Any]) -> StepOutput:
-        pcm = np.ascontiguousarray(frame, dtype=np.float32).reshape(-1)
-        if pcm.shape != (FRAME_SAMPLES,):
-            raise ValueError(
-                f"call {self.call_id}: frame must be ({FRAME_SAMPLES},) samples, got {frame.shape}"
-            )
+        pcm = frame_pcm(frame, self.call_id)
         if self.ended is not None or self._closed:
             return StepOutput()
         self._last_step = self._backend.worker.submit(self._step, pcm)

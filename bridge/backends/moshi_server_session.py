@@ -45,7 +45,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from bridge.backends.base import FRAME_SAMPLES, Audio, BackendError, BackendSession, StepOutput
+from bridge.backends.base import FRAME_SAMPLES, Audio, BackendError, BackendSession, StepOutput, frame_pcm
 from bridge.backends.moshi_pool import ServerSpec, parse_server_urls
 from bridge.backends.moshi_protocol import (
     FrameCutter,
@@ -165,11 +165,7 @@ class MoshiServerSession(BackendSession):
     # -- the step --------------------------------------------------------------------------------
 
     async def process(self, frame: Audio) -> StepOutput:
-        pcm = np.ascontiguousarray(frame, dtype=np.float32).reshape(-1)
-        if pcm.shape != (FRAME_SAMPLES,):
-            raise ValueError(
-                f"call {self.call_id}: frame must be ({FRAME_SAMPLES},) samples, got {frame.shape}"
-            )
+        pcm = frame_pcm(frame, self.call_id)
         if self.ended is not None or self._closed:
             return StepOutput()
         now = self._clock()

@@ -6,9 +6,11 @@ this is the command: its options, one-line errors and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,19 @@ from orchestrator.cli.models_common import (
     quantize_option,
     repo_option,
 )
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Only errors from `logger` while the bench runs (its verdict says what the warnings would)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
 
 BENCH_EXITS = exits.epilog(
     outcome="the model does not keep up with real time (with --url: the server; the verdict says why)",
@@ -136,13 +151,8 @@ def bench(
     if not as_json:
         click.echo(f"loading {config.hf_repo}, then {seconds:g} s of audio in real time...", err=True)
     # The verdict reports a codec that fell behind; the backend's own warning would say it twice.
-    backend_log = logging.getLogger("bridge.backends.moshi")
-    level = backend_log.level
-    backend_log.setLevel(logging.ERROR)
-    try:
+    with _quiet("bridge.backends.moshi"):
         result = moshi_bench.bench(config, seconds)  # loads as `serve` does: the cache only, never the Hub
-    finally:
-        backend_log.setLevel(level)
     stored: str | None = None
     try:
         stored = str(moshi_bench.save(result))
@@ -171,15 +181,11 @@ def _bench_url(ctx: click.Context, url: str, seconds: float, as_json: bool) -> N
     if not as_json:
         click.echo(f"connecting to {spec.display}, then {seconds:g} s of audio in real time...", err=True)
     # The verdict names a server that stalls or closes; the backend's own warning would say it twice.
-    backend_log = logging.getLogger("bridge.backends")
-    level = backend_log.level
-    backend_log.setLevel(logging.ERROR)
     try:
-        result = moshi_server_bench.bench_url(spec, seconds)
+        with _quiet("bridge.backends"):
+            result = moshi_server_bench.bench_url(spec, seconds)
     except BackendError as err:
         raise exits.UserError(f"cannot bench {spec.display}: {err}", exits.UNAVAILABLE) from None
-    finally:
-        backend_log.setLevel(level)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:

@@ -232,3 +232,23 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyRepo]:
     cache_dir = tmp_path_factory.mktemp("hf-cache")
     yield write_tiny_repo(cache_dir)
     shutil.rmtree(cache_dir, ignore_errors=True)  # ~200 MB: don't leave it to pytest's tmp retention
+
+
+def started_local_web(repo: TinyRepo, workdir: Path, *extra: str) -> Any:
+    """A real `moshi_mlx.local_web` on 127.0.0.1 with the tiny weights (tests/moshi/local_web_server.py);
+    its failure to start is a test failure with the server's log tail."""
+    pytest.importorskip("sphn")
+    from tests.moshi.local_web_server import LocalWebFailed, start_local_web
+
+    try:
+        return start_local_web(repo, workdir, *extra)
+    except LocalWebFailed as err:
+        pytest.fail(str(err))
+
+
+@pytest.fixture(scope="module")
+def local_web(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local_web per test module, killed (its whole process group) after the module."""
+    server = started_local_web(tiny_repo, tmp_path_factory.mktemp("local-web"))
+    yield server
+    server.kill()

@@ -34,8 +34,7 @@ from bridge.backends.moshi_server import MoshiServerConfig
 from bridge.backends.moshi_server_bench import GROWTH_LIMIT_MS, JITTER_LIMIT_MS, judge
 from orchestrator import exits
 from orchestrator.cli import cli
-from tests.moshi.conftest import TinyRepo
-from tests.moshi.local_web_server import LocalWeb, LocalWebFailed, free_port, start_local_web
+from tests.moshi.local_web_server import LocalWeb, free_port
 
 pytestmark = pytest.mark.moshi
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -119,16 +118,6 @@ def keeps_up_by_the_rule(doc: dict[str, Any]) -> bool:
 
 
 # --- against the real local_web ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_web(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWeb]:
-    try:
-        server = start_local_web(tiny_repo, tmp_path_factory.mktemp("local-web"))
-    except LocalWebFailed as err:
-        pytest.fail(str(err))
-    yield server
-    server.kill()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.rig import LocalRig, rig_settings
 from orchestrator.web.hooks import BUSY_MESSAGE
 from orchestrator.web.state import STATE
-from tests.moshi.conftest import TinyRepo
-from tests.moshi.local_web_server import LocalWeb, LocalWebFailed, start_local_web
+from tests.moshi.local_web_server import LocalWeb
 
 pytestmark = pytest.mark.moshi
 
@@ -58,16 +57,6 @@ async def until(what: str, done: Any, timeout_s: float = 30.0) -> None:
 
 
 # --- against the real local_web -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_web(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWeb]:
-    try:
-        server = start_local_web(tiny_repo, tmp_path_factory.mktemp("local-web"))
-    except LocalWebFailed as err:
-        pytest.fail(str(err))
-    yield server
-    server.kill()
 
 
 @pytest.mark.slow

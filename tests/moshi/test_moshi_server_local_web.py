@@ -23,27 +23,10 @@ from bridge.backends.base import FRAME_SAMPLES, SAMPLE_RATE
 from bridge.backends.moshi_pool import parse_server_urls
 from bridge.backends.moshi_protocol import Handshake
 from bridge.backends.moshi_server import MoshiServerBackend, MoshiServerConfig
-from tests.moshi import local_web_server
-from tests.moshi.conftest import TinyRepo
-from tests.moshi.local_web_server import LocalWeb, LocalWebFailed
+from tests.moshi.conftest import TinyRepo, started_local_web
+from tests.moshi.local_web_server import LocalWeb
 
 pytestmark = [pytest.mark.moshi, pytest.mark.slow]
-
-
-def start_local_web(repo: TinyRepo, workdir: Path, *extra: str) -> LocalWeb:
-    """The shared starter, its failure a test failure with the server's log tail."""
-    pytest.importorskip("sphn")
-    try:
-        return local_web_server.start_local_web(repo, workdir, *extra)
-    except LocalWebFailed as err:
-        pytest.fail(str(err))
-
-
-@pytest.fixture(scope="module")
-def local_web(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWeb]:
-    server = start_local_web(tiny_repo, tmp_path_factory.mktemp("local-web"))
-    yield server
-    server.kill()
 
 
 @pytest.fixture
@@ -52,7 +35,7 @@ def fresh_local_web(tiny_repo: TinyRepo, tmp_path: Path) -> Iterator[Any]:
     started: list[LocalWeb] = []
 
     def start(*extra: str) -> LocalWeb:
-        started.append(start_local_web(tiny_repo, tmp_path / f"lw{len(started)}", *extra))
+        started.append(started_local_web(tiny_repo, tmp_path / f"lw{len(started)}", *extra))
         return started[-1]
 
     yield start
