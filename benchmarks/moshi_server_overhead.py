@@ -25,7 +25,8 @@ Each backend gets one session fed the same speech-like audio at the phone's pace
   difference that is, (b)'s arrival time (when the reader had the first whole frame decoded, the
   session's LagMeter's first pair) is printed too. When (a)'s Mimi codec dropped frames (it fell
   behind real time: a 2-core box does), its first audio is late for that reason, so the added
-  latency is printed but judged "n/a".
+  latency is printed but judged "n/a": benchmarks/moshi_server_latency.py measures the path's added
+  latency with a zero-compute model on both sides instead, which any box can.
 - Round trip per frame for (b): the LagMeter's send->receive lag (the k-th frame back paired with the
   k-th sent; see bridge/backends/moshi_protocol.py for what that includes).
 

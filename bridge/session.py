@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from bridge.backends.base import BackendSession
+from bridge.backends.base import BackendSession, StepOutput
 from bridge.cancel import InboundCanceller
 from bridge.errors import RemoteProtocolError
 from bridge.framing import OutboundPipeline
@@ -171,6 +171,9 @@ class MediaSession:
             loop.create_task(self._worker(), name=f"backend-{self.call_id}"),
             loop.create_task(self._sender(), name=f"sender-{self.call_id}"),
         ]
+        ready = self.backend.frames_ready
+        if ready is not None:
+            self._tasks.append(loop.create_task(self._drain(ready), name=f"backend-drain-{self.call_id}"))
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
         if self._rec is not None:
@@ -267,7 +270,6 @@ class MediaSession:
     # -- worker: frames to the backend and back ------------------------------------------------------
 
     async def _worker(self) -> None:
-        pacer = self.pacer
         while True:
             item = await self._inq.get()
             if item is None:
@@ -279,18 +281,37 @@ class MediaSession:
             out = await self.backend.process(frame)
             if out.step_ms is not None:
                 self.step_ms.append(out.step_ms)
-            ready = self._clock()
-            for i, f in enumerate(out.frames):
-                for j, chunk in enumerate(self.outbound.push(f)):
-                    pacer.queue(chunk, ready, i == 0 and j == 0)
-            if out.text and self._on_text:
-                for piece in out.text:
-                    self._on_text((ready - self.t0) * 1000.0, piece)
-            if out.frames:
-                self._wake.set()
+            self._deliver(out)
             if self.backend.ended:
                 self.end_reason = self.backend.ended
                 self._done.set()
+                return
+
+    def _deliver(self, out: StepOutput) -> None:
+        """The backend's frames to the pacer (ready now) and its text to the transcript."""
+        if out.clear:  # the backend yielded mid-speech: what the phone has buffered goes too
+            self.clear()
+        ready = self._clock()
+        for i, f in enumerate(out.frames):
+            for j, chunk in enumerate(self.outbound.push(f)):
+                self.pacer.queue(chunk, ready, i == 0 and j == 0)
+        if out.text and self._on_text:
+            for piece in out.text:
+                self._on_text((ready - self.t0) * 1000.0, piece)
+        if out.frames:
+            self._wake.set()
+
+    async def _drain(self, ready: asyncio.Event) -> None:
+        """Frames a backend has ready between two `process()` calls (a remote server answers on its own
+        clock), delivered as they come instead of at the next inbound frame: up to 80 ms sooner."""
+        while not self._done.is_set():
+            await ready.wait()
+            ready.clear()
+            self._deliver(self.backend.take_ready())
+            if self.backend.ended:
+                self.end_reason = self.backend.ended
+                self._done.set()
+                self._wake.set()
                 return
 
     # -- sender: what the pacer allows, on the wire ---------------------------------------------------

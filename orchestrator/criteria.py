@@ -347,8 +347,10 @@ def no_latency_echo_issues(doc: Doc, th: Thresholds) -> Verdict:
         bad.append("first audio never heard")
     else:
         ok = heard <= th.first_audio_heard_ms_max
+        path = _num(doc, "backend_path_added_ms")  # a remote model: its path's share, estimated
+        share = f" (~{path:.0f} ms of it the remote model's path)" if path is not None else ""
         (good if ok else bad).append(
-            f"first audio heard {heard:.0f} ms {'<=' if ok else '>'} {th.first_audio_heard_ms_max:.0f} ms"
+            f"first audio heard {heard:.0f} ms{share} {'<=' if ok else '>'} {th.first_audio_heard_ms_max:.0f} ms"
         )
     worst = _num(doc, "response_latency_ms_max")
     if worst is not None:

@@ -16,6 +16,7 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,9 @@ class StepOutput:
     frames: list[Audio] = field(default_factory=list)  # each (1920,) float32 at 24 kHz
     text: list[str] = field(default_factory=list)  # text pieces the model emitted, in order
     step_ms: float | None = None  # model compute time of this step, when the backend measures it
+    # the backend stopped its own speech mid-way (it yielded to the caller): drop what is still buffered
+    # at the phone (the session sends Twilio a `clear`) before these frames play
+    clear: bool = False
 
 
 class BackendSession(abc.ABC):
@@ -62,6 +66,17 @@ class BackendSession(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release per-call state. Safe to call twice."""
+
+    @property
+    def frames_ready(self) -> asyncio.Event | None:
+        """For a backend whose answers arrive on their own clock (a remote server): an event it sets when
+        frames are ready between two `process()` calls; the bridge then takes them with `take_ready()`
+        at once instead of at the next inbound frame. None (the default): answers come from `process()`."""
+        return None
+
+    def take_ready(self) -> StepOutput:
+        """What is ready to play now, without pushing a frame (only called when `frames_ready` is set)."""
+        return StepOutput()
 
     def evidence(self) -> dict[str, float]:
         """What this session measured that the media session cannot see (a remote server's handshake and

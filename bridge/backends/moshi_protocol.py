@@ -25,6 +25,7 @@ No I/O and no clock here (times are passed in): the WebSocket session lives in `
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -92,6 +93,21 @@ class Handshake:
     def serialize(self) -> bytes:
         fields = [v for v in (self.protocol_version, self.model_version) if v is not None]
         return bytes((Kind.HANDSHAKE,)) + struct.pack(f"<{len(fields)}I", *fields)
+
+
+@functools.lru_cache(maxsize=1)
+def codec_delay_ms() -> float:
+    """How much one Opus pass (our encoder, then our decoder) delays audio, in ms: measured, not read.
+
+    A click is encoded and decoded and found again. Why measured: sphn's reader keeps the encoder's
+    lookahead samples (6.5 ms for libopus) instead of dropping them, and its writer declares a pre-skip
+    of one 80 ms frame in the OpusHead, which matches neither; the delay is what the audio shows."""
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    frames = np.zeros((3, FRAME_SAMPLES), np.float32)
+    frames[1, 100:112] = 0.5  # 12 samples, early in the second frame
+    out = np.concatenate([decoder.decode(encoder.encode(f)) for f in frames])
+    found = int(np.argmax(np.abs(out[FRAME_SAMPLES + 100 :])))
+    return found * 1000.0 / SAMPLE_RATE
 
 
 def bounded_text(payload: bytes, max_chars: int) -> str:

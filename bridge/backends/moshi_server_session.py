@@ -23,7 +23,11 @@ What the bridge can see of time (the server's own step times are not in the prot
   (audio before our first frame is another call's, see `stale_samples`);
 - send->receive lag per frame (`LagMeter`): the k-th frame received back paired with the k-th sent,
   see its docstring for what that includes and when the pairing breaks;
-- `encode_ms` / `decode_ms`: our CPU time for the Opus round trip, per frame.
+- `encode_ms` / `decode_ms`: our CPU time for the Opus round trip, per frame;
+- `ping_ms`: the socket's round trip (WebSocket pings, now and every 5 s); with one Opus pass's delay
+  (`codec_delay_ms`, 6.5 ms) it gives `path_added_ms()`, what this path adds to first audio beside an
+  in-process model (benchmarks/moshi_server_latency.py measures the whole round trip against a
+  zero-compute server: two codec passes, 13 ms, plus the socket).
 `step_ms` stays None in every StepOutput: that is model compute time, which only the server knows.
 
 This module must never block the event loop, and every wait in it has a timeout.
@@ -57,6 +61,7 @@ from bridge.backends.moshi_protocol import (
     OpusEncoder,
     ServerProtocolError,
     bounded_text,
+    codec_delay_ms,
 )
 
 __all__ = ["MoshiServerConfig", "MoshiServerSession", "close_reason"]
@@ -64,6 +69,8 @@ __all__ = ["MoshiServerConfig", "MoshiServerSession", "close_reason"]
 log = logging.getLogger(__name__)
 
 STEPS_PER_SECOND = 12.5
+PING_EVERY_S = 5.0
+PING_TIMEOUT_S = 5.0
 LOCAL_WEB_HINT = (
     "; moshi_mlx local_web stops answering after its --steps limit (4000 by default), counted over "
     "every client since it started: restart it"
@@ -137,6 +144,7 @@ class MoshiServerSession(BackendSession):
         self._decoder = OpusDecoder()
         self._cutter = FrameCutter(cfg.max_buffer_frames)
         self._text: deque[str] = deque()
+        self._ready = asyncio.Event()  # frames or text arrived since the bridge last took them
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(cfg.max_send_frames)
         self.lag = LagMeter()
         self.encode_ms: deque[float] = deque(maxlen=20_000)
@@ -156,10 +164,15 @@ class MoshiServerSession(BackendSession):
         self._first_sent_at: float | None = None
         self._last_audio_at: float | None = None
         self._closed = False
+        # the remote path's share of a latency: a codec pass each way (measured on ours, see
+        # codec_delay_ms) and half the socket's round trip each way (pinged, see _probe)
+        self.codec_delay_ms = codec_delay_ms()
+        self.ping_ms: deque[float] = deque(maxlen=64)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._read(), name=f"moshi-server-read-{call_id}"),
             loop.create_task(self._write(), name=f"moshi-server-write-{call_id}"),
+            loop.create_task(self._probe(), name=f"moshi-server-probe-{call_id}"),
         ]
 
     # -- the step --------------------------------------------------------------------------------
@@ -177,6 +190,14 @@ class MoshiServerSession(BackendSession):
                 f"({self.budget_steps / STEPS_PER_SECOND:.1f} s) used",
                 prefix=False,
             )
+        return self.take_ready()
+
+    @property
+    def frames_ready(self) -> asyncio.Event:
+        return self._ready
+
+    def take_ready(self) -> StepOutput:
+        self._ready.clear()
         out = StepOutput(frames=self._cutter.take_all(), text=list(self._text))
         self._text.clear()
         return out
@@ -247,6 +268,8 @@ class MoshiServerSession(BackendSession):
             frames = self._cutter.push(pcm)
             self.frames_received += frames
             self.lag.received(now, frames)
+            if frames:
+                self._ready.set()
         elif msg.kind == Kind.TEXT:
             if self._first_sent_at is None:
                 self.stale_text += 1
@@ -257,6 +280,7 @@ class MoshiServerSession(BackendSession):
             piece = bounded_text(msg.payload, self._cfg.max_text_chars)
             if piece:
                 self._text.append(piece)
+                self._ready.set()
         elif msg.kind == Kind.ERROR:
             raise ServerProtocolError(f"sent an error: {bounded_text(msg.payload, self._cfg.max_text_chars)}")
         else:  # handshake again, control, metadata, ping, unknown kinds: nothing a phone call uses
@@ -278,12 +302,34 @@ class MoshiServerSession(BackendSession):
             log.exception("call %s: moshi server writer failed", self.call_id)
             self._end(f"writer failed: {type(err).__name__}: {err}")
 
+    async def _probe(self) -> None:
+        """The socket's round trip: a WebSocket ping now and every `PING_EVERY_S` (servers answer pings
+        in their web layer, not in the model's loop, so this is the network and the event loops only).
+        A ping that goes unanswered is not an error here: the reader notices a dead server."""
+        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+            while not self._closed:
+                sent = self._clock()
+                pong = await self._ws.ping()
+                await asyncio.wait_for(pong, PING_TIMEOUT_S)
+                self.ping_ms.append((self._clock() - sent) * 1000.0)
+                await asyncio.sleep(PING_EVERY_S)
+
+    def path_added_ms(self) -> float | None:
+        """What this path adds to the caller's first audio beside an in-process model: one Opus pass
+        (the server's encoder and our decoder; its encoder taken to be libopus as ours: sphn in Kyutai's
+        Python servers, libopus in the Rust one) plus half the socket's round trip (median ping); None
+        before a ping came back. A reply crosses the path twice: twice this."""
+        if not self.ping_ms:
+            return None
+        return self.codec_delay_ms + float(np.median(np.asarray(self.ping_ms))) / 2.0
+
     # -- ending ------------------------------------------------------------------------------------
 
     def _end(self, reason: str, *, prefix: bool = True) -> None:
         if self.ended is None:
             self.ended = f"moshi server {self.url}: {reason}" if prefix else reason
             log.warning("call %s: %s", self.call_id, self.ended)
+            self._ready.set()  # the bridge learns of the end now, not at the next inbound frame
             if prefix:
                 self._on_error(reason)
 
@@ -312,6 +358,9 @@ class MoshiServerSession(BackendSession):
             "decode_ms_p50": pct(self.decode_ms, 50),
             "decode_ms_p99": pct(self.decode_ms, 99),
             **self.lag.summary(),
+            "opus_delay_ms": self.codec_delay_ms,
+            "ping_ms_p50": pct(self.ping_ms, 50),
+            "path_added_ms": self.path_added_ms(),
             "ended": self.ended,
         }
 
@@ -327,6 +376,9 @@ class MoshiServerSession(BackendSession):
             "opus_encode_ms_p50": "encode_ms_p50",
             "opus_decode_ms_p50": "decode_ms_p50",
             "backend_stale_frames": "stale_frames_dropped",
+            "backend_ping_ms_p50": "ping_ms_p50",
+            "opus_delay_ms": "opus_delay_ms",
+            "backend_path_added_ms": "path_added_ms",
         }
         out = {name: float(s[key]) for name, key in names.items() if isinstance(s.get(key), (int, float))}
         dropped = (s.get("frames_dropped_send") or 0) + (s.get("frames_dropped_receive") or 0)

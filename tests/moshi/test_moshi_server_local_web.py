@@ -77,6 +77,9 @@ async def test_a_session_gets_the_handshake_then_audio_and_text_back(local_web: 
     assert text, "local_web sends the model's text pieces"
     stats = session.stats()
     assert stats["first_audio_ms"] is not None and stats["lag_frames"] >= 20
+    # local_web's web layer answers our ping: the path's share of first audio is one codec pass + half of it
+    assert stats["ping_ms_p50"] is not None and stats["ping_ms_p50"] > 0
+    assert stats["path_added_ms"] == pytest.approx(stats["opus_delay_ms"] + stats["ping_ms_p50"] / 2)
     assert backend.servers()[0]["in_use"] == 0 and backend.servers()[0]["reachable"] is True
 
 
@@ -128,6 +131,10 @@ async def test_a_whole_call_through_local_web_completes_with_first_audio(
     assert m.get("first_audio_ms") is not None and m["first_audio_ms"] > 0
     assert truth.stream["frames_sent"] > 0 and m["marks_played"] > 0  # the phone got the model's audio
     assert doc["transcript"], "the model's text pieces are stored per call"
+    assert m["backend_path_added_ms"] >= m["opus_delay_ms"] > 0 and m["backend_ping_ms_p50"] > 0
+    evidence = {c["criterion"]: c["evidence"] for c in doc["checks"] if c["decided_by"] == "auto"}
+    if "first audio heard" in evidence["no_latency_echo_issues"]:
+        assert "the remote model's path" in evidence["no_latency_echo_issues"]
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")

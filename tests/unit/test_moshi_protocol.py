@@ -14,8 +14,11 @@ from bridge.backends.moshi_protocol import (
     Kind,
     LagMeter,
     Message,
+    OpusDecoder,
+    OpusEncoder,
     ServerProtocolError,
     bounded_text,
+    codec_delay_ms,
 )
 from orchestrator.errors import SettingsError
 from orchestrator.settings import Settings
@@ -206,3 +209,23 @@ def test_pool_tries_servers_known_to_fail_last_but_still_tries_them() -> None:
     assert taken is pool.states[1]
     assert pool.take() is pool.states[0]
     assert pool.take(exclude=()) is None
+
+
+# -- the codec's delay -------------------------------------------------------------------------------
+
+
+def test_the_codec_delay_is_where_clicks_come_out_of_one_pass_at_other_places_too() -> None:
+    """codec_delay_ms measures one click; truth by more of them, at other places in other frames."""
+    rng = np.random.default_rng(3)
+    n_frames = 12
+    audio = np.zeros(n_frames * FRAME_SAMPLES, np.float32)
+    clicks = [k * FRAME_SAMPLES + int(rng.integers(300, 1500)) for k in range(n_frames)]
+    for at in clicks:
+        audio[at : at + 12] = 0.5
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    pages = [encoder.encode(audio[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]) for k in range(n_frames)]
+    env = np.abs(np.concatenate([decoder.decode(p) for p in pages]))
+    lags = [int(np.argmax(env[at : at + 600])) for at in clicks[:-1]]
+    assert max(lags) - min(lags) <= 2, lags  # a fixed delay, wherever the click falls
+    assert abs(codec_delay_ms() - float(np.median(lags)) / 24.0) <= 0.1, (codec_delay_ms(), lags)
+    assert 2.0 <= codec_delay_ms() <= 30.0  # libopus: 6.5 ms of lookahead; 80 ms would be a frame lost
