@@ -120,6 +120,7 @@ class AecStats:
     converged: bool  # erle_db >= 10 dB over the last 1 s of single talk
     copies: int  # background -> foreground updates
     delay_ms: float | None = None  # echo lag found in the reference (lead included); None: none found
+    idle_blocks: int = 0  # steps with nothing played in the whole adapted window: no arithmetic done
 
 
 class EchoCanceller:
@@ -203,6 +204,9 @@ class EchoCanceller:
         self._st_d = self._st_e = 0.0
         self._d2 = self._eo = self._ef2 = 0.0
         self._recent: list[float] = []
+        # nothing played: a silent block after a silent one has a zero spectrum (no FFT), and once the
+        # whole adapted window is zeros the output is the input with no filter arithmetic at all
+        self._silent, self._silent_rows, self._idle = False, 0, 0
         if self.hint is not None:
             self._place(self.hint)
 
@@ -219,6 +223,7 @@ class EchoCanceller:
             recent >= 10.0,
             self._copies,
             None if lag is None else 1000.0 * lag / self.rate,
+            self._idle,
         )
 
     def process(self, mic: npt.NDArray[np.generic], ref: npt.NDArray[np.generic]) -> _F32:
@@ -293,6 +298,24 @@ class EchoCanceller:
         # with a lag held, the estimator only watches for a move: every other step is enough, every
         # 4th while the output confirms the lag (the foreground 10 dB under the microphone)
         watch = self._lag is None or self._steps % (4 if self._sf < 0.1 * self._sd else 2) == 0
+        silent = not x.any()
+        if silent and self._silent:  # [previous, this] block all zeros: its spectrum is zeros, no FFT
+            self._silent_rows += 1
+            h = self._push_row()
+            self._Xr[h] = 0
+            self._PXr[h] = 0
+            if watch:
+                self._delay.update(self._Xr[h : h + r], self._Xr[h], self._PXr[h], False)
+            if self._p0 is None:
+                return d.copy()
+            mdf.flush()  # the constraint this step's batched FFT would have applied
+            if self._silent_rows >= self._p0 + self.n:  # the whole window is zeros: no echo to remove
+                self._copy_rule(d, self._d2)  # what the filters would compute: both errors are d
+                self._eo = self._d2
+                self._idle += 1
+                return d.copy()
+            return self._filter(d, False)
+        self._silent, self._silent_rows = silent, 0
         # one batched FFT: the reference window, the mic (for the estimator), and the last step's
         # gradient constraint (deferred to here: nothing reads that partition in between)
         fin[0, :m] = fin[0, m:]
@@ -306,11 +329,7 @@ class EchoCanceller:
         if taps is not None:
             mdf.constrain(S[-1])
         Xr, PXr = self._Xr, self._PXr
-        if self._h == 0:
-            Xr[-r + 1 :] = Xr[: r - 1]
-            PXr[-r + 1 :] = PXr[: r - 1]
-            self._h = len(Xr) - r + 1
-        self._h = h = self._h - 1
+        h = self._push_row()
         x0 = S[0]
         Xr[h] = x0
         p0 = PXr[h]
@@ -327,6 +346,16 @@ class EchoCanceller:
         if self._p0 is None:
             return d.copy()
         return self._filter(d, active)
+
+    def _push_row(self) -> int:
+        """Make room for the newest reference spectrum; its row index."""
+        r, Xr, PXr = self.ps + self.n, self._Xr, self._PXr
+        if self._h == 0:
+            Xr[-r + 1 :] = Xr[: r - 1]
+            PXr[-r + 1 :] = PXr[: r - 1]
+            self._h = len(Xr) - r + 1
+        self._h -= 1
+        return self._h
 
     def _filter(self, d: _F32, active: bool) -> _F32:
         n, mdf = self.n, self._mdf

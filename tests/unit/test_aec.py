@@ -78,9 +78,10 @@ def make_call(
     placement_error_ms: float = 0.0,
     jump: tuple[float, float] | None = None,  # (at s, new delay ms)
     lead_ms: float = 40.0,
+    model_gap_s: float = 0.4,  # the model's pause between sentences (2-3 s: it listens, as in a conversation)
 ) -> Call:
     n = int(duration_s * RATE) // BLOCK * BLOCK
-    far = _track(MODEL, n, 0.3, 0.4, None)
+    far = _track(MODEL, n, 0.3, model_gap_s, None)
     caller = _track(CALLER, n, 2.5, 2.0, "en-us+f3") if double_talk else np.zeros(n)
     echo = np.zeros(n)
     if delay_ms is not None:
@@ -209,3 +210,23 @@ def test_reconverges_after_a_delay_jump() -> None:
     assert after.size >= 2 and np.median(after) >= 30.0, (starts, vals)
     t25 = converge_time(starts, vals, 25.0, after_s=7.0)
     assert t25 is not None and t25 <= 2.0, (starts, vals)
+
+
+def test_while_nothing_plays_it_does_no_arithmetic_and_gives_what_the_filter_would() -> None:
+    """The model listens for 2.5 s between sentences: once the adapted window holds only silence the
+    step is skipped. Against the same call with a reference that is never exactly silent (a -300 dB
+    dither), which takes the full path every step: the same output."""
+    call = make_call(14.0, delay_ms=120.0, loss_db=10.0, double_talk=True, model_gap_s=2.5)
+    skipping = EchoCanceller()
+    out = cancel(call, skipping)
+    dither = np.where(call.ref == 0, 1e-15, 0.0)
+    full = EchoCanceller()
+    mic = call.mic.astype(np.int16)
+    ref = np.clip(np.rint(call.ref), -32768, 32767).astype(np.float64) + dither
+    out_full = np.concatenate(
+        [full.process(mic[i : i + BLOCK], ref[i : i + BLOCK]) for i in range(0, len(mic), BLOCK)]
+    )
+    assert skipping.stats.idle_blocks >= 40 and full.stats.idle_blocks == 0
+    assert np.max(np.abs(out - out_full)) <= 1e-2  # int16 units: float rounding only
+    starts, vals = erle_windows(call, out)
+    assert np.median(vals[starts >= 5.0]) >= 25.0, (starts, vals)
