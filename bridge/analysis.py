@@ -19,6 +19,9 @@ Theory of operation (all times in seconds on one local monotonic clock, origin =
 - Speech segments: the caller's by VAD (meters.vad) on the echo-cancelled inbound track; ours on the
   played track by the onset convention alone (levels.speech_segments: runs of 50 ms above threshold,
   pauses under 300 ms inside one segment), which is exact for audio only we produce.
+- Double talk (meters.overlap): the same caller segments against the model's played segments: overlap,
+  interruptions by side, barge-ins (a caller onset inside model speech) and how long the model's audio
+  went on at the phone after it (`barge_in_stop_ms`, the median; `barge_in_unstopped` past 3 s).
 - Turns: for each caller segment, the first model speech onset on the played track that
   comes after the caller's end and before the caller's next segment starts. A model segment that starts
   while the caller is still talking is overlap (barge-in or talk-over), not a response, and is not a turn;
@@ -43,6 +46,7 @@ from bridge.meters.levels import (
     speech_segments,
     speech_threshold_dbfs,
 )
+from bridge.meters.overlap import double_talk
 from bridge.meters.timing import inbound_gaps, interarrival_jitter, media_clock_offset_s
 from bridge.meters.vad import Segment, detect_speech, total_speech_s
 from bridge.played import CHUNK, align_runs, latest_starts, played_track, was_echoed
@@ -296,6 +300,9 @@ def analyse(ev: MediaEvidence, step_budget_ms: float = 80.0) -> Analysis:
         lat = np.array([t.latency_ms for t in turns])
         m["response_latency_ms_p50"] = float(np.median(lat))
         m["response_latency_ms_max"] = float(lat.max())
+
+    # double talk: the caller's speech against the model's as the phone heard it (bridge.meters.overlap)
+    m.update(double_talk(inbound_segments, outbound_segments).metrics())
 
     m["echo_detected"] = float(echo.detected)
     if echo.detected:

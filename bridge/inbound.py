@@ -57,6 +57,7 @@ class InboundTrack:
         self.pipeline = InboundPipeline(canceller=canceller)
         self.codes = bytearray()
         self.arrivals: list[tuple[float, int]] = []  # (arrival s since start, timestamp ms)
+        self.sizes: list[int] = []  # payload bytes of each arrival (the media trace keeps them)
         self.gaps: list[tuple[int, int]] = []  # (timestamp ms, missing ms)
         self.out_of_order = 0
         self.offset: float | None = None  # local s - media s
@@ -79,6 +80,7 @@ class InboundTrack:
                 f"media.timestamp jumped past the limit of {MAX_GAP_MS} ms", field="media.timestamp"
             )
         self.arrivals.append((rel, ts))
+        self.sizes.append(len(payload))
         next_ts = self._next_ts
         if next_ts is not None and ts < next_ts:
             self.out_of_order += 1  # late or repeated audio: its slot was already filled

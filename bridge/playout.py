@@ -33,6 +33,10 @@ Theory of operation:
   after `on_idle()` (the sender stopped on purpose) or a `clear` is not an underrun.
 - `on_clear(now)` cuts playout at now + offset: chunks not yet played by then are marked (partly)
   flushed, marks whose audio had not ended are flagged flushed, and the next chunk starts a new run.
+- An echo of a mark still pending when we sent a clear may have been sent back *by* the clear (Twilio
+  echoes every pending mark at once), while its audio's last packet was still playing: up to a packet
+  early. Such an echo refines a run's offset only while the run has no other measurement (it would
+  otherwise pull a well-measured run, and a barge-in's stop time with it, up to 20 ms early).
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class MarkEcho:
     echoed_at: float
     flushed: bool  # True: a clear dropped the audio before the mark; it was never played
     chunks_before: int = -1  # chunks sent before the mark (-1: not known)
+    # still pending when we sent a clear: the echo may be the clear's, not a sign the audio had played
+    cleared: bool = False
 
     @property
     def error(self) -> float:
@@ -88,6 +94,7 @@ class _PendingMark:
     raw_end: float  # raw playout end of the audio sent before it
     chunks_before: int = 0  # chunks sent before it
     flushed: bool = False
+    cleared: bool = False  # still pending when a clear was sent: its echo may be the clear's
 
 
 class PlayoutClock:
@@ -188,9 +195,13 @@ class PlayoutClock:
             self.lost_marks += 1
         self._marks.popleft()
         offset = self._offsets[mark.run] if mark.run >= 0 else self.delay
-        echo = MarkEcho(name, mark.sent_at, mark.raw_end + offset, now, mark.flushed, mark.chunks_before)
+        echo = MarkEcho(
+            name, mark.sent_at, mark.raw_end + offset, now, mark.flushed, mark.chunks_before, mark.cleared
+        )
         self.echoes.append(echo)
-        if not mark.flushed:
+        run = mark.run if mark.run >= 0 else len(self._offsets) - 1
+        ambiguous = mark.cleared and 0 <= run < len(self._measured) and self._measured[run]
+        if not mark.flushed and not ambiguous:
             # clamped: playout cannot come before sending
             lateness = max(0.0, now - mark.raw_end)
             if mark.run < 0:  # nothing was queued: the echo measures the path alone
@@ -216,6 +227,7 @@ class PlayoutClock:
             self._played[k] = min(self._n[k], max(0, played))
             k -= 1
         for m in self._marks:
+            m.cleared = True
             if m.run == run and m.raw_end + offset > cut + _EPS:
                 m.flushed = True
         self._flowing = False

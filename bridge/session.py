@@ -44,6 +44,7 @@ from bridge.pacer import ChunkOut, Pacer, PacingConfig
 from bridge.playout import PlayoutClock
 from bridge.protocol import InboundMessage, Mark, Media, MediaStream
 from bridge.recorder import CallRecording, model_input_path, write_mono_wav
+from bridge.trace import MediaTrace, write_trace
 
 if TYPE_CHECKING:  # bridge.analysis pulls in scipy.signal/stats (~0.6 s): only evidence() needs it
     from bridge.analysis import MediaEvidence
@@ -69,6 +70,8 @@ class SessionConfig:
     # Cancel our own echo before the model hears the caller (bridge.cancel): the reference is what we
     # sent, placed where the playout clock says it played.
     aec: bool = False
+    # Keep the media stream frame by frame beside the recording (bridge.trace), for `orchestrator replay`
+    trace: Path | None = None
 
     @property
     def pacing(self) -> PacingConfig:
@@ -119,6 +122,7 @@ class MediaSession:
         self.late_frames = 0
         self.step_ms: list[float] = []
         self.end_reason: str | None = None
+        self.clears: list[float] = []  # when we sent Twilio a `clear`, s since start
         self.failure: str | None = None  # why a media task died, when one did
         self._inq: asyncio.Queue[tuple[npt.NDArray[np.float32], float] | None] = asyncio.Queue(
             self.config.max_queue_frames
@@ -236,6 +240,33 @@ class MediaSession:
                 await asyncio.to_thread(write_mono_wav, path, self.canceller.model_input_pcm())
             except Exception:
                 log.exception("call %s: the model's input was not kept", self.call_id)
+        if self.config.trace is not None:
+            try:
+                await asyncio.to_thread(write_trace, self.config.trace, self.media_trace())
+            except Exception:
+                log.exception("call %s: the media trace was not kept", self.call_id)
+
+    def media_trace(self) -> MediaTrace:
+        """The stream so far, frame by frame (see bridge.trace)."""
+        chunks = self.playout.chunks
+        echoes = self.playout.echoes
+        nan = float("nan")
+        return MediaTrace(
+            inbound_codes=np.frombuffer(bytes(self.inbound.codes), np.uint8),
+            inbound_arrivals=np.array(self.inbound.arrivals, np.float64).reshape(-1, 2),
+            inbound_sizes=np.array(self.inbound.sizes, np.int32),
+            sent_codes=np.frombuffer(bytes(self.sent_codes), np.uint8),
+            sends=np.array(
+                [(c.send_time, c.playout_start, float(c.flushed)) for c in chunks], np.float64
+            ).reshape(-1, 3),
+            mark_names=tuple(e.name for e in echoes),
+            marks=np.array(
+                [(e.sent_at, nan if e.echoed_at is None else e.echoed_at, float(e.flushed)) for e in echoes],
+                np.float64,
+            ).reshape(-1, 3),
+            clears=np.array(self.clears, np.float64),
+            ended_s=self._clock() - self.t0,
+        )
 
     @property
     def done(self) -> asyncio.Event:
@@ -262,6 +293,8 @@ class MediaSession:
         """Barge-in: drop what Twilio has buffered and what we have not sent yet."""
         now = self._clock()
         self.pacer.clear(now)
+        if len(self.clears) < 100_000:  # a backend that clears every frame must not grow memory for ever
+            self.clears.append(now - self.t0)
         if self.canceller is not None:
             self.canceller.reference.clear(now - self.t0)
         self.stream.send_clear()
@@ -363,7 +396,8 @@ class MediaSession:
             inbound_arrivals=np.array(self.inbound.arrivals, dtype=np.float64).reshape(-1, 2),
             sent_pcm=ulaw_decode(bytes(self.sent_codes)),
             sends=sends.reshape(-1, 3),
-            marks=[(e.name, e.sent_at, e.echoed_at, e.flushed) for e in self.playout.echoes],
+            # an echo a clear may have sent back confirms no playout (bridge.playout): not counted as played
+            marks=[(e.name, e.sent_at, e.echoed_at, e.flushed or e.cleared) for e in self.playout.echoes],
             mark_chunks=[e.chunks_before for e in self.playout.echoes],
             underruns=self.playout.underruns,
             frames_to_model=self.frames_to_model,

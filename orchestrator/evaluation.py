@@ -60,6 +60,12 @@ UNITS = {
     "inbound_silence_ratio": "ratio",
     "outbound_silence_ratio": "ratio",
     "call_duration_s": "s",
+    "barge_in_stop_ms": "ms",
+    "barge_ins": "count",
+    "barge_in_unstopped": "count",
+    "overlap_ms": "ms",
+    "interruptions_by_caller": "count",
+    "interruptions_by_model": "count",
 }
 
 
@@ -130,6 +136,7 @@ def analysis_summary(result: Any, evidence: Any) -> dict[str, Any]:
     """The compact per-call analysis the reports plot (segments, turns, echo, level tracks)."""
     from bridge.meters.timing import media_clock_offset_s
     from bridge.played import played_track
+    from orchestrator.media_timeline import stream_marks
 
     arrivals = evidence.inbound_arrivals
     offset = float(media_clock_offset_s(arrivals[:, 0], arrivals[:, 1])) if len(arrivals) else 0.0
@@ -151,6 +158,7 @@ def analysis_summary(result: Any, evidence: Any) -> dict[str, Any]:
             "inbound": _levels_track(evidence.inbound_pcm, offset),
             "outbound": _levels_track(played_track(evidence.sent_pcm, evidence.sends), 0.0),
         },
+        "stream": stream_marks(evidence),  # gaps, jitter, marks, clears, underruns in time (the call page)
     }
 
 

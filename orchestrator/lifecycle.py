@@ -241,6 +241,9 @@ NOTES: Final = frozenset(
         ("local", "refused_busy"),  # the model was busy: the caller heard a spoken busy
         ("local", "backend_ended"),  # the speech backend could not go on (budget, dead worker)
         ("local", "media_error"),  # the media session failed on our side
+        ("local", "media_config"),  # the settings that shaped the call's media path (replay reads them)
+        ("local", "replay_of"),  # this call replays another's recorded caller (orchestrator replay)
+        ("local", "replayed_as"),  # this call's caller was replayed as another call
         ("media", "long_gap"),  # inbound audio paused longer than the gap the bridge pads
         ("media", "protocol_error"),  # the stream broke the protocol; it is then ended (ws_closed)
     }

@@ -1,6 +1,7 @@
 """Recordings retention: the recordings folder does not grow for ever (~0.77 MB per call).
 
-At server start and then every `CHECK_INTERVAL_S`, recordings (only our own files, `c_<id>.wav`)
+At server start and then every `CHECK_INTERVAL_S`, recordings (only our own files, `c_<id>.wav`, with the
+files kept beside them: `.model-in.wav`, `.trace.npz`)
 older than RECORDINGS_MAX_AGE_DAYS are removed, then, while the folder holds more than
 RECORDINGS_MAX_TOTAL_MB, the oldest. Never the recording of a live call, nor a file written in the
 last minute. A removed recording's call row no longer points at it (`recording_path` cleared), and the
@@ -29,6 +30,12 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 600.0
 RECENT_S = 60.0  # a file this fresh may still be being written
 RECORDING_NAME = re.compile(r"(c_[0-9a-f]{16})\.wav")
+# files kept beside a recording, removed with it: what the model heard (AEC=on), the media trace
+COMPANIONS = (".model-in.wav", ".trace.npz")
+
+
+def companions(recording: Path) -> list[Path]:
+    return [recording.with_name(recording.stem + suffix) for suffix in COMPANIONS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,13 @@ def scan(folder: Path) -> list[Recording]:
         for e in entries:
             if RECORDING_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False):
                 st = e.stat(follow_symlinks=False)
-                out.append(Recording(Path(e.path), st.st_size, st.st_mtime))
+                size = st.st_size
+                for extra in companions(Path(e.path)):  # they count towards the folder's size too
+                    try:
+                        size += extra.stat().st_size
+                    except OSError:
+                        pass
+                out.append(Recording(Path(e.path), size, st.st_mtime))
     return out
 
 
@@ -114,6 +127,11 @@ def prune(
         except OSError as exc:
             log.warning("recordings: cannot remove %s: %s", r.recording.path, exc)
             continue
+        for extra in companions(r.recording.path):
+            try:
+                extra.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("recordings: cannot remove %s: %s", extra, exc)
         done.append(r)
     return done
 

@@ -42,6 +42,7 @@ def rig_settings(workdir: Path, **overrides: Any) -> Settings:
         "port": 0,
         "backend": "echo",
         "recordings_dir": workdir / "recordings",
+        "media_trace": "on",  # emulator calls: the caller is a script, and replay needs the stream
     }
     base.update(overrides)
     return Settings(**base).validated()

@@ -57,10 +57,12 @@ class Settings:
     echo_delay_ms: float = 400.0
     echo_mode: str = "delay"  # delay | turns
     echo_greeting: str | None = None
+    echo_yield_ms: float = 0.0  # turns mode: stop its own speech after this much talk-over (0: never)
     max_lead_ms: float = 100.0
     jitter_buffer_ms: float | None = None  # None: 20 ms (echo, playback) or 60 ms (moshi)
     # cancel our own echo before the model hears the caller (bridge.cancel): off | on
     aec: str = "off"
+    media_trace: str = "off"  # on: keep each call's media stream frame by frame (bridge.trace) for replay
     # unfinished calls are asked of the carrier at start, then every this many seconds (0: off)
     reconcile_interval_s: float = 60.0
     # what one peer can hold (orchestrator.web.limits): time to send headers, a body, a media `start`;
@@ -94,6 +96,7 @@ class Settings:
             "ECHO_MODE": "echo_mode",
             "ECHO_GREETING": "echo_greeting",
             "AEC": "aec",
+            "MEDIA_TRACE": "media_trace",
         }
         for name, attr in simple.items():
             if name in env:
@@ -107,6 +110,7 @@ class Settings:
             ("ORCHESTRATOR_PORT", "port", int),
             ("MAX_CALL_SECONDS", "max_call_seconds", float),
             ("ECHO_DELAY_MS", "echo_delay_ms", float),
+            ("ECHO_YIELD_MS", "echo_yield_ms", float),
             ("MAX_LEAD_MS", "max_lead_ms", float),
             ("JITTER_BUFFER_MS", "jitter_buffer_ms", float),
             ("RECONCILE_INTERVAL_S", "reconcile_interval_s", float),
@@ -137,8 +141,12 @@ class Settings:
             raise SettingsError(f"BACKEND={self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.echo_mode not in ("delay", "turns"):
             raise SettingsError(f"ECHO_MODE={self.echo_mode!r}: choose delay or turns")
+        if not self.echo_yield_ms >= 0:
+            raise SettingsError(f"ECHO_YIELD_MS={self.echo_yield_ms}: must be >= 0 ms (0: never yields)")
         if self.aec not in ("off", "on"):
             raise SettingsError(f"AEC={self.aec!r}: choose off or on")
+        if self.media_trace not in ("off", "on"):
+            raise SettingsError(f"MEDIA_TRACE={self.media_trace!r}: choose off or on")
         if self.moshi_quantize not in ("4", "8", "none"):
             raise SettingsError(f"MOSHI_QUANTIZE={self.moshi_quantize!r}: choose 4, 8 or none")
         if self.backend == "moshi-server":

@@ -7,7 +7,10 @@ Two modes:
 * ``turns``: a parrot that takes turns like a conversational model. It optionally speaks a greeting
   first, collects each caller utterance, and repeats it once the caller has been quiet for
   ``hangover_ms``. Response latency, turns and "interactive" then mean what they mean with Moshi, with
-  a known endpointing delay.
+  a known endpointing delay. With ``yield_ms`` > 0 it also yields like a conversational model: when
+  the caller has talked over its speech for ``yield_ms`` (whole 80 ms frames above -40 dBFS in a row,
+  rounded up), it drops the rest of what it was saying and asks the session to `clear` the phone's
+  buffer (``StepOutput.clear``). 0 (the default) never yields.
 """
 
 from __future__ import annotations
@@ -47,11 +50,19 @@ class TurnEchoSession(BackendSession):
     """Repeats each utterance after the caller pauses; speaks `greeting` (24 kHz float32) first."""
 
     def __init__(
-        self, greeting: Audio | None, hangover_ms: float = 400.0, min_speech_ms: float = 200.0
+        self,
+        greeting: Audio | None,
+        hangover_ms: float = 400.0,
+        min_speech_ms: float = 200.0,
+        yield_ms: float = 0.0,
     ) -> None:
         frame_ms = 1000 * FRAME_SAMPLES / SAMPLE_RATE
         self.hang_frames = max(1, round(hangover_ms / frame_ms))
         self.min_frames = max(1, round(min_speech_ms / frame_ms))
+        # frames of talk-over before yielding (0: never); ceil, so it never yields sooner than asked
+        self.yield_frames = int(np.ceil(yield_ms / frame_ms - 1e-9)) if yield_ms > 0 else 0
+        self._talked_over = 0
+        self.yields = 0  # times it stopped its own speech for the caller
         self._play: deque[Audio] = deque()
         if greeting is not None and len(greeting):
             pad = (-len(greeting)) % FRAME_SAMPLES
@@ -81,6 +92,13 @@ class TurnEchoSession(BackendSession):
                     self._play.extend(self._utterance[: len(self._utterance) - self._quiet + 1])
                 self._utterance, self._loud, self._quiet = [], 0, 0
         self._previous = frame.copy()
+        # talk-over counts only while it still has speech of its own to say
+        self._talked_over = self._talked_over + 1 if loud and self._play else 0
+        if self.yield_frames and self._talked_over >= self.yield_frames:
+            self._play.clear()
+            self._talked_over = 0
+            self.yields += 1
+            return StepOutput(frames=[self._silence], clear=True)
         return StepOutput(frames=[self._play.popleft() if self._play else self._silence])
 
     async def close(self) -> None:
@@ -101,12 +119,16 @@ class EchoBackend(SpeechBackend):
         mode: str = "delay",
         greeting: str | None = None,
         hangover_ms: float = 400.0,
+        yield_ms: float = 0.0,
     ) -> None:
         if delay_ms < 0:
             raise ValueError("echo delay must be >= 0 ms")
+        if not yield_ms >= 0:
+            raise ValueError(f"echo yield must be >= 0 ms (0: never yields), got {yield_ms!r}")
         if mode not in MODES:
             raise ValueError(f"echo mode {mode!r}: choose delay or turns")
         self.delay_ms, self.mode, self.greeting, self.hangover_ms = delay_ms, mode, greeting, hangover_ms
+        self.yield_ms = yield_ms
         self._greeting_audio: Audio | None = None
 
     async def load(self) -> None:
@@ -120,5 +142,5 @@ class EchoBackend(SpeechBackend):
 
     async def open_session(self, call_id: str, max_seconds: float) -> BackendSession:
         if self.mode == "turns":
-            return TurnEchoSession(self._greeting_audio, hangover_ms=self.hangover_ms)
+            return TurnEchoSession(self._greeting_audio, hangover_ms=self.hangover_ms, yield_ms=self.yield_ms)
         return EchoSession(self.delay_ms)

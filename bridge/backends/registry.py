@@ -16,6 +16,7 @@ def create(settings: Any, **overrides: Any) -> SpeechBackend:
             delay_ms=overrides.get("echo_delay_ms", settings.echo_delay_ms),
             mode=overrides.get("echo_mode", settings.echo_mode),
             greeting=overrides.get("echo_greeting", settings.echo_greeting),
+            yield_ms=overrides.get("echo_yield_ms", settings.echo_yield_ms),
         )
     if name == "playback":
         from bridge.backends.playback import PlaybackBackend

@@ -205,6 +205,20 @@ def fmt_offset(ms: float) -> str:
     return f"{ms / 1000:+.3f} s"
 
 
+def event_detail(e: dict[str, Any]) -> str:
+    """What the timeline says of an informative event beyond its type: the keys pressed, a replay's other call."""
+    p = e.get("payload") or {}
+    if e["type"] == "dtmf" and isinstance(p.get("digits"), str):
+        return f" {p['digits'][:64]!r}" + (
+            f" ({p['count']} keys)" if p.get("count", 0) > len(p["digits"]) else ""
+        )
+    if e["type"] in ("replay_of", "replayed_as") and isinstance(p.get("call_id"), str):
+        return f" {p['call_id']}" + (f" ({p['backend']})" if isinstance(p.get("backend"), str) else "")
+    if e["type"] == "media_config" and isinstance(p.get("backend"), str):
+        return f" backend {p['backend']}, aec {p.get('aec', '?')}"
+    return ""
+
+
 def render_call(doc: dict[str, Any]) -> str:
     c = doc["call"]
     origin = c["created_at"]
@@ -221,7 +235,9 @@ def render_call(doc: dict[str, Any]) -> str:
     for e in doc["events"]:
         mark = "  " if e["accepted"] else "x "
         why = f"  [{e['reason']}]" if e["reason"] else ""
-        items.append((relative_ms(e["at"], origin), f"{mark}event {e['source']}/{e['type']}{why}"))
+        items.append(
+            (relative_ms(e["at"], origin), f"{mark}event {e['source']}/{e['type']}{event_detail(e)}{why}")
+        )
     for t in doc["transitions"]:
         items.append((relative_ms(t["at"], origin), f"  -> {t['from']} => {t['to']}  ({t['trigger']})"))
     for ms, text in sorted(items, key=lambda x: x[0]):

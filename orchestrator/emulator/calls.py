@@ -23,6 +23,9 @@ from typing import Any, Protocol
 from orchestrator.emulator.audio import Turn, render_turns
 from orchestrator.emulator.faults import Faults
 from orchestrator.emulator.media import MediaStreamClient, StreamSpec
+from orchestrator.emulator.replay import ReplayCaller
+from orchestrator.emulator.step_player import render_steps
+from orchestrator.emulator.steps import Step, check_step, step_name
 from orchestrator.emulator.wire import TERMINAL, rfc2822_now
 
 logger = logging.getLogger(__name__)
@@ -44,7 +47,10 @@ class CallOptions:
     """How the far end behaves. `answer` is "answer", "busy", "no-answer" or "failed"; the phone rings
     `ring_s` before answering or giving up (no-answer gives up after min(ring_s, Timeout)). Caller
     speech follows `turns`, the first `caller_start_s` after the stream starts; with
-    `hangup_after_turns` the caller hangs up once the script is done."""
+    `hangup_after_turns` the caller hangs up once the script is done. Non-empty `steps` (steps.py) are
+    the caller's script instead of `turns`: a `Hangup` step ends the call there (with
+    `hangup_after_turns`, so does the end of the steps), and the ground truth's stream section says
+    what each step did (`steps`, `dtmf_sent`, `overlap`)."""
 
     answer: str = "answer"
     ring_s: float = 1.0
@@ -53,6 +59,13 @@ class CallOptions:
     caller_start_s: float = 0.5
     hangup_after_turns: bool = False
     faults: Faults = field(default_factory=Faults)
+    steps: tuple[Step, ...] = ()
+    # a recorded caller instead of a script (orchestrator replay): its frames, sent as they first arrived
+    replay: ReplayCaller | None = None
+
+    def __post_init__(self) -> None:
+        for step in self.steps:  # a step that cannot be played is refused here, not mid-call
+            check_step(step)
 
 
 @dataclass
@@ -149,6 +162,7 @@ class EmulatedCall:
         self.time_limit_s, self.timeout_s = time_limit_s, timeout_s
         self.options, self.webhooks = options, webhooks
         self._rendered: asyncio.Task[list[tuple[Turn, Any]]] | None = None
+        self._rendered_steps: asyncio.Task[list[tuple[Step, Any]]] | None = None
         self.heard_pcm: Any = None  # what the phone heard (int16, 8 kHz), once the stream ended
         self.sent_pcm: Any = None  # what the phone sent before losses (int16, 8 kHz)
         self.status = "queued"
@@ -197,7 +211,10 @@ class EmulatedCall:
     async def play(self) -> GroundTruth:
         opts = self.options
         # espeak-ng runs while the phone rings; the stream waits for it only if it is not done yet.
-        self._rendered = asyncio.create_task(asyncio.to_thread(render_turns, opts.turns))
+        if opts.steps:
+            self._rendered_steps = asyncio.create_task(asyncio.to_thread(render_steps, opts.steps))
+        else:
+            self._rendered = asyncio.create_task(asyncio.to_thread(render_turns, opts.turns))
         try:
             if self.direction == "inbound":
                 await self._answer_and_run()
@@ -314,6 +331,8 @@ class EmulatedCall:
             hangup=self._interrupt,
             truth=truth,
             notify=lambda event, error: self._stream_event(spec, stream_sid, event, error),
+            steps=await self._rendered_steps if self._rendered_steps is not None else None,
+            replay=self.options.replay,
         )
         reason = await client.run()
         self.heard_pcm, self.sent_pcm = client.heard_pcm(), client.sent()
@@ -397,4 +416,6 @@ class EmulatedCall:
 
 
 def _options_json(options: CallOptions) -> dict[str, Any]:
-    return asdict(options)
+    data = asdict(options)
+    data["steps"] = [{"step": step_name(s), **asdict(s)} for s in options.steps]
+    return data

@@ -29,6 +29,7 @@ from bridge.g711 import ulaw_decode, ulaw_encode
 from bridge.protocol import (
     Clear,
     Connected,
+    Dtmf,
     Mark,
     Media,
     OutboundMark,
@@ -45,6 +46,7 @@ from orchestrator.emulator.audio import (
     NoiseSource,
     Pcm,
     SpeechDetector,
+    SpeechSegment,
     Turn,
     find_speech,
     room_impulse_response,
@@ -52,6 +54,10 @@ from orchestrator.emulator.audio import (
 )
 from orchestrator.emulator.faults import Faults, FramePlan
 from orchestrator.emulator.playout import PlayoutBuffer
+from orchestrator.emulator.replay import ReplayCaller
+from orchestrator.emulator.step_player import StepPlayer
+from orchestrator.emulator.step_truth import overlap_truth, steps_truth
+from orchestrator.emulator.steps import Step
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +110,19 @@ class MediaStreamClient:
         hangup: asyncio.Event,
         truth: dict[str, Any],
         notify: Callable[[str, str | None], Awaitable[None]],
+        steps: list[tuple[Step, Pcm | None]] | None = None,
+        replay: ReplayCaller | None = None,
     ) -> None:
         self.spec, self.connect_url, self.token = spec, connect_url, auth_token
         self.account_sid, self.call_sid, self.stream_sid = account_sid, call_sid, stream_sid
         self.faults, self.hangup, self.truth, self.notify = faults, hangup, truth, notify
         self.hangup_after_turns = hangup_after_turns
         self.script = CallerScript(turns, caller_start_s)
+        # scripted steps, when given, are the caller instead of the turns (steps.py, step_player.py)
+        self.player = StepPlayer(steps, caller_start_s) if steps else None
+        # a recorded caller (orchestrator replay): its frames go out as they first arrived, nothing added
+        self.replay = replay.cursor() if replay is not None else None
+        self.replay_end_s = replay.end_s if replay is not None else 0.0
         self.buffer = PlayoutBuffer()
         self.plan = FramePlan(faults)
         # The phone's own ear (it drives the caller's script): above a noisy line's floor, so line noise
@@ -178,7 +191,9 @@ class MediaStreamClient:
         self._t0, self._wall0 = time.monotonic(), time.time()
         await ws.send(start.serialize())
         self.truth["start_sent"] = {"mono": self._t0, "wall": self._wall0}
-        self.truth.update(frames=0, frames_sent=0, frames_lost=[], marks=[], clears=[], warnings=[])
+        self.truth.update(
+            frames=0, frames_sent=0, frames_lost=[], marks=[], clears=[], warnings=[], dtmf_sent=[]
+        )
         await self.notify("stream-started", None)
         sender = asyncio.create_task(self._sender(ws))
         receiver = asyncio.create_task(self._receiver(ws))
@@ -222,7 +237,10 @@ class MediaStreamClient:
             if limit is not None and elapsed >= limit:
                 self.truth["hangup_fault_at_ms"] = round(elapsed * 1000, 3)
                 return "hangup"
-            if self.hangup_after_turns and self.script.done:
+            caller = self.player or self.script
+            if (self.player is not None and self.player.hung_up) or (self.hangup_after_turns and caller.done):
+                return "caller-done"
+            if self.replay is not None and self.replay.done and elapsed >= self.replay_end_s:
                 return "caller-done"
 
     def _tick(self, k: int, deadline: float) -> None:
@@ -242,7 +260,18 @@ class MediaStreamClient:
         else:
             heard_pcm = ulaw_decode(heard)
             self.heard_vad.feed(heard_pcm)
-        mic = self.script.next_frame(self.heard_vad.current_onset is not None)
+        onset = self.heard_vad.current_onset
+        if self.replay is not None:
+            self._replay_tick(k)
+            return
+        if self.player is not None:
+            mic = self.player.next_frame(onset)
+            for digit, _ in self.player.take_dtmf():  # a key press leaves with this tick, before its frame
+                dtmf = Dtmf(self._next_seq(), self.stream_sid, "inbound_track", digit)
+                self._outbox.put_nowait((deadline, dtmf.serialize()))
+                self.truth["dtmf_sent"].append({"digit": digit, "at_ms": k * 20.0})
+        else:
+            mic = self.script.next_frame(onset is not None)
         self.caller_frames.append(mic)
         if self.echo is not None:
             self.echo.feed(heard_pcm)
@@ -267,6 +296,19 @@ class MediaStreamClient:
         chunk = self._chunk
         media = Media(self._next_seq(), self.stream_sid, "inbound", chunk, k * 20, ulaw_encode(pcm))
         self._unsent, self._unsent_delay = media.serialize(), fate.delay_s
+
+    def _replay_tick(self, k: int) -> None:
+        """The recorded frames that first arrived during this tick, each sent at its recorded time."""
+        for frame in self.replay.due((k + 1) * FRAME_S) if self.replay is not None else ():
+            self._chunk += 1
+            media = Media(
+                self._next_seq(), self.stream_sid, "inbound", self._chunk, frame.timestamp_ms, frame.payload
+            )
+            self._outbox.put_nowait((self._t0 + frame.at_s, media.serialize()))
+            self.sent_pcm.append(ulaw_decode(frame.payload))
+            self.truth["frames_sent_replay"] = self.truth.get("frames_sent_replay", 0) + 1
+        self.caller_frames.append(np.zeros(FRAME, np.float32))
+        self.truth["frames"] = k + 1
 
     def _echo_mark(self, name: str, flushed: bool = False) -> None:
         self._outbox.put_nowait((0.0, Mark(self._next_seq(), self.stream_sid, name).serialize()))
@@ -336,9 +378,9 @@ class MediaStreamClient:
         t["ended"] = {"reason": reason, **_stamp(time.monotonic(), self._t0, self._wall0)}
         heard = self.heard_pcm()
 
-        def segments(pcm: npt.NDArray[np.generic], threshold: float | None) -> list[dict[str, float]]:
+        def segments(found: list[SpeechSegment]) -> list[dict[str, float]]:
             out = []
-            for seg in find_speech(pcm, threshold):
+            for seg in found:
                 onset_s, end_s = seg.onset / RATE, seg.end / RATE
                 out.append(
                     {
@@ -350,12 +392,17 @@ class MediaStreamClient:
                 )
             return out
 
-        t["heard_speech"] = segments(heard, None)
+        heard_found = find_speech(heard, None)
+        t["heard_speech"] = segments(heard_found)
         t["first_heard_speech_onset"] = t["heard_speech"][0] if t["heard_speech"] else None
         t["first_heard_onset_ms"] = t["heard_speech"][0]["onset_ms"] if t["heard_speech"] else None
         t["lost_frames"] = t.get("frames_lost", [])  # alias
         voice = np.concatenate(self.caller_frames) if self.caller_frames else np.zeros(0, np.float32)
-        t["caller_speech"] = segments(voice, -40.0)
+        voice_found = find_speech(voice, -40.0)
+        t["caller_speech"] = segments(voice_found)
+        t["overlap"] = overlap_truth(voice_found, heard_found)
+        if self.player is not None:
+            t["steps"] = steps_truth(self.player.log, voice, heard_found)
         t["turns"] = [
             {"turn": p.index, "start_ms": p.start / RATE * 1000, "end_ms": p.end / RATE * 1000}
             for p in self.script.played

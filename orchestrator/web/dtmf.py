@@ -4,6 +4,10 @@ A caller pressing keys sends a `dtmf` frame per key; a hostile stream can send t
 each was one event row (one write on the store's single writer, shared by every call). Digits are
 gathered per stream and stored as one event at most once per `window_s`, holding at most `max_digits`
 (a flood keeps its count, not every digit), and the rest when the stream ends.
+
+Each stored payload keeps its digits in the order they arrived (`digits`, a string) and, when the
+batch knows the stream's origin (the time `start` was received, the analysis's time 0), when each one
+came (`at_ms`, one per kept digit, ms since that origin), so a timeline can place every key press.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ MAX_DIGITS = 64
 class DtmfBatch:
     """Digits of one stream waiting to be stored."""
 
-    __slots__ = ("count", "digits", "first_at", "max_digits", "tracks", "window_s")
+    __slots__ = ("at_ms", "count", "digits", "first_at", "max_digits", "origin", "tracks", "window_s")
 
-    def __init__(self, window_s: float = WINDOW_S, max_digits: int = MAX_DIGITS) -> None:
-        self.window_s, self.max_digits = window_s, max_digits
+    def __init__(
+        self, window_s: float = WINDOW_S, max_digits: int = MAX_DIGITS, origin: float | None = None
+    ) -> None:
+        self.window_s, self.max_digits, self.origin = window_s, max_digits, origin
         self.digits = ""
+        self.at_ms: list[float] = []
         self.count = 0  # frames, kept or not
         self.tracks: set[str] = set()
         self.first_at: float | None = None
@@ -33,6 +40,8 @@ class DtmfBatch:
         self.tracks.add(track)
         if len(self.digits) < self.max_digits:
             self.digits += digit
+            if self.origin is not None:
+                self.at_ms.append(round((now - self.origin) * 1000.0, 3))
 
     def due(self, now: float) -> bool:
         """True once the oldest waiting digit has waited `window_s`: store `take()` now."""
@@ -47,7 +56,9 @@ class DtmfBatch:
             "count": self.count,
             "track": ",".join(sorted(self.tracks)),
         }
+        if self.origin is not None:
+            payload["at_ms"] = self.at_ms
         if self.count > len(self.digits):
             payload["dropped"] = self.count - len(self.digits)
-        self.digits, self.count, self.tracks, self.first_at = "", 0, set(), None
+        self.digits, self.count, self.tracks, self.first_at, self.at_ms = "", 0, set(), None, []
         return payload

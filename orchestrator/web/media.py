@@ -19,8 +19,9 @@ from aiohttp import WSMsgType, web
 from bridge.backends.base import BackendBusy
 from bridge.protocol import MAX_GAP_MS, Dtmf, MediaStream, Start, Stop
 from bridge.session import MediaLink, MediaSession, SessionConfig
+from bridge.trace import trace_path
 from orchestrator.lifecycle import CallState
-from orchestrator.settings import log_safe, valid_call_id, valid_sid
+from orchestrator.settings import Settings, log_safe, valid_call_id, valid_sid
 from orchestrator.web.dtmf import DtmfBatch
 from orchestrator.web.signing import handshake_problem
 from orchestrator.web.state import STATE, AppState
@@ -47,7 +48,7 @@ class LiveCall:
         self.session = session
         self.start = start
         self.transcript: list[tuple[float, str]] = []
-        self.dtmf = DtmfBatch()
+        self.dtmf = DtmfBatch(origin=session.t0)  # digit times on the analysis's clock
         self.hangup_reason: str | None = None
 
     async def remote_ended(self, reason: str) -> None:
@@ -340,6 +341,13 @@ async def _go_live(
         recording=recording,
         max_media_ahead_s=MAX_GAP_MS / 1000.0,
         aec=state.settings.aec == "on",
+        trace=trace_path(recording) if recording is not None and state.settings.media_trace == "on" else None,
+    )
+    await state.service.record(  # what `orchestrator replay` needs to run this call's media again alike
+        source="local",
+        type="media_config",
+        call_id=call["id"],
+        payload=media_config(state.settings, state.backend.name, config),
     )
     live_ref: list[LiveCall] = []
 
@@ -368,6 +376,24 @@ async def _go_live(
     session.start()
     state.spawn(_close_when_done(live), f"watch-{call['id']}")
     return live
+
+
+def media_config(settings: Settings, backend: str, config: SessionConfig) -> dict[str, Any]:
+    """The settings that shaped a call's media path (informative; no secret, no phone number)."""
+    doc: dict[str, Any] = {
+        "backend": backend,
+        "aec": "on" if config.aec else "off",
+        "jitter_buffer_ms": round(config.jitter_buffer_s * 1000.0, 3),
+        "max_lead_ms": round(config.max_lead_s * 1000.0, 3),
+        "media_trace": config.trace is not None,
+    }
+    if backend == "echo":
+        doc.update(
+            echo_mode=settings.echo_mode,
+            echo_delay_ms=settings.echo_delay_ms,
+            echo_greeting=settings.echo_greeting,
+        )
+    return doc
 
 
 async def _end_live_call(

@@ -139,6 +139,8 @@ async def test_retention_removes_old_recordings_at_start_and_forgets_them(
     for c in (old, recent):
         path = folder / f"{c['id']}.wav"
         path.write_bytes(b"\0" * 1000)
+        for companion in (".model-in.wav", ".trace.npz"):  # what AEC=on and MEDIA_TRACE=on keep beside it
+            (folder / f"{c['id']}{companion}").write_bytes(b"\0" * 100)
         store.update_call(c["id"], recording_path=str(path))
     store.close()
     forty_days = time.time() - 40 * 86400
@@ -155,4 +157,6 @@ async def test_retention_removes_old_recordings_at_start_and_forgets_them(
 
     assert await wait_for(lambda: recording_path(old["id"]) is None)
     assert not (folder / f"{old['id']}.wav").exists()
+    assert not list(folder.glob(f"{old['id']}.*"))  # its companions went with it
     assert (folder / f"{recent['id']}.wav").exists() and recording_path(recent["id"]) is not None
+    assert len(list(folder.glob(f"{recent['id']}.*"))) == 3
