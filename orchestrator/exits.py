@@ -4,7 +4,7 @@ CI scripts branch on these, so they mean the same thing in every command:
 
     0    done, and what it found or caused is a success
     1    done, but the outcome is not a success (a call that ended busy, a FIX from doctor, a failed
-         criterion in the demo): the output says which
+         criterion in the demo, an unmet expectation of a scenario): the output says which
     2    nothing done: fix the command line, a setting, a file or the database (the message says which)
     3    nothing done: something outside did not cooperate (the carrier, a port, the network)
     130  interrupted (Ctrl-C)

@@ -25,6 +25,8 @@ LAZY_COMMANDS = {
     "emulator": "orchestrator.emulator.cli",
     "doctor": "orchestrator.cli.doctor",
     "models": "orchestrator.cli.models",
+    "scenario": "orchestrator.cli.scenario",
+    "replay": "orchestrator.cli.replay",
 }
 
 
@@ -40,6 +42,8 @@ LAZY_HELP = {
     "doctor": "Check settings, thresholds, carrier, database, tunnel, tools and the model cache; say how to fix "
     "what is wrong.",
     "models": "Fetch and inspect the Moshi model files (Hugging Face cache).",
+    "scenario": "Run scripted caller scenarios against the carrier emulator and judge every call.",
+    "replay": "Feed a recorded call's caller, frame by frame on its recorded timing, to a backend.",
 }
 
 

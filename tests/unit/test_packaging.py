@@ -27,7 +27,7 @@ def test_the_package_list_names_every_package_on_disk() -> None:
 def test_the_top_level_migrations_folder_ships_as_orchestrator_migrations() -> None:
     config = _config()
     assert config["package-dir"]["orchestrator.migrations"] == "migrations"
-    assert config["package-data"]["orchestrator.migrations"] == ["*.sql"]
+    assert config["package-data"]["orchestrator.migrations"] == ["*.sql", "postgres/*.sql"]
     from orchestrator.schema import migration_files
 
     names = [m.name for m in migration_files()]
