@@ -6,6 +6,7 @@ Hierarchy:
     ├── SettingsError            a setting is missing or malformed (names the setting and the fix)
     │   └── ThresholdError       a CHECK_* threshold is unknown or its value malformed
     ├── StoreError               the database cannot be opened, is newer than this code, ...
+    │   └── StoreUnreachable     the database server did not answer (also an Unavailable: exit 3)
     ├── UnknownCall              no call with that id or CallSid
     ├── LifecycleError           an impossible *local* command (a bug): remote surprises never raise
     └── Unavailable              something outside did not cooperate (a port taken, a network down)
@@ -60,3 +61,7 @@ class CarrierError(Unavailable):
         self.code = code
         self.status = status
         self.unreachable = unreachable  # no answer at all (connection refused, timeout), not a refusal
+
+
+class StoreUnreachable(StoreError, Unavailable):
+    """The database server did not answer (PostgreSQL down, a wrong host or port): exit code 3."""

@@ -1,0 +1,169 @@
+"""The PostgreSQL store's plumbing: the pool, the schema checks at open, transactions, and row helpers.
+
+`PgBase` is what `orchestrator.store_pg.PgStore` stands on; it holds no table knowledge beyond the
+migrations. Connections come from a psycopg_pool pool in autocommit mode: a statement outside
+`transaction()` is its own transaction, as in SQLite; `transaction()` binds one connection to the calling
+thread until it ends, and nested it is a savepoint. Never show the URL unmasked (`self.path` is masked).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from orchestrator.errors import StoreError
+from orchestrator.schema import migration_files
+from orchestrator.store_pg_url import INSTALL_HINT, connect_error, parse_target
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError:  # the `postgres` extra is not installed: PgStore() says so in one line
+    psycopg = None  # type: ignore[assignment]
+
+__all__ = ["PgBase"]
+
+
+class PgBase:
+    """Connections, schema and transactions of a PostgreSQL store (the rows are PgStore's)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool = True,
+        create: bool = True,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout_s: int = 5,
+    ) -> None:
+        """Connect to `url` (postgresql://...), check the schema, and with `migrate` upgrade it.
+
+        The database itself must exist (this never creates one). `create=False` is for commands that only
+        read: a database with none of our tables yet is a StoreError, as a missing file is for SQLite.
+        Another application's database, or one a newer version wrote, is refused before anything is
+        written to it. `path` is the URL with its password masked, for messages.
+        """
+        self.target = parse_target(url)
+        self.path = self.target.shown
+        if psycopg is None:
+            raise StoreError(f"{self.path} needs PostgreSQL support, which is not installed: {INSTALL_HINT}")
+        from orchestrator.store_pg_schema import applied_migrations, check_pg_schema
+
+        try:  # one connection first: a precise error, and the checks before a pool exists
+            first = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s)
+        except psycopg.Error as exc:
+            raise connect_error(exc, self.target) from exc
+        try:
+            check_pg_schema(first, self.path)
+            if not create and not applied_migrations(first):
+                raise StoreError(
+                    f"no orchestrator tables in {self.path} yet (`orchestrator migrate` with this "
+                    "ORCHESTRATOR_DB makes them)"
+                )
+        except psycopg.Error as exc:  # e.g. a user not allowed to read the catalog
+            raise connect_error(exc, self.target) from exc
+        finally:
+            first.close()
+        self._local = threading.local()
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, "connect_timeout": connect_timeout_s},
+            open=False,
+            name="orchestrator-store",
+        )
+        try:
+            self._pool.open(wait=True, timeout=float(connect_timeout_s) * 2)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise connect_error(exc, self.target) from exc
+        if migrate:
+            self.migrate()
+
+    # -- schema -------------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied now."""
+        from orchestrator.store_pg_schema import apply_migrations
+
+        with self._pool.connection() as conn:
+            return apply_migrations(conn, self.path)
+
+    def migration_status(self) -> list[dict[str, Any]]:
+        from orchestrator.store_pg_schema import applied_migrations
+
+        with self._conn() as conn:
+            applied = applied_migrations(conn)
+        return [{"name": m.name, "applied_at": applied.get(m.name)} for m in migration_files()]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of writes: a transaction on this thread's connection; nested, a savepoint."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            with conn.transaction():
+                yield
+            return
+        with self._pool.connection() as conn:
+            self._local.conn = conn
+            try:
+                with conn.transaction():
+                    yield
+            finally:
+                self._local.conn = None
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested part of the current transaction that can fail alone (outside one: a transaction)."""
+        with self.transaction():
+            yield
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """This thread's transaction connection, or one from the pool for a single autocommit statement."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _in_transaction(self) -> bool:
+        return getattr(self._local, "conn", None) is not None
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """Several statements as one: a transaction of their own, or part of the caller's (no savepoint:
+        an error aborts the caller's transaction, which is what the caller's own unit is for)."""
+        if self._in_transaction():
+            yield
+            return
+        with self.transaction():
+            yield
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._conn() as conn:
+            rows = conn.cursor(row_factory=dict_row).execute(sql, args).fetchall()
+        for row in rows:
+            row.pop("_seq", None)  # calls' insertion order (SQLite's rowid): never part of a row
+        return rows
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchone()
+
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> None:
+        with self._conn() as conn:
+            conn.execute(sql, args)
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._atomic(), self._conn() as conn:
+            conn.cursor().executemany(sql, rows)
