@@ -1,25 +1,29 @@
 """The HTML test-run report: one self-contained page (inline CSS, inline SVG; no script, nothing fetched).
 
 Layout, per run: the checklist matrix (table#matrix-<run>.matrix, calls x criteria, colour per status, a
-manual verdict marked and the automatic one shown beneath it), latency distributions across calls, the
-metric summary (p50/p95); then per call (section#call-<id>.call): its verdicts with evidence, the
-timeline of states, events and speech, the levels of both channels with the echo marked, and the
-response latency of each turn. A call without audio (busy, refused) simply has fewer plots.
+manual verdict marked and the automatic one shown beneath it; with `call_links`, each row links its call
+page), the calls grouped by failing criterion (ul#failing-<run>), latency distributions across calls
+(axes scaled to the data, a CDF with p50/p95 once there are more than a handful), the metric summary
+(p50/p95); then per call (section#call-<id>.call): its verdicts with evidence, the timeline of states,
+events and speech and the levels of both channels with the echo marked, on one axis (s since the stream
+started), and the response latency of each turn. A call without audio (busy, refused) has fewer plots.
 
 Pure string building: never writes the file, never reads a clock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 
+from orchestrator.report.dist_svg import distribution_svg
 from orchestrator.report.model import CallReport, Cell, Report, RunReport
 from orchestrator.report.svg import (
     CALLER,
     ECHO,
     MODEL,
+    OVER,
     STATE_COLOURS,
-    distribution_svg,
     dom_id,
     latency_bars_svg,
     levels_svg,
@@ -79,11 +83,15 @@ tr.totals td { font-size: 12px; font-weight: 600; color: var(--muted); backgroun
 ul.verdicts { list-style: none; padding: 0; margin: 0; columns: 2; column-gap: 28px; font-size: 13px; }
 ul.verdicts li { break-inside: avoid; margin: 0 0 5px; }
 ul.verdicts .sub { color: var(--muted); }
-svg { width: 100%; height: auto; display: block; margin: 4px 0; font-size: 12px; }
-svg .tick, svg .lane { fill: var(--muted); font-size: 11px; } svg .lane { font-weight: 600; }
-svg .plot-title { font-weight: 600; font-size: 13px; } svg .on-colour { font-size: 11px; font-weight: 600; }
+svg { width: 100%; height: auto; display: block; margin: 4px 0; font-size: 15px; }
+/* plots on the 1000-unit canvas never shrink below 760 px (a scroll bar instead): 15 units >= 11 px */
+.scroll { overflow-x: auto; } .scroll svg { min-width: 760px; }
+svg .tick, svg .lane { fill: var(--muted); font-size: 15px; } svg .lane { font-weight: 600; }
+svg .plot-title { font-weight: 600; font-size: 16px; } svg .on-colour { font-size: 14px; font-weight: 600; }
 svg .echo-label { font-weight: 700; } svg .stats { fill: var(--muted); }
-.plots { display: grid; grid-template-columns: 5fr 2fr; gap: 0 24px; }
+svg.latency-bars { max-width: 520px; } svg.latency-bars .tick { font-size: 12px; }
+.plots h4 { margin-top: 10px; }
+ul.failing { margin: 0 0 8px; padding-left: 20px; font-size: 14px; } ul.failing a { margin-right: 8px; }
 table.metrics td, table.metrics th, table.events td, table.events th { padding: 3px 10px;
   border-bottom: 1px solid var(--line); text-align: right; font-size: 13px; }
 table.metrics td:first-child, table.events td:not(:first-child) { text-align: left; }
@@ -105,9 +113,10 @@ def _legend() -> str:
         ("#8250df", "manual verdict (automatic one shown beneath)"),
         (CALLER, "caller speech / inbound"),
         (MODEL, "model speech / outbound"),
-        (ECHO, "echo, over threshold"),
+        (ECHO, "echo"),
+        (OVER, "over a threshold"),
     ]
-    states = [(colour, state) for state, colour in STATE_COLOURS.items() if state not in ("no-answer",)]
+    states = [(colour, state) for state, colour in STATE_COLOURS.items()]
     chips = [f'<span><span class="sw" style="background:{c}"></span>{escape(t)}</span>' for c, t in items]
     chips += [f'<span><span class="sw" style="background:{c}"></span>{escape(t)}</span>' for c, t in states]
     return '<div class="legend">' + "".join(chips) + "</div>"
@@ -126,11 +135,22 @@ def _cell(cell: Cell | None) -> str:
     return f'<td class="{escape(cls)}" data-criterion="{cell.criterion}" title="{escape(tip)}">{inner}</td>'
 
 
-def _matrix(report: Report, run: RunReport) -> str:
+Links = Mapping[str, str]  # call id -> its call page, relative to this report
+
+
+def _page_link(c: CallReport, links: Links) -> str:
+    href = links.get(c.id)
+    return f' <a class="call-page" href="{escape(href)}">call page</a>' if href else ""
+
+
+def _matrix(report: Report, run: RunReport, links: Links) -> str:
     head = "".join(f'<th title="{escape(LABELS[n])}">{escape(SHORT.get(n, n))}</th>' for n in report.criteria)
     rows = []
     for c in run.calls:
-        link = f'<a href="#call-{dom_id(c.id)}">{escape(c.id)}</a><br><small>{escape(c.state)}</small>'
+        link = (
+            f'<a href="#call-{dom_id(c.id)}">{escape(c.id)}</a>{_page_link(c, links)}'
+            f"<br><small>{escape(c.state)}</small>"
+        )
         rows.append(
             f'<tr data-call="{escape(c.id)}"><th class="callid">{link}</th>'
             + "".join(_cell(c.cell(n)) for n in report.criteria)
@@ -149,6 +169,29 @@ def _matrix(report: Report, run: RunReport) -> str:
         f'</tr></thead><tbody>{"".join(rows)}<tr class="totals"><th class="callid">passed</th>{totals}</tr>'
         "</tbody></table>"
     )
+
+
+def _failing(report: Report, run: RunReport, links: Links) -> str:
+    """The calls grouped by the criterion they fail, most failed first: where to look, without a script."""
+    groups = []
+    for name in report.criteria:
+        failed = [c for c in run.calls if (cell := c.cell(name)) is not None and cell.status == "fail"]
+        if failed:
+            groups.append((name, failed))
+    if not groups:
+        return '<p class="none">No call fails a criterion.</p>'
+    groups.sort(key=lambda g: -len(g[1]))
+    items = []
+    for name, failed in groups:
+        calls = " ".join(
+            f'<a href="{escape(links.get(c.id) or "#call-" + dom_id(c.id))}">{escape(c.id)}</a>'
+            for c in failed
+        )
+        items.append(
+            f'<li data-criterion="{escape(name)}"><b>{escape(LABELS.get(name, name))}</b> '
+            f"({len(failed)} of {len(run.calls)}): {calls}</li>"
+        )
+    return f'<ul class="failing" id="failing-{dom_id(run.label)}">{"".join(items)}</ul>'
 
 
 def _metrics_table(run: RunReport) -> str:
@@ -196,7 +239,10 @@ def _events_table(c: CallReport) -> str:
     )
 
 
-def _call_section(report: Report, c: CallReport) -> str:
+def _call_section(report: Report, c: CallReport, links: Links) -> str:
+    origin = (
+        "the stream started" if c.stream_start_ms is not None else "the call was created; it never streamed"
+    )
     passed = sum(1 for cell in c.cells if cell.status == "pass")
     judged = sum(1 for cell in c.cells if cell.status != "unknown")
     unknown = len(c.cells) - judged
@@ -214,7 +260,7 @@ def _call_section(report: Report, c: CallReport) -> str:
     )
     parts = [
         f'<section class="call" id="call-{dom_id(c.id)}" data-call="{escape(c.id)}">',
-        f"<h3>Call {escape(c.id)} {_badge(state_status, c.state)} "
+        f"<h3>Call {escape(c.id)} {_badge(state_status, c.state)}{_page_link(c, links)} "
         f"<small>{passed}/{judged} criteria pass"
         + (f", {unknown} unknown" if unknown else "")
         + "</small></h3>",
@@ -223,24 +269,28 @@ def _call_section(report: Report, c: CallReport) -> str:
         if c.verdict_source == "computed"
         else "",
         _verdicts(c),
-        "<h4>Timeline: states, events, speech (s since the call was created)</h4>",
-        timeline_svg(c) or '<p class="none">No timeline recorded.</p>',
+        f"<h4>Timeline and levels on one axis: states, events, speech (s since {origin})</h4>",
+        f'<div class="scroll">{timeline_svg(c)}</div>'
+        if c.timeline
+        else '<p class="none">No timeline recorded.</p>',
     ]
     levels = levels_svg(c)
     bars = latency_bars_svg(c, report.thresholds.response_latency_ms_max)
     if levels or bars:
-        parts.append('<div class="plots"><div><h4>Levels (s since stream start)</h4>')
-        parts.append(levels or '<p class="none">No level data.</p>')
-        parts.append("</div><div><h4>Response latency per turn</h4>")
+        parts.append('<div class="plots">')
+        parts.append(
+            f'<div class="scroll">{levels}</div>' if levels else '<p class="none">No level data.</p>'
+        )
+        parts.append("<h4>Response latency per turn</h4>")
         parts.append(bars or '<p class="none">No turns measured.</p>')
-        parts.append("</div></div>")
+        parts.append("</div>")
     else:
         parts.append('<p class="none">No audio on this call: no levels or turns to plot.</p>')
     parts += [_events_table(c), "</section>"]
     return "".join(parts)
 
 
-def _run_section(report: Report, run: RunReport) -> str:
+def _run_section(report: Report, run: RunReport, links: Links) -> str:
     th = report.thresholds
     run_id = dom_id(run.label)
     dists = [
@@ -257,26 +307,32 @@ def _run_section(report: Report, run: RunReport) -> str:
             th.response_latency_ms_max,
         ),
     ]
-    plotted = "".join(d for d in dists if d) or '<p class="none">No latency measured in this run.</p>'
+    plotted = "".join(f'<div class="scroll">{d}</div>' for d in dists if d)
+    plotted = plotted or '<p class="none">No latency measured in this run.</p>'
     return (
         f'<section class="run" id="run-{run_id}"><h2>Run {escape(run.label)} · {len(run.calls)} calls</h2>'
-        f"<h4>Checklist</h4>{_matrix(report, run)}<h4>Latency across calls</h4>{plotted}"
+        f"<h4>Checklist</h4>{_matrix(report, run, links)}"
+        f"<h4>Failing criteria, most failed first</h4>{_failing(report, run, links)}"
+        f"<h4>Latency across calls</h4>{plotted}"
         f"<h4>Metrics across calls</h4>{_metrics_table(run)}</section>"
-        + "".join(_call_section(report, c) for c in run.calls)
+        + "".join(_call_section(report, c, links) for c in run.calls)
     )
 
 
-def render_html(report: Report) -> str:
-    """The whole report as one HTML document."""
+def render_html(report: Report, call_links: Links | None = None) -> str:
+    """The whole report as one HTML document; `call_links` (call id -> href) links each call's page."""
+    links: Links = call_links or {}
     total = sum(1 for r in report.runs for c in r.calls for cell in c.cells if cell.status == "pass")
-    cells = sum(len(c.cells) for r in report.runs for c in r.calls)
+    # of the checks that could be judged: an unknown (no tunnel offline, no model to load) is counted apart
+    unknown = sum(1 for r in report.runs for c in r.calls for cell in c.cells if cell.status == "unknown")
+    cells = sum(len(c.cells) for r in report.runs for c in r.calls) - unknown
     th = report.thresholds
     summary = (
-        f"{len(report.runs)} run(s), {report.n_calls} call(s), {total}/{cells} checks pass · thresholds: first audio "
+        f"{len(report.runs)} run(s), {report.n_calls} call(s), {total}/{cells} judged checks pass, {unknown} unknown · thresholds: first audio "
         f"≤ {th.first_audio_heard_ms_max:.0f} ms, response p50 ≤ {th.response_latency_ms_max:.0f} ms, "
         f"model load ≤ {th.model_load_s_max:g} s, ≥ {th.min_turns} turns"
     )
-    body = "".join(_run_section(report, r) for r in report.runs) or '<p class="none">No calls.</p>'
+    body = "".join(_run_section(report, r, links) for r in report.runs) or '<p class="none">No calls.</p>'
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

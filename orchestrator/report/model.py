@@ -36,6 +36,11 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "aec_erle_db",  # with AEC=on: what the canceller took out, and what echo the model still heard
     "residual_echo_return_loss_db",
     "backend_lag_ms_p50",  # the moshi-server backend: the round trip of one 80 ms frame
+    "backend_path_added_ms",  # and its path's share of first audio (one Opus pass + half a ping)
+    "barge_in_stop_ms",  # double talk: how long the model went on at the phone after the caller cut in
+    "overlap_ms",
+    "interruptions_by_caller",
+    "interruptions_by_model",
     "inbound_gap_ms_total",
     "inbound_jitter_ms",
     "outbound_underruns",

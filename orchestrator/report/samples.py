@@ -85,6 +85,42 @@ def _doc(
     }
 
 
+MEDIA_OFFSET_S = 0.012  # local time of media time 0: the line's transit
+LOST_MEDIA_MS = (2040.0, 6500.0)  # the lossy sample call loses one 20 ms frame at each
+PIECES = ("<s>", "▁Hello", ",", "▁how", "▁are", "▁you", "?", "</s>")
+
+
+def _stream(outbound: list[list[float]], talk_s: float, *, lossy: bool) -> dict[str, Any]:
+    """Media-stream events in time as the analysis stores them: marks, one clear, gaps, an underrun."""
+    marks = []
+    for s, e in outbound:
+        marks += [[round(s - 0.05, 3), round(s + 0.02, 3), 0], [round(e - 0.05, 3), round(e + 0.02, 3), 0]]
+    clears: list[float] = []
+    if lossy:  # a barge-in: the last reply's end mark is flushed by a clear
+        t = round(outbound[-1][1] - 0.3, 3)
+        marks[-1] = [marks[-1][0], t, 1]
+        clears.append(t)
+    lost = LOST_MEDIA_MS if lossy else ()
+    return {
+        "media_offset_s": MEDIA_OFFSET_S,
+        "inbound_frames": int(talk_s * 50) - len(lost),
+        "gaps": [[round(ms / 1000 + MEDIA_OFFSET_S, 3), ms, 20.0] for ms in lost],
+        "jitter": [[i / 2, round(3.2 + math.sin(i) * 1.2, 2)] for i in range(int(talk_s * 2))],
+        "marks": marks,
+        "clears": clears,
+        "underruns": [[round(outbound[1][0] + 0.5, 3), 40.0]] if lossy else [],
+    }
+
+
+def _transcript(outbound: list[list[float]]) -> list[dict[str, Any]]:
+    """The model's text pieces as the store keeps them (sentencepiece, specials included), per reply."""
+    return [
+        {"at_ms": round((s + 0.04 * k) * 1000, 1), "text": piece}
+        for s, _ in outbound
+        for k, piece in enumerate(PIECES)
+    ]
+
+
 def _answered_call(
     call_id: str, *, start_s: float, echo: bool, latencies_ms: list[float], talk_s: float = 12.0
 ) -> dict[str, Any]:
@@ -122,6 +158,9 @@ def _answered_call(
         ("status_callback", "completed", end_s),
     ]:
         dup = offset == answer + 0.5
+        payload: dict[str, Any] = {"CallStatus": type_} if source == "status_callback" else {}
+        if type_ == "completed":  # Twilio reports the SIP code and the seconds on terminal events only
+            payload.update(SipResponseCode="200", CallDuration=str(math.ceil(end_s - answer)))
         ev.append(
             {
                 "source": source,
@@ -129,7 +168,7 @@ def _answered_call(
                 "at": iso(start_s + offset),
                 "accepted": not dup,
                 "reason": "duplicate" if dup else None,
-                "payload": {},
+                "payload": payload,
             }
         )
     ev.sort(key=lambda e: e["at"])
@@ -152,7 +191,9 @@ def _answered_call(
             "peak": 0.71 if echo else 0.03,
         },
         "levels": {"inbound": inbound_levels, "outbound": _levels(outbound, end_s - stream, out_floor, 1.0)},
+        "stream": _stream(outbound, end_s - stream, lossy=echo),
     }
+    doc["transcript"] = _transcript(outbound)
     doc["metrics"] = {
         "model_load_s": 7.6,
         "stream_connect_ms": round((stream - answer) * 1000),
@@ -170,7 +211,9 @@ def _answered_call(
         "late_frames": 0,
         "inbound_gap_ms_total": 40.0 if echo else 0.0,
         "inbound_jitter_ms": 3.2,
-        "outbound_underruns": 0,
+        "inbound_jitter_ms_max": 4.4,
+        "inbound_media_offset_ms": MEDIA_OFFSET_S * 1000,
+        "outbound_underruns": 1 if echo else 0,
         "inbound_rms_dbfs": -31.5,
         "outbound_rms_dbfs": -28.9,
         "inbound_clip_ratio": 0.0,
@@ -225,7 +268,7 @@ def sample_docs() -> list[dict[str, Any]]:
             "at": iso(121.0),
             "accepted": True,
             "reason": None,
-            "payload": {},
+            "payload": {"CallStatus": "ringing"},
         },
         {
             "source": "status_callback",
@@ -233,7 +276,7 @@ def sample_docs() -> list[dict[str, Any]]:
             "at": iso(128.0),
             "accepted": True,
             "reason": None,
-            "payload": {},
+            "payload": {"CallStatus": "busy", "SipResponseCode": "486", "CallDuration": "0"},
         },
     ]
     busy["metrics"] = {"model_load_s": 7.6}

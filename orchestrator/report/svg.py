@@ -2,11 +2,12 @@
 
 Each function returns one `<svg>` element (or "" when there is nothing to draw) with a stable id and
 class so tests and stylesheets can find it: `timeline-<call>` (.timeline), `levels-<call>` (.levels),
-`latency-<call>` (.latency-bars), and `dist-<name>` (.distribution).
+`latency-<call>` (.latency-bars); the cross-call `dist-<name>` (.distribution) are `dist_svg`'s.
 
-Time axes: the timeline is in seconds since the call was created; the analysis (speech segments,
-levels, turns) is in seconds since the stream started and is placed on the timeline at the stream's
-start. Pure string building; no I/O.
+Time axes: a call's timeline and its levels share one axis, seconds since the stream started (negative
+before it; a call that never streamed counts from its creation), at the same width and scale, so speech
+lines up with levels. Cross-call distributions scale to their data, not to 0..threshold. Pure string
+building; no I/O.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import re
 from collections.abc import Callable, Sequence
 from html import escape
 
-from orchestrator.report.model import CallReport, percentile
+from orchestrator.report.model import CallReport
 
 W = 1000  # viewBox width; the page scales it
 LEFT, RIGHT = 110, 20
-CALLER, MODEL, ECHO, GRID, INK = "#0969da", "#bc4c00", "#cf222e", "#d0d7de", "#24292f"
+# echo (magenta), over a threshold (red) and the failed states (busy red, no-answer orange, failed
+# maroon) each have their own colour: a reader must never have to guess which one a red mark is
+CALLER, MODEL, ECHO, OVER, GRID, INK = "#0969da", "#bc4c00", "#bf3989", "#cf222e", "#d0d7de", "#24292f"
 STATE_COLOURS = {
     "queued": "#afb8c1",
     "ringing": "#d4a72c",
@@ -28,8 +31,8 @@ STATE_COLOURS = {
     "streaming": "#1f883d",
     "completed": "#57606a",
     "busy": "#cf222e",
-    "no-answer": "#cf222e",
-    "failed": "#a40e26",
+    "no-answer": "#fb8f44",
+    "failed": "#82071e",
     "canceled": "#8c959f",
 }
 
@@ -80,23 +83,41 @@ def _segments(call: CallReport, key: str) -> list[tuple[float, float]]:
     return [(float(s), float(e)) for s, e in call.analysis.get(key) or [] if e is not None and s is not None]
 
 
+def call_range_s(call: CallReport) -> tuple[float, float]:
+    """The axis of one call in s since its stream started (since creation if it never streamed)."""
+    off = (call.stream_start_ms or 0.0) / 1000
+    ts = [i.t_ms / 1000 - off for i in call.timeline] + [s.end_ms / 1000 - off for s in call.spans]
+    ts += [e for key in ("inbound_segments", "outbound_segments") for _, e in _segments(call, key)]
+    levels = call.analysis.get("levels") or {}
+    ts += [
+        float(p[0]) for k in ("inbound", "outbound") for p in (levels.get(k) or [])[-1:] if p[0] is not None
+    ]
+    lo, hi = min([0.0, *ts]), max([0.5, *ts])
+    pad = (hi - lo) * 0.02
+    return lo - pad, hi + pad
+
+
+def _scale(lo: float, hi: float) -> Callable[[float], float]:
+    def sx(t: float) -> float:
+        return LEFT + (W - LEFT - RIGHT) * (min(max(t, lo), hi) - lo) / (hi - lo)
+
+    return sx
+
+
 def timeline_svg(call: CallReport) -> str:
     """States as coloured spans, events as ticks (rejected: hollow red), speech segments per channel."""
     if not call.timeline:
         return ""
     off = (call.stream_start_ms or 0.0) / 1000
-    ends = [i.t_ms / 1000 for i in call.timeline] + [s.end_ms / 1000 for s in call.spans]
-    ends += [off + e for key in ("inbound_segments", "outbound_segments") for _, e in _segments(call, key)]
-    span = max(max(ends, default=1.0), 0.5) * 1.02
-
-    def sx(t: float) -> float:
-        return LEFT + (W - LEFT - RIGHT) * max(0.0, t) / span
-
+    lo, hi = call_range_s(call)
+    sx = _scale(lo, hi)
+    unit = " s" if call.stream_start_ms is not None else " s (since created)"
     lanes = {"state": 10, "events": 44, "caller": 70, "model": 96}
     body = [_text(LEFT - 8, y + 15, name, "lane", "end") for name, y in lanes.items()]
-    body += _x_axis(nice_ticks(0, span), sx, 8, 122, " s")
+    body += _x_axis(nice_ticks(lo, hi), sx, 8, 122, " s")
+    body.append(_text(LEFT - 8, 136, "since start" if unit == " s" else "since created", "tick", "end"))
     for s in call.spans:
-        x0, x1 = sx(s.start_ms / 1000), sx(s.end_ms / 1000)
+        x0, x1 = sx(s.start_ms / 1000 - off), sx(s.end_ms / 1000 - off)
         w = max(x1 - x0, 4.0)  # a terminal state is an instant: still show it
         colour = STATE_COLOURS.get(s.state, "#8c959f")
         body.append(
@@ -108,8 +129,8 @@ def timeline_svg(call: CallReport) -> str:
     for item in call.timeline:
         if item.kind != "event":
             continue
-        x, y = sx(item.t_ms / 1000), lanes["events"]
-        style = f'fill="{INK}"' if item.accepted else f'fill="#ffffff" stroke="{ECHO}" stroke-width="1.5"'
+        x, y = sx(item.t_ms / 1000 - off), lanes["events"]
+        style = f'fill="{INK}"' if item.accepted else f'fill="#ffffff" stroke="{OVER}" stroke-width="1.5"'
         tip = f"{item.label} at {item.t_ms:.0f} ms" + (f" ({item.detail})" if item.detail else "")
         body.append(
             f'<rect class="event{"" if item.accepted else " rejected"}" x="{_t(x - 2)}" y="{y + 2}" width="4" '
@@ -120,7 +141,7 @@ def timeline_svg(call: CallReport) -> str:
         ("outbound_segments", "model", MODEL, "model"),
     ):
         for start, end in _segments(call, key):
-            x0, x1 = sx(off + start), sx(off + end)
+            x0, x1 = sx(start), sx(end)
             body.append(
                 f'<rect class="speech speech-{who}" x="{_t(x0)}" y="{lanes[lane] + 2}" width="{_t(max(x1 - x0, 1.5))}" '
                 f'height="18" rx="2" fill="{colour}"><title>{who} speech {start:.2f}–{end:.2f} s after stream start'
@@ -170,7 +191,7 @@ def _echo_marks(
 
 
 def levels_svg(call: CallReport) -> str:
-    """RMS level of both channels over the stream; when echo is flagged, shaded where it lies."""
+    """RMS level of both channels, on the call's timeline axis; when echo is flagged, shaded where it lies."""
     levels = call.analysis.get("levels") or {}
     tracks = {
         k: [(float(t), float(v)) for t, v in levels.get(k) or [] if v is not None and t is not None]
@@ -178,11 +199,9 @@ def levels_svg(call: CallReport) -> str:
     }
     if not any(tracks.values()):
         return ""
-    span = max(t for pts in tracks.values() for t, _ in pts) or 1.0
-    lo, hi, top, bottom = -80.0, 0.0, 18, 172
-
-    def sx(t: float) -> float:
-        return LEFT + (W - LEFT - RIGHT) * min(t, span) / span
+    lo_t, hi_t = call_range_s(call)
+    sx = _scale(lo_t, hi_t)
+    lo, hi, top, bottom = -80.0, 0.0, 24, 178
 
     def sy(v: float) -> float:
         return bottom - (bottom - top) * (min(max(v, lo), hi) - lo) / (hi - lo)
@@ -193,7 +212,7 @@ def levels_svg(call: CallReport) -> str:
             f'<line x1="{LEFT}" y1="{_t(sy(db))}" x2="{W - RIGHT}" y2="{_t(sy(db))}" stroke="{GRID}"/>'
         )
         body.append(_text(LEFT - 8, sy(db) + 4, f"{db:g} dBFS", "tick", "end"))
-    body += _x_axis(nice_ticks(0, span), sx, bottom, bottom + 2, " s")
+    body += _x_axis(nice_ticks(lo_t, hi_t), sx, bottom, bottom + 2, " s")
     body += _echo_marks(call, sx, sy, top, bottom, tracks["outbound"])
     for key, colour in (("outbound", MODEL), ("inbound", CALLER)):
         pts = " ".join(f"{_t(sx(t))},{_t(sy(v))}" for t, v in tracks[key])
@@ -202,9 +221,14 @@ def levels_svg(call: CallReport) -> str:
                 f'<polyline class="level level-{key}" points="{pts}" fill="none" stroke="{colour}" '
                 'stroke-width="1.6"/>'
             )
-    body.append(_text(LEFT, top - 6, "caller (inbound)", "lane", fill=CALLER))
-    body.append(_text(LEFT + 120, top - 6, "model (outbound)", "lane", fill=MODEL))
-    return _svg(f"levels-{dom_id(call.id)}", "levels", 196, body, f"Levels of call {call.id}")
+    x = float(LEFT)
+    for label, colour in (("caller (inbound)", CALLER), ("model (outbound)", MODEL), ("echo", ECHO)):
+        body.append(
+            f'<rect class="swatch" x="{_t(x)}" y="{top - 17}" width="12" height="12" fill="{colour}"/>'
+        )
+        body.append(_text(x + 16, top - 7, label, "lane", fill=colour))
+        x += 34 + 9.5 * len(label)
+    return _svg(f"levels-{dom_id(call.id)}", "levels", 202, body, f"Levels of call {call.id}")
 
 
 def latency_bars_svg(call: CallReport, threshold_ms: float) -> str:
@@ -231,17 +255,17 @@ def latency_bars_svg(call: CallReport, threshold_ms: float) -> str:
         over = v > threshold_ms
         body.append(
             f'<rect class="bar{" over" if over else ""}" x="{_t(x)}" y="{_t(sy(v))}" width="{_t(bw)}" '
-            f'height="{_t(bottom - sy(v))}" fill="{ECHO if over else CALLER}"><title>turn {i + 1}: {v:.0f} ms'
+            f'height="{_t(bottom - sy(v))}" fill="{OVER if over else CALLER}"><title>turn {i + 1}: {v:.0f} ms'
             f"</title></rect>"
         )
         body.append(_text(x + bw / 2, sy(v) - 4, f"{v:.0f}", "value", "middle"))
         body.append(_text(x + bw / 2, bottom + 14, f"turn {i + 1}", "tick", "middle"))
     y = sy(threshold_ms)
     body.append(
-        f'<line class="threshold" x1="{left}" y1="{_t(y)}" x2="{width - RIGHT}" y2="{_t(y)}" stroke="{ECHO}" stroke-dasharray="6 4"/>'
+        f'<line class="threshold" x1="{left}" y1="{_t(y)}" x2="{width - RIGHT}" y2="{_t(y)}" stroke="{OVER}" stroke-dasharray="6 4"/>'
     )
     body.append(
-        _text(width - RIGHT, 11, f"- - threshold {threshold_ms:.0f} ms", "threshold-label", "end", ECHO)
+        _text(width - RIGHT, 11, f"- - threshold {threshold_ms:.0f} ms", "threshold-label", "end", OVER)
     )
     return _svg(
         f"latency-{dom_id(call.id)}",
@@ -251,57 +275,3 @@ def latency_bars_svg(call: CallReport, threshold_ms: float) -> str:
         f"Response latency per turn, call {call.id}",
         width,
     )
-
-
-def distribution_svg(name: str, title: str, values: Sequence[tuple[str, float]], threshold_ms: float) -> str:
-    """A strip plot with a box (quartiles, median, range) of one latency across calls."""
-    if not values:
-        return ""
-    nums = [v for _, v in values]
-    vmax = max([*nums, threshold_ms]) * 1.08
-    top, bottom, mid = 42, 122, 82
-
-    def sx(v: float) -> float:
-        return LEFT + (W - LEFT - RIGHT) * v / vmax
-
-    q1, med, q3 = (percentile(nums, q) for q in (25, 50, 75))
-    body = [_text(LEFT, 16, title, "plot-title")]
-    body += _x_axis(nice_ticks(0, vmax), sx, top, bottom, " ms")
-    body.append(
-        f'<line class="whisker" x1="{_t(sx(min(nums)))}" y1="{mid}" x2="{_t(sx(max(nums)))}" y2="{mid}" stroke="{INK}"/>'
-        f'<rect class="box" x="{_t(sx(q1))}" y="{mid - 16}" width="{_t(max(sx(q3) - sx(q1), 1))}" height="32" '
-        f'fill="#ddf4ff" stroke="{CALLER}"/><line class="median" x1="{_t(sx(med))}" y1="{mid - 16}" '
-        f'x2="{_t(sx(med))}" y2="{mid + 16}" stroke="{CALLER}" stroke-width="3"/>'
-    )
-    for i, (call_id, v) in enumerate(values):
-        jitter = ((i * 7919) % 23 - 11) * 1.6  # spread overlapping dots, deterministically
-        colour = ECHO if v > threshold_ms else INK
-        body.append(
-            f'<circle class="dot" cx="{_t(sx(v))}" cy="{_t(mid + jitter)}" r="4.5" fill="{colour}" '
-            f'fill-opacity="0.75"><title>{escape(call_id)}: {v:.0f} ms</title></circle>'
-        )
-    x = sx(threshold_ms)
-    body.append(
-        f'<line class="threshold" x1="{_t(x)}" y1="{top - 6}" x2="{_t(x)}" y2="{bottom}" stroke="{ECHO}" stroke-dasharray="6 4"/>'
-    )
-    near_right = x > W - RIGHT - 160
-    body.append(
-        _text(
-            x + (-4 if near_right else 4),
-            top - 6,
-            f"threshold {threshold_ms:.0f} ms",
-            "threshold-label",
-            "end" if near_right else "start",
-            ECHO,
-        )
-    )
-    body.append(
-        _text(
-            W - RIGHT,
-            16,
-            f"n={len(nums)}  p50 {med:.0f} ms  p95 {percentile(nums, 95):.0f} ms",
-            "stats",
-            "end",
-        )
-    )
-    return _svg(f"dist-{dom_id(name)}", "distribution", 144, body, title)

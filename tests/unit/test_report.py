@@ -23,7 +23,7 @@ from orchestrator.report import (
 )
 from orchestrator.report.model import mask_number, percentile
 from orchestrator.report.samples import iso, sample_docs
-from orchestrator.report.svg import LEFT, RIGHT, W
+from orchestrator.report.svg import LEFT, RIGHT, W, call_range_s
 from orchestrator.thresholds import Thresholds
 
 
@@ -191,10 +191,19 @@ def test_echo_is_marked_where_it_lies(docs: list[dict[str, Any]]) -> None:
     assert "comes back 210 ms later, 18.0 dB down (ERL) at ≈ -42 dBFS" in levels
     bands = [float(x) for x in re.findall(r'class="echo-band" x="([0-9.]+)"', levels)]
     c2 = docs[1]["analysis"]
-    span = max(t for t, _ in c2["levels"]["inbound"] + c2["levels"]["outbound"])
-    scale = (W - LEFT - RIGHT) / span
+    lo, hi = call_range_s(build_report(docs).runs[0].calls[1])
+    scale = (W - LEFT - RIGHT) / (hi - lo)
     onsets = [s for s, _ in c2["outbound_segments"]]
-    assert [round((x - LEFT) / scale - s, 2) for x, s in zip(bands, onsets, strict=True)] == [0.21] * 4
+    assert [round(lo + (x - LEFT) / scale - s, 2) for x, s in zip(bands, onsets, strict=True)] == [0.21] * 4
+    # one axis: the timeline draws the model's speech exactly where the levels plot's axis puts it
+    timeline = page[page.index('<svg id="timeline-c2"') :]
+    speech = [
+        float(x)
+        for x in re.findall(
+            r'class="speech speech-model" x="([0-9.]+)"', timeline[: timeline.index("</svg>")]
+        )
+    ]
+    assert [round(b - x, 1) for b, x in zip(bands, speech, strict=True)] == [round(0.21 * scale, 1)] * 4
     clean = page[page.index('<svg id="levels-c1"') :]
     assert "echo-band" not in clean[: clean.index("</svg>")]
 
@@ -241,3 +250,65 @@ def test_thresholds_given_to_the_report_are_used_for_computed_verdicts_and_plots
     stored = report.runs[0].calls[0].cell("model_loads_quickly")
     assert stored is not None and stored.status == "pass"  # stored verdicts are not re-judged
     assert "threshold 500 ms" in render_html(report)
+
+
+def _dots_ms(svg: str) -> list[float]:
+    return [float(x) for x in re.findall(r'<circle class="dot" cx="([0-9.]+)"', svg)]
+
+
+def test_distribution_axes_scale_to_the_data_not_to_the_threshold() -> None:
+    from orchestrator.report.dist_svg import distribution_svg
+
+    values = [("a", 106.0), ("b", 110.0), ("c", 115.0)]
+    svg = distribution_svg("x", "t", values, 2000.0)
+    xs = _dots_ms(svg)
+    # 9 ms of spread, padded by 8 % of it each side: the three dots fill most of the plot's width
+    assert (max(xs) - min(xs)) / (W - LEFT - RIGHT) > 0.8
+    ticks = [float(t) for t in re.findall(r">([0-9.]+) ms</text>", svg)]
+    assert ticks and min(ticks) >= 100 and max(ticks) <= 120
+    assert "threshold 2000 ms → (off scale)" in svg and 'class="threshold"' not in svg
+    near = distribution_svg("y", "t", values, 118.0)  # a threshold near the data is drawn on the axis
+    assert 'class="threshold"' in near
+
+
+def test_many_values_give_a_cdf_with_p50_and_p95_where_they_are() -> None:
+    from orchestrator.report.dist_svg import distribution_svg
+
+    values = [(f"c{i}", float(v)) for i, v in enumerate([100, 120, 140, 160, 180, 200, 400, 900])]
+    svg = distribution_svg("z", "t", values, 1000.0)
+    assert 'class="distribution cdf-plot"' in svg and "p50 170 ms" in svg
+    # p95 of 8 values, by hand: position 0.95 * 7 = 6.65 between 400 and 900 -> 725
+    assert "p95 725 ms" in svg
+    x50 = float(re.search(r'class="quantile q-p50" x1="([0-9.]+)"', svg).group(1))  # type: ignore[union-attr]
+    x95 = float(re.search(r'class="quantile q-p95" x1="([0-9.]+)"', svg).group(1))  # type: ignore[union-attr]
+    xs = dict(zip([v for _, v in values], _dots_ms(svg), strict=True))
+    assert xs[160.0] < x50 < xs[180.0] and xs[400.0] < x95 < xs[900.0]
+    few = distribution_svg("w", "t", values[:5], 1000.0)
+    assert "cdf" not in few and 'class="box"' in few
+
+
+def test_calls_are_grouped_by_the_criterion_they_fail(docs: list[dict[str, Any]]) -> None:
+    report = build_report(docs)
+    page = render_html(report)
+    failing = page[page.index('<ul class="failing" id="failing-sample">') :]
+    failing = failing[: failing.index("</ul>")]
+    groups = dict(re.findall(r'<li data-criterion="([a-z_]+)">(.*?)</li>', failing))
+    calls = report.runs[0].calls
+    expected = {
+        n: [c.id for c in calls if (cell := c.cell(n)) is not None and cell.status == "fail"]
+        for n in CRITERIA
+    }
+    assert {n: re.findall(r">(c\d)</a>", v) for n, v in groups.items()} == {
+        n: v for n, v in expected.items() if v
+    }
+    counts = [len(re.findall(r"</a>", v)) for v in groups.values()]
+    assert counts == sorted(counts, reverse=True)  # most failed first
+
+
+def test_header_counts_passes_among_the_checks_that_could_be_judged(docs: list[dict[str, Any]]) -> None:
+    report = build_report(docs)
+    cells = [cell for c in report.runs[0].calls for cell in c.cells]
+    passed = sum(1 for c in cells if c.status == "pass")
+    unknown = sum(1 for c in cells if c.status == "unknown")
+    assert unknown > 0  # the samples run offline: no tunnel to judge
+    assert f"{passed}/{len(cells) - unknown} judged checks pass, {unknown} unknown" in render_html(report)
