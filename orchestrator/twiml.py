@@ -36,6 +36,9 @@ def stream_twiml(public_url: str, *, call_id: str, token: str, say: str | None) 
     return str(response)
 
 
+BUSY_MESSAGE = "Sorry, Moshi is on another call. Please try again in a few minutes."
+
+
 def busy_twiml(message: str) -> str:
     response = VoiceResponse()
     response.say(message)

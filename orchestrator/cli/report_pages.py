@@ -74,6 +74,29 @@ def write_call_pages(
         ) from exc
 
 
+def rebuilt_twiml(doc: Mapping[str, Any]) -> str | None:
+    """The TwiML the call was given, rebuilt from its stored fields (it is not stored as such): the busy
+    answer for a call refused busy, else the greeting and the stream with its parameters, the per-call
+    token masked. None when the call never got as far (no public URL known)."""
+    from orchestrator.twiml import BUSY_MESSAGE, busy_twiml, stream_twiml
+
+    call = doc.get("call") or {}
+    if any(e.get("type") == "refused_busy" for e in doc.get("events") or ()):
+        return _pretty(busy_twiml(BUSY_MESSAGE))
+    public_url = (doc.get("facts") or {}).get("public_url")
+    if not public_url or not call.get("id"):
+        return None
+    xml = stream_twiml(str(public_url), call_id=str(call["id"]), token="(masked)", say=call.get("say_text"))
+    return _pretty(xml)
+
+
+def _pretty(xml: str) -> str:
+    from xml.dom import minidom  # our own TwiML, never a peer's
+
+    lines = minidom.parseString(xml).toprettyxml(indent="  ").splitlines()
+    return "\n".join(line for line in lines[1:] if line.strip())  # without the XML declaration
+
+
 def _write(docs: Sequence[Mapping[str, Any]], report: Report, out: Path, with_audio: bool) -> dict[str, str]:
     folder = pages_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,6 +115,7 @@ def _write(docs: Sequence[Mapping[str, Any]], report: Report, out: Path, with_au
             run_href=f"../{out.name}",
             offline=bool((doc.get("facts") or {}).get("offline")),
             say_text=(doc.get("call") or {}).get("say_text"),
+            twiml=rebuilt_twiml(doc),
         )
         (folder / f"{name}.html").write_text(html, encoding="utf-8")
         links[page.call_id] = f"{folder.name}/{name}.html"

@@ -200,7 +200,7 @@ def _transcript(page: CallPage) -> str:
     )
 
 
-def _inspector(page: CallPage, say_text: str | None) -> str:
+def _inspector(page: CallPage, say_text: str | None, twiml_text: str | None = None) -> str:
     if not page.webhooks:
         body = '<p class="none">No webhooks recorded for this call.</p>'
     else:
@@ -227,11 +227,17 @@ def _inspector(page: CallPage, say_text: str | None) -> str:
             "<table><thead><tr><th>at</th><th>endpoint</th><th>event</th><th>we answered</th><th>request</th></tr>"
             f"</thead><tbody>{''.join(rows)}</tbody></table>"
         )
-    twiml = (
-        f"<p>TwiML: not stored with the call; it said “{escape(say_text)}” then opened the stream.</p>"
-        if say_text
-        else "<p>TwiML: not stored with the call.</p>"
-    )
+    if twiml_text:
+        twiml = (
+            "<p>TwiML the call was given (rebuilt from the call's stored fields; the per-call token masked):</p>"
+            f"<pre>{escape(twiml_text)}</pre>"
+        )
+    else:
+        twiml = (
+            f"<p>TwiML: not stored with the call; it said “{escape(say_text)}” then opened the stream.</p>"
+            if say_text
+            else "<p>TwiML: not stored with the call.</p>"
+        )
     note = (
         '<p class="none">Answers follow the server\'s rules (204 for a callback applied or a duplicate, 403 for a bad '
         "signature, 400 for refused identifiers); the time taken to answer is not recorded.</p>"
@@ -247,6 +253,7 @@ def render_call_page(
     run_href: str | None = None,
     offline: bool = False,
     say_text: str | None = None,
+    twiml: str | None = None,
 ) -> str:
     """The call page as one HTML document."""
     back = f' · <a href="{escape(run_href)}">back to the run report</a>' if run_href else ""
@@ -267,6 +274,6 @@ def render_call_page(
         + axis
         + _audio(audio, page)
         + _transcript(page)
-        + _inspector(page, say_text)
+        + _inspector(page, say_text, twiml)
         + "</main></body></html>\n"
     )

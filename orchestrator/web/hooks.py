@@ -18,13 +18,13 @@ from multidict import MultiDictProxy
 from orchestrator.redact import without_secrets
 from orchestrator.service import CallService, Recorded
 from orchestrator.settings import log_safe, mask_number, valid_call_id, valid_sid
+from orchestrator.twiml import BUSY_MESSAGE as BUSY_MESSAGE  # re-exported: tests read it here
 from orchestrator.twiml import busy_twiml, stream_twiml
 from orchestrator.web.effects import run_effects
 from orchestrator.web.signing import signature_problem
 from orchestrator.web.state import STATE
 
 log = logging.getLogger(__name__)
-BUSY_MESSAGE = "Sorry, Moshi is on another call. Please try again in a few minutes."
 
 
 def _dedupe_key(form: MultiDictProxy[Any], request: web.Request, *extra: str) -> str | None:

@@ -212,3 +212,17 @@ def test_figures_keep_a_decimal_under_ten(docs: list[dict[str, Any]]) -> None:
     rows = dict(build_call_page(docs[0]).quality[0].rows)
     assert rows["jitter avg / max"] == "0.8 ms / 12.3 ms"
     assert dict(build_call_page(docs[0]).quality[1].rows)["underruns"] == "3"
+
+
+def test_the_twiml_shown_is_rebuilt_from_the_call_with_its_token_masked() -> None:
+    from orchestrator.cli.report_pages import rebuilt_twiml
+    from orchestrator.twiml import BUSY_MESSAGE
+
+    call = {"id": "c_0123456789abcdef", "say_text": "Hello there", "token": "s3cr3t-token"}
+    doc = {"call": call, "facts": {"public_url": "https://x.example"}, "events": []}
+    twiml = rebuilt_twiml(doc)
+    assert twiml is not None and "s3cr3t" not in twiml and 'value="(masked)"' in twiml
+    assert "<Say>Hello there</Say>" in twiml and 'url="wss://x.example/media"' in twiml
+    busy = rebuilt_twiml({**doc, "events": [{"type": "refused_busy"}]})
+    assert busy is not None and BUSY_MESSAGE in busy and "<Stream" not in busy
+    assert rebuilt_twiml({"call": call, "facts": {}, "events": []}) is None
