@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from typing import Any
 
 from orchestrator.report.html import render_html
 from orchestrator.report.model import (
@@ -26,7 +24,7 @@ from orchestrator.report.model import (
     TimelineItem,
     build_report,
 )
-from orchestrator.report.text import render_markdown, render_table
+from orchestrator.report.text import json_clean, render_markdown, render_table
 
 FORMATS = ("table", "md", "json", "html")
 
@@ -49,17 +47,6 @@ __all__ = [
 ]
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN or infinity: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def render_json(report: Report) -> str:
     """One JSON document: the whole report, thresholds included."""
     data = dataclasses.asdict(report)
@@ -67,7 +54,7 @@ def render_json(report: Report) -> str:
         for call in run["calls"]:
             call["from"] = call.pop("from_")
     data["n_calls"] = report.n_calls
-    return json.dumps(_clean(data), indent=2, ensure_ascii=False, default=str) + "\n"
+    return json.dumps(json_clean(data), indent=2, ensure_ascii=False, default=str) + "\n"
 
 
 def render(report: Report, fmt: str) -> str:

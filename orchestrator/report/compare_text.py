@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from typing import Any
 
 from orchestrator.report.compare import Comparison, CriterionComparison, MetricComparison
-from orchestrator.report.text import LABELS, fmt_value, metric_label
+from orchestrator.report.text import LABELS, _md_table, fmt_value, json_clean, metric_label
 
 __all__ = [
     "ARROW",
@@ -138,14 +136,6 @@ def render_compare_table(cmp: Comparison) -> str:
     return "\n".join(out) + "\n"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]
-
-
 def render_compare_markdown(cmp: Comparison) -> str:
     out = [
         f"# Run {cmp.run} against baseline {cmp.baseline}",
@@ -168,21 +158,10 @@ def _bold_verdict(row: list[str]) -> list[str]:
     return [*row[:-1], f"**{row[-1]}**"] if row[-1] == "regression" else row
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN or infinity: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def render_compare_json(cmp: Comparison) -> str:
     """One JSON document: every metric and criterion judged, the settings, and the regressions."""
     data = dataclasses.asdict(cmp)
     for c, raw in zip(cmp.criteria, data["criteria"], strict=True):
         raw["baseline_rate"], raw["run_rate"] = c.baseline_rate, c.run_rate
     data["regressions"] = list(cmp.regressions)
-    return json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(json_clean(data), indent=2, ensure_ascii=False) + "\n"

@@ -8,6 +8,9 @@ Pure string building: never prints, never reads files.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from orchestrator.report.model import CallReport, Cell, MetricSummary, Report, RunReport
 from orchestrator.textwidth import wrap
 
@@ -168,6 +171,17 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]
+
+
+def json_clean(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become null (in the report's and the comparison's JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_clean(v) for v in value]
+    return value
 
 
 def render_markdown(report: Report) -> str:
