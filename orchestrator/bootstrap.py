@@ -21,7 +21,7 @@ from orchestrator.errors import CarrierError, OrchestratorError, SettingsError
 from orchestrator.exits import listen_error
 from orchestrator.service import CallService
 from orchestrator.settings import Settings, check_e164
-from orchestrator.store import Store
+from orchestrator.stores import open_store
 from orchestrator.twilio_rest import make_client, place_call
 from orchestrator.twiml import stream_twiml
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def open_service(db: str | Path, *, create: bool = True) -> CallService:
     """The service over the database at `db` (migrated; with `create=False`, only one that exists)."""
-    return CallService(Store(db, create=create))
+    return CallService(open_store(db, create=create))
 
 
 class RunningServer:

@@ -51,6 +51,10 @@ def translate(exc: BaseException) -> UserError | None:
         return UserError(str(exc), USAGE)
     if isinstance(exc, sqlite3.Error):
         return UserError(f"database problem: {exc}", USAGE)
+    if type(exc).__module__.split(".")[0] == "psycopg":  # the PostgreSQL store, once open (no import here)
+        if getattr(exc, "sqlstate", None) is None:  # no answer from the server: its connection was lost
+            return UserError(f"PostgreSQL stopped answering: {str(exc).splitlines()[0][:200]}", UNAVAILABLE)
+        return UserError(f"database problem: {str(exc).splitlines()[0][:200]}", USAGE)
     from bridge.backends.base import BackendError  # a missing model file, the moshi extra not installed
 
     if isinstance(exc, BackendError):

@@ -18,14 +18,17 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import lifecycle
 from orchestrator.criteria import Verdict
 from orchestrator.lifecycle import CallEvent, CallState, EventType, Outcome
 from orchestrator.redact import without_secrets
 from orchestrator.settings import log_safe
-from orchestrator.store import Store, iso, parse_iso, utcnow
+from orchestrator.store import iso, parse_iso, utcnow
+
+if TYPE_CHECKING:
+    from orchestrator.stores import AnyStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class Recorded:
 
 
 class CallService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AnyStore) -> None:
         self.store = store
         self._facts_cache: tuple[int, dict[str, Any]] | None = None
 
@@ -333,9 +336,7 @@ class CallService:
 
     def server_facts(self) -> dict[str, Any]:
         """What the last server start recorded (bound address, public URL, tunnel health, model load)."""
-        row = self.store.conn.execute(
-            "SELECT id, payload FROM events WHERE source = 'server' AND type = 'listening' ORDER BY id DESC LIMIT 1"
-        ).fetchone()
+        row = self.store.server_event("listening")
         if row is None:
             return {}
         if self._facts_cache is None or self._facts_cache[0] != row[0]:

@@ -278,6 +278,18 @@ class Store:
         )
         return rows[0] if rows else None
 
+    def server_event(self, type: str) -> tuple[int, str] | None:
+        """(id, payload JSON) of the newest event the server recorded about itself of this type."""
+        rows = self._rows(
+            "SELECT id, payload FROM events WHERE source = 'server' AND type = ? ORDER BY id DESC LIMIT 1",
+            [type],
+        )
+        return (int(rows[0]["id"]), str(rows[0]["payload"])) if rows else None
+
+    def run_labels(self) -> list[str]:
+        """Every run label, oldest first."""
+        return [str(r["label"]) for r in self._rows("SELECT label FROM runs ORDER BY id", [])]
+
     def run_label(self, run_id: int | None) -> str | None:
         if run_id is None:
             return None

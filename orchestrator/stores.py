@@ -17,14 +17,19 @@ from orchestrator.store import Store
 from orchestrator.store_pg_url import is_pg_url, mask_url
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from orchestrator.store_pg import PgStore
+
+    #: what a database setting opens: the two engines have the same methods (mypy checks each use on both)
+    AnyStore: TypeAlias = Store | PgStore
 
 __all__ = ["as_target", "is_pg_url", "mask_url", "open_store", "shown_target"]
 
 _MANGLED = re.compile(r"^(postgres(?:ql)?):/(?!/)", re.IGNORECASE)
 
 
-def open_store(target: str | Path, *, migrate: bool = True, create: bool = True) -> Store | PgStore:
+def open_store(target: str | Path, *, migrate: bool = True, create: bool = True) -> AnyStore:
     """The store for `target`: `PgStore` for a postgresql:// or postgres:// URL, else `Store` on a path.
 
     `migrate` and `create` mean what they mean for `Store`; for PostgreSQL `create=False` refuses a

@@ -12,10 +12,12 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.service import CallService, Recorded
-from orchestrator.store import Store
+
+if TYPE_CHECKING:
+    from orchestrator.stores import AnyStore
 
 T = TypeVar("T")
 
@@ -33,7 +35,7 @@ class AsyncService:
     is never held behind them.
     """
 
-    def __init__(self, store_factory: Callable[[], Store], batch: int = 64) -> None:
+    def __init__(self, store_factory: Callable[[], AnyStore], batch: int = 64) -> None:
         self._store_factory = store_factory
         self._batch = batch
         self._jobs: queue.PriorityQueue[tuple[int, int, Any, Any]] = queue.PriorityQueue()

@@ -30,7 +30,6 @@ from orchestrator.redact import personal_data_masked
 from orchestrator.schema import migration_files
 from orchestrator.service import CallService, relative_ms
 from orchestrator.settings import Settings, load_env_file, mask_number
-from orchestrator.store import Store
 from orchestrator.textwidth import wrap
 
 
@@ -64,12 +63,16 @@ def migrate(db: Path | None, list_only: bool, as_json: bool) -> None:
 
     Example: orchestrator migrate --db calls.db --list
     """
-    path = str(db or Settings.from_env().db)
-    if list_only and not Path(path).exists():  # listing never creates it: everything is pending
+    from orchestrator.stores import as_target, is_pg_url, open_store, shown_target
+
+    target = as_target(db or Settings.from_env().db)
+    path = shown_target(target)  # a PostgreSQL URL without its password
+    on_disk = not is_pg_url(target)
+    if list_only and on_disk and not Path(target).exists():  # listing never creates it: all pending
         applied_now: list[str] = []
         status: list[dict[str, Any]] = [{"name": m.name, "applied_at": None} for m in migration_files()]
     else:
-        store = Store(path, migrate=False)
+        store = open_store(target, migrate=False)
         applied_now = [] if list_only else store.migrate()
         status = store.migration_status()
         store.close()
@@ -77,7 +80,9 @@ def migrate(db: Path | None, list_only: bool, as_json: bool) -> None:
         emit({"db": path, "migrations": status} | ({} if list_only else {"applied_now": applied_now}))
         return
     if list_only:
-        click.echo(f"database: {path}" + ("" if Path(path).exists() else " (does not exist yet)"))
+        click.echo(
+            f"database: {path}" + ("" if not on_disk or Path(target).exists() else " (does not exist yet)")
+        )
         click.echo(
             table([[m["name"], m["applied_at"] or "pending"] for m in status], ["migration", "applied"])
         )

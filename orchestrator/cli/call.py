@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,14 +15,16 @@ from orchestrator.bootstrap import open_service, place, require_server
 from orchestrator.errors import CarrierError, OrchestratorError
 from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.settings import Settings, check_e164, mask_number
-from orchestrator.store import Store
 from orchestrator.twilio_rest import hang_up, make_client
+
+if TYPE_CHECKING:
+    from orchestrator.stores import AnyStore
 
 __all__ = ["call", "hangup", "place", "wait_for_end"]  # place: re-exported for the benchmarks
 
 
 def wait_for_end(
-    store: Store,
+    store: AnyStore,
     call_id: str,
     timeout_s: float,
     progress: Callable[[dict[str, Any], float], None] | None = None,

@@ -8,13 +8,16 @@ import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from orchestrator import exits
 from orchestrator.settings import Settings
-from orchestrator.store import Store, iso, utcnow
+from orchestrator.store import iso, utcnow
+
+if TYPE_CHECKING:
+    from orchestrator.stores import AnyStore
 
 db_option = click.option(
     "--db",
@@ -33,10 +36,12 @@ redact_option = click.option(
 )
 
 
-def open_store(db: Path | None, *, create: bool = False) -> Store:
+def open_store(db: Path | None, *, create: bool = False) -> AnyStore:
     """The database of --db or the settings; by default only one that exists (reading never makes one)."""
+    from orchestrator import stores
+
     settings = Settings.from_env()
-    return Store(db or settings.db, create=create)
+    return stores.open_store(db or settings.db, create=create)
 
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([mhd])")

@@ -262,9 +262,11 @@ def demo(
     if out is not None:
         check_out(out)  # now, not after the calls
     if db is not None:
-        from orchestrator.store import Store
+        from orchestrator.stores import open_store
 
-        Store(db).close()  # another application's file, or a newer schema: refused before anything starts
+        open_store(
+            db
+        ).close()  # another application's file, or a newer schema: refused before anything starts
     caller_script(seconds)  # espeak-ng missing: said before anything starts
     paths = {
         "moshi_weight": moshi_weight,

@@ -134,14 +134,15 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         out += threshold_findings(environ)
 
     def database() -> str:
-        from orchestrator.store import Store
+        from orchestrator.stores import as_target, is_pg_url, open_store, shown_target
 
-        if not Path(settings.db).exists():  # doctor only looks: it never makes the file
+        target = as_target(settings.db)
+        if not is_pg_url(target) and not Path(target).exists():  # doctor only looks: it never makes the file
             return f"{settings.db} (not created yet: `orchestrator serve`, `call` or `migrate` creates it)"
-        store = Store(settings.db, migrate=False, create=False)
+        store = open_store(target, migrate=False, create=False)
         pending = [m["name"] for m in store.migration_status() if not m["applied_at"]]
         store.close()
-        return f"{settings.db}" + (
+        return f"{shown_target(target)}" + (
             f" (pending migrations: {', '.join(pending)}; run `orchestrator migrate`)"
             if pending
             else " (schema up to date)"

@@ -15,7 +15,7 @@ from orchestrator.redact import personal_data_masked
 from orchestrator.report import FORMATS, build_report, render, render_html
 from orchestrator.service import CallService
 from orchestrator.settings import Settings
-from orchestrator.store import Store
+from orchestrator.stores import open_store
 from orchestrator.thresholds import Thresholds
 
 
@@ -125,7 +125,7 @@ def report(
     if compare and (run or calls or since):
         raise exits.UserError("--compare takes the two run labels itself: drop --run, --call and --since")
     settings = Settings.from_env().with_overrides(db=db)
-    service = CallService(Store(settings.db, create=False))
+    service = CallService(open_store(settings.db, create=False))
     if compare:
         from orchestrator.cli.report_compare import run_compare  # numpy and scipy: only for a comparison
 

@@ -30,7 +30,7 @@ from orchestrator.thresholds import Thresholds
 
 
 def run_labels(service: CallService) -> list[str]:
-    return [str(r["label"]) for r in service.store.db.table("runs").rows_where(order_by="id")]
+    return service.store.run_labels()
 
 
 def parse_margins(values: tuple[str, ...]) -> dict[str, Margin]:

@@ -127,9 +127,11 @@ def scenario(
     _check_out("--json", json_out)
     _check_out("--junit", junit_out)
     if db is not None:
-        from orchestrator.store import Store
+        from orchestrator.stores import open_store
 
-        Store(db).close()  # another application's file, or a newer schema: refused before anything starts
+        open_store(
+            db
+        ).close()  # another application's file, or a newer schema: refused before anything starts
     label = run_label or "scenario-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bridge.backends.base import SpeechBackend
 from orchestrator.settings import Settings
-from orchestrator.store import Store
+from orchestrator.stores import open_store
 from orchestrator.web.prom import Prom
 from orchestrator.web.state import STATE, AppState
 from orchestrator.writer import AsyncService
@@ -39,7 +39,7 @@ def create_app(
 
     state = AppState(
         settings=settings,
-        service=AsyncService(lambda: Store(settings.db)),
+        service=AsyncService(lambda: open_store(settings.db)),
         backend=backend or make_backend(settings),
         prom=Prom(),
         facts={"public_url": settings.public_url, "backend": (backend.name if backend else settings.backend)},

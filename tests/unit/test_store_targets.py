@@ -47,3 +47,16 @@ def test_a_path_opens_sqlite_and_stays_a_path(tmp_path: Path) -> None:
     store = open_store(odd)
     assert type(store) is Store and odd.exists()
     store.close()
+
+
+def test_a_postgresql_error_after_the_store_is_open_is_one_line_not_a_traceback() -> None:
+    import psycopg
+
+    from orchestrator import exits
+
+    lost = exits.translate(psycopg.OperationalError("server closed the connection unexpectedly\n\tdetail"))
+    assert lost is not None and lost.exit_code == exits.UNAVAILABLE
+    assert lost.format_message() == "PostgreSQL stopped answering: server closed the connection unexpectedly"
+    bad = psycopg.errors.UniqueViolation("duplicate key value violates unique constraint")
+    refused = exits.translate(bad)
+    assert refused is not None and refused.exit_code == exits.USAGE and "\n" not in refused.format_message()
