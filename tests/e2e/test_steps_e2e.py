@@ -97,8 +97,10 @@ def test_a_hangup_step_ends_the_call_there(calls: dict[str, Any]) -> None:
         assert truth.stream["ended"]["reason"] == "caller-done", name
         hangup = _steps(truth)[-1]
         assert hangup["step"] == "hangup"
-        # the stream stopped at the hang-up's tick (the frame in capture leaves first)
-        assert truth.stream["ended"]["ms"] == pytest.approx(hangup["start_ms"], abs=60)
+        # the phone sent `stop` at the hang-up's tick (the frame in capture leaves first); `ended` is stamped
+        # later, once the socket has closed, which a loaded server can take a few hundred ms to answer
+        assert truth.stream["stop_sent"]["ms"] == pytest.approx(hangup["start_ms"], abs=60)
+        assert truth.stream["ended"]["ms"] >= truth.stream["stop_sent"]["ms"]
         assert doc["call"]["state"] == "completed"
 
 
