@@ -250,7 +250,6 @@ class MediaSession:
         """The stream so far, frame by frame (see bridge.trace)."""
         chunks = self.playout.chunks
         echoes = self.playout.echoes
-        nan = float("nan")
         return MediaTrace(
             inbound_codes=np.frombuffer(bytes(self.inbound.codes), np.uint8),
             inbound_arrivals=np.array(self.inbound.arrivals, np.float64).reshape(-1, 2),
@@ -261,7 +260,7 @@ class MediaSession:
             ).reshape(-1, 3),
             mark_names=tuple(e.name for e in echoes),
             marks=np.array(
-                [(e.sent_at, nan if e.echoed_at is None else e.echoed_at, float(e.flushed)) for e in echoes],
+                [(e.sent_at, e.echoed_at, float(e.flushed or e.cleared)) for e in echoes],
                 np.float64,
             ).reshape(-1, 3),
             clears=np.array(self.clears, np.float64),

@@ -8,7 +8,8 @@ finishes and read back with every array checked. It holds:
   lost frames are 0xFF, μ-law silence). A frame's payload is read back from there, so a frame that came
   late for a slot already filled (out of order, a duplicate) is replayed with what the slot holds;
 - outbound: the μ-law we sent in order, and per 160-byte chunk (send s, estimated playout start s,
-  flushed 0/1); the marks (name, sent s, echoed s or NaN, flushed); the times we sent `clear`;
+  flushed 0/1); the marks echoed (name, sent s, echoed s, not played: flushed or echoed by a clear);
+  the times we sent `clear`;
 - when the stream ended (a replay hangs up at the same point of the recording).
 
 It holds the caller's voice, as the recording does: the server keeps it only with MEDIA_TRACE=on (the
@@ -52,7 +53,7 @@ class MediaTrace:
     sent_codes: npt.NDArray[np.uint8]
     sends: npt.NDArray[np.float64]  # (m, 3): send s, playout start s, flushed
     mark_names: tuple[str, ...]
-    marks: npt.NDArray[np.float64]  # (k, 3): sent s, echoed s (NaN: never), flushed
+    marks: npt.NDArray[np.float64]  # (k, 3): sent s, echoed s, not played (flushed or cleared)
     clears: npt.NDArray[np.float64]  # (c,): when we sent `clear`, s since start
     ended_s: float = float("nan")  # when the stream ended (stop, hang-up, close), s since start
 

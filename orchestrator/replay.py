@@ -94,13 +94,12 @@ async def run_replay(
     name = backend or config.get("backend") or call.get("backend") or "echo"
     base = Settings.from_env()
     same = name == config.get("backend")
-    echo = {}
-    if name == "echo":
-        echo = {
-            "echo_mode": config.get("echo_mode") if same else None,
-            "echo_delay_ms": config.get("echo_delay_ms") if same else None,
-            "echo_greeting": config.get("echo_greeting") if same else None,
-        }
+    # the original's echo settings when it ran the same backend; otherwise this environment's
+    echo = (
+        {k: config.get(k) for k in ("echo_mode", "echo_delay_ms", "echo_greeting")}
+        if same and name == "echo"
+        else {}
+    )
     workdir = workdir or Path(tempfile.mkdtemp(prefix="orchestrator-replay-"))
     caller = ReplayCaller.of(original.trace.frames(), original.trace.ended_s)
     settings = rig_settings(

@@ -31,7 +31,14 @@ from websockets.version import version as websockets_version
 
 from bridge.backends.base import BackendBusy, BackendError, SpeechBackend
 from bridge.backends.moshi_pool import ServerPool, ServerSpec, ServerState
-from bridge.backends.moshi_protocol import Handshake, Kind, Message, ServerProtocolError, bounded_text
+from bridge.backends.moshi_protocol import (
+    Handshake,
+    Kind,
+    Message,
+    ServerProtocolError,
+    bounded_text,
+    codec_delay_ms,
+)
 from bridge.backends.moshi_server_session import MoshiServerConfig, MoshiServerSession, close_reason
 
 __all__ = ["MoshiServerBackend", "MoshiServerConfig", "MoshiServerSession"]
@@ -64,6 +71,7 @@ class MoshiServerBackend(SpeechBackend):
             raise BackendError(
                 f"the moshi-server backend needs sphn for Opus: pip install sphn, or the moshi extra ({exc})"
             ) from exc
+        await asyncio.to_thread(codec_delay_ms)  # measured once here, not on a call's event loop
 
     @property
     def busy(self) -> bool:

@@ -343,11 +343,14 @@ async def _go_live(
         aec=state.settings.aec == "on",
         trace=trace_path(recording) if recording is not None and state.settings.media_trace == "on" else None,
     )
-    await state.service.record(  # what `orchestrator replay` needs to run this call's media again alike
-        source="local",
-        type="media_config",
-        call_id=call["id"],
-        payload=media_config(state.settings, state.backend.name, config),
+    state.spawn(  # what `orchestrator replay` needs to run this call's media again alike; off the start path
+        state.service.record(
+            source="local",
+            type="media_config",
+            call_id=call["id"],
+            payload=media_config(state.settings, state.backend.name, config),
+        ),
+        "media-config",
     )
     live_ref: list[LiveCall] = []
 
