@@ -17,10 +17,11 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import CarrierError, OrchestratorError, SettingsError
+from orchestrator.errors import CarrierError, OrchestratorError, SettingsError, Unavailable
 from orchestrator.exits import listen_error
 from orchestrator.service import CallService
 from orchestrator.settings import Settings, check_e164
+from orchestrator.store import utcnow
 from orchestrator.stores import open_store
 from orchestrator.twilio_rest import make_client, place_call
 from orchestrator.twiml import stream_twiml
@@ -34,6 +35,19 @@ log = logging.getLogger(__name__)
 def open_service(db: str | Path, *, create: bool = True) -> CallService:
     """The service over the database at `db` (migrated; with `create=False`, only one that exists)."""
     return CallService(open_store(db, create=create))
+
+
+def existing_service(db: str | Path) -> CallService | None:
+    """The service over `db` when it already holds our tables; None when the file or tables are not
+    there yet (nothing is made)."""
+    from orchestrator.errors import StoreUnreachable
+
+    try:
+        return open_service(db, create=False)
+    except StoreUnreachable:
+        raise
+    except OrchestratorError:
+        return None
 
 
 class RunningServer:
@@ -153,11 +167,19 @@ def place(
     (with `serve --tunnel`, a fresh one each start), which wins over PUBLIC_URL in the settings so the
     TwiML always points at the tunnel that is really there. `health` is that answer when the caller
     already asked (before opening the database, so that no server means no file made).
+
+    Over a database where workers are registered (`serve --worker`), no local server is asked: a
+    session is claimed on one of them instead (`_place_on_worker`).
     """
     to = check_e164(to, "TO")  # the argument first: it is what the user just typed
     settings.require_twilio()
     from_ = check_e164(from_ or settings.twilio_from_number or "", "TWILIO_FROM_NUMBER (or --from)")
     backend = settings.backend
+    store = service.store
+    if check_server and health is None and store.list_workers():
+        return _place_on_worker(
+            settings, service, to=to, from_=from_, run=run, say=say, timeout_s=timeout_s, record=record
+        )
     if check_server:
         if health is None:
             health = require_server(settings)
@@ -168,7 +190,6 @@ def place(
             settings = settings.with_overrides(public_url=health["public_url"])
     public_url = settings.require_public_url()
     say_text = settings.greeting if say is None else say
-    store = service.store
     call = store.create_call(
         direction="outbound-api",
         to_number=to,
@@ -177,6 +198,72 @@ def place(
         backend=backend,
         say_text=say_text or None,
     )
+    return _dial(settings, service, call, public_url, to=to, from_=from_, timeout_s=timeout_s, record=record)
+
+
+def _place_on_worker(
+    settings: Settings,
+    service: CallService,
+    *,
+    to: str,
+    from_: str,
+    run: str | None,
+    say: str | None,
+    timeout_s: int,
+    record: bool,
+) -> dict[str, Any]:
+    """`place` over a database with workers (orchestrator.workers): the call row and a session on the
+    up worker with the most free ones are one transaction (none free: Unavailable, and no row is left);
+    that worker's public URL goes in the TwiML and the status callback. No local server is asked."""
+    from orchestrator.workers import busy_reason, claim
+
+    store = service.store
+    say_text = settings.greeting if say is None else say
+    with store.transaction():
+        call = store.create_call(
+            direction="outbound-api",
+            to_number=to,
+            from_number=from_,
+            run=run,
+            backend=settings.backend,
+            say_text=say_text or None,
+        )
+        worker = claim(service, call, stale_s=settings.worker_stale_s)
+        if worker is None:
+            why = busy_reason(store.list_workers(), now=utcnow(), stale_s=settings.worker_stale_s)
+            raise _NoWorker(why)
+        store.update_call(call["id"], backend=worker["backend"])
+    public_url = settings.with_overrides(public_url=worker["public_url"]).require_public_url()
+    return _dial(
+        settings,
+        service,
+        store.get_call(call["id"]),
+        public_url,
+        to=to,
+        from_=from_,
+        timeout_s=timeout_s,
+        record=record,
+    )
+
+
+class _NoWorker(Unavailable):
+    """Every worker is full, or none is up: try again when a call ends (exit 3)."""
+
+
+def _dial(
+    settings: Settings,
+    service: CallService,
+    call: dict[str, Any],
+    public_url: str,
+    *,
+    to: str,
+    from_: str,
+    timeout_s: int,
+    record: bool,
+) -> dict[str, Any]:
+    """Dial the call row through the carrier's REST API; its outcome recorded. Returns the call row."""
+    store = service.store
+    say_text = call["say_text"]
     twiml = stream_twiml(public_url, call_id=call["id"], token=call["token"], say=say_text or None)
     client = make_client(settings)
     try:

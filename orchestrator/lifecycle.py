@@ -238,6 +238,8 @@ NOTES: Final = frozenset(
         ("rest", "hangup"),  # we asked the carrier to end it; its callback will say when it did
         ("voice", "incoming"),  # the voice webhook created the (ringing) inbound call
         ("reconcile", "unsettled"),  # the carrier could not say how the call is (why in the payload)
+        ("reconcile", "worker_lost"),  # its worker stopped or went quiet: another took it over
+        ("local", "worker_claimed"),  # the call holds a session on this worker (orchestrator.workers)
         ("local", "refused_busy"),  # the model was busy: the caller heard a spoken busy
         ("local", "backend_ended"),  # the speech backend could not go on (budget, dead worker)
         ("local", "media_error"),  # the media session failed on our side

@@ -72,6 +72,13 @@ class Settings:
     keepalive_timeout_s: float = 10.0
     media_start_timeout_s: float = 10.0
     max_connections: int | None = None
+    # several workers over one database (orchestrator.workers): this server's name (None: not a worker),
+    # its sessions (None: the backend's own limit, else DEFAULT_WORKER_CAPACITY), how often it says it
+    # is alive, and after how long without a word the others take its unfinished calls over
+    worker: str | None = None
+    worker_capacity: int | None = None
+    worker_heartbeat_s: float = 2.0
+    worker_stale_s: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -97,6 +104,7 @@ class Settings:
             "ECHO_GREETING": "echo_greeting",
             "AEC": "aec",
             "MEDIA_TRACE": "media_trace",
+            "WORKER_NAME": "worker",
         }
         for name, attr in simple.items():
             if name in env:
@@ -121,6 +129,9 @@ class Settings:
             ("KEEPALIVE_TIMEOUT_S", "keepalive_timeout_s", float),
             ("MEDIA_START_TIMEOUT_S", "media_start_timeout_s", float),
             ("MAX_CONNECTIONS", "max_connections", int),
+            ("WORKER_CAPACITY", "worker_capacity", int),
+            ("WORKER_HEARTBEAT_S", "worker_heartbeat_s", float),
+            ("WORKER_STALE_S", "worker_stale_s", float),
         ):
             if name in env:
                 try:
@@ -165,6 +176,7 @@ class Settings:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be 0 (no limit) or more")
         if not self.reconcile_interval_s >= 0:
             raise SettingsError(f"RECONCILE_INTERVAL_S={self.reconcile_interval_s}: must be 0 (off) or more")
+        self._check_worker()
         if not 0 <= self.port < 65536:
             raise SettingsError(f"ORCHESTRATOR_PORT={self.port}: must be 0-65535 (0 = any free port)")
         if self.public_url:
@@ -174,6 +186,19 @@ class Settings:
                     f"PUBLIC_URL={self.public_url!r} is not a URL; expected https://your-tunnel.example"
                 )
         return self
+
+    def _check_worker(self) -> None:
+        if self.worker is not None and (problem := worker_name_problem(self.worker)):
+            raise SettingsError(f"WORKER_NAME / --worker {self.worker!r}: {problem}")
+        if self.worker_capacity is not None and self.worker_capacity < 1:
+            raise SettingsError(f"WORKER_CAPACITY={self.worker_capacity}: must be 1 or more calls at once")
+        if not self.worker_heartbeat_s > 0:
+            raise SettingsError(f"WORKER_HEARTBEAT_S={self.worker_heartbeat_s}: must be a positive number")
+        if not self.worker_stale_s >= 2 * self.worker_heartbeat_s:
+            raise SettingsError(
+                f"WORKER_STALE_S={self.worker_stale_s}: must be at least twice WORKER_HEARTBEAT_S "
+                f"({self.worker_heartbeat_s} s), or a worker one late heartbeat behind counts as dead"
+            )
 
     # -- what each command needs -------------------------------------------------------------------
 
@@ -293,3 +318,13 @@ def _load_dotenv() -> None:
     except ImportError:  # pragma: no cover - dependency declared
         return
     load_dotenv(dotenv_path=Path.cwd() / ".env", override=False)
+
+
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+def worker_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a worker (None: it can): 1-40 letters, digits, `.`, `_`, `-`."""
+    if _WORKER_NAME.fullmatch(name):
+        return None
+    return "a worker name is 1-40 letters, digits, '.', '_' or '-', starting with a letter or digit"

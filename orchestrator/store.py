@@ -24,12 +24,13 @@ import sqlite_utils
 
 from orchestrator.errors import StoreError, UnknownCall
 from orchestrator.schema import build_migrations, check_schema, migration_files
+from orchestrator.store_workers import WorkerRows
 
 # the columns update_call may set (anything else is a programming error, refused before SQL sees it)
 _CALL_COLUMNS = frozenset(
     (
         "call_sid run_id direction to_number from_number state created_at updated_at ended_at "
-        "end_reason backend say_text token stream_sid recording_path facts"
+        "end_reason backend say_text token stream_sid recording_path facts worker"
     ).split()
 )
 
@@ -46,7 +47,7 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-class Store:
+class Store(WorkerRows):
     """Rows in, rows out. Every write is its own transaction unless grouped with `transaction()`."""
 
     def __init__(self, path: str | Path, *, migrate: bool = True, create: bool = True) -> None:
@@ -145,6 +146,12 @@ class Store:
         cur = self.conn.execute(sql, args)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def _worker_rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        return self._rows(sql, args)
+
+    def _worker_exec(self, sql: str, args: list[Any]) -> int:
+        return int(self.conn.execute(sql, args).rowcount)
 
     # -- runs and calls -----------------------------------------------------------------------------
 

@@ -24,16 +24,26 @@ from typing import Any
 from orchestrator.errors import UnknownCall
 from orchestrator.store import _CALL_COLUMNS, iso, utcnow
 from orchestrator.store_pg_rows import PgEventRows
+from orchestrator.store_workers import WorkerRows
 
 __all__ = ["PgStore"]
 
 
-class PgStore(PgEventRows):
+class PgStore(WorkerRows, PgEventRows):
     """Rows in, rows out. Every write is its own transaction unless grouped with `transaction()`.
 
     The connection, schema and transactions are `PgBase`'s (orchestrator.store_pg_base); events,
     metrics and the rest `PgEventRows`' (orchestrator.store_pg_rows); runs and calls are here.
     """
+
+    _pg = True
+
+    def _worker_rows(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        return self._rows(sql, args)
+
+    def _worker_exec(self, sql: str, args: list[Any]) -> int:
+        with self._conn() as conn:
+            return int(conn.execute(sql, args).rowcount)
 
     def ensure_run(self, label: str) -> int:
         """The id of the run with this label, made if new (the unique label settles a race)."""

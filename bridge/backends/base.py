@@ -100,6 +100,11 @@ class SpeechBackend(abc.ABC):
         """True when `open_session` would raise BackendBusy right now."""
         return False
 
+    @property
+    def capacity(self) -> int | None:
+        """Calls this backend can hold at once; None: no limit of its own (a worker then says how many)."""
+        return None
+
     def servers(self) -> list[dict[str, object]]:
         """The model servers behind this backend, each a dict with at least `url`, `capacity`, `in_use`,
         `reachable` (None: not tried yet) and `last_error`; empty when the model runs in this process."""

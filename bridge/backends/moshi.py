@@ -271,6 +271,10 @@ class MoshiBackend(SpeechBackend):
     def busy(self) -> bool:
         return self._serving is not None
 
+    @property
+    def capacity(self) -> int:
+        return 1  # one model in this process, one conversation at a time
+
     async def load(self) -> None:
         """Load the files (cache only), warm up the model and the codec; record load_seconds."""
         if self._model is not None:

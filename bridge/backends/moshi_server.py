@@ -77,6 +77,10 @@ class MoshiServerBackend(SpeechBackend):
     def busy(self) -> bool:
         return self.pool.busy
 
+    @property
+    def capacity(self) -> int:
+        return self.pool.capacity  # the sessions of every server in MOSHI_SERVER_URLS
+
     def servers(self) -> list[dict[str, object]]:
         """Each server: URL (no credentials), capacity, sessions in use, reachable, last error."""
         return [state.as_dict() for state in self.pool.states]

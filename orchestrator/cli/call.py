@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from orchestrator import exits
-from orchestrator.bootstrap import open_service, place, require_server
+from orchestrator.bootstrap import existing_service, open_service, place, require_server
 from orchestrator.errors import CarrierError, OrchestratorError
 from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.settings import Settings, check_e164, mask_number
@@ -94,7 +94,9 @@ def call(
 ) -> None:
     """Place a call to TO (E.164) and bridge it to the speech backend of the running server.
 
-    Needs `orchestrator serve` running, PUBLIC_URL (https) and Twilio credentials in the settings.
+    Needs `orchestrator serve` running, PUBLIC_URL (https) and Twilio credentials in the settings. Over a
+    database shared by workers (`serve --worker`), a session is claimed on the worker with the most free
+    ones, and the call streams to that worker's public URL (none free: exit 3).
     Pointing TWILIO_API_BASE_URL at `orchestrator emulator` places it on the carrier emulator instead.
 
     Example: orchestrator call +14155550123 --run nightly --say "Connecting you to Moshi" --wait
@@ -102,8 +104,11 @@ def call(
     check_e164(to, "TO")
     settings = Settings.from_env().with_overrides(db=db)
     settings.require_twilio()
-    health = require_server(settings)  # before the database is opened: no server, no file made
-    service = open_service(settings.db)
+    health = None
+    service = existing_service(settings.db)  # workers registered there: a session is claimed on one
+    if service is None or not service.store.list_workers():
+        health = require_server(settings)  # before a database is made: no server, no file made
+        service = service or open_service(settings.db)
     try:
         row = place(
             settings,

@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "models": "orchestrator.cli.models",
     "scenario": "orchestrator.cli.scenario",
     "replay": "orchestrator.cli.replay",
+    "workers": "orchestrator.cli.workers",
 }
 
 
@@ -44,6 +45,8 @@ LAZY_HELP = {
     "models": "Fetch and inspect the Moshi model files (Hugging Face cache).",
     "scenario": "Run scripted caller scenarios against the carrier emulator and judge every call.",
     "replay": "Feed a recorded call's caller, frame by frame on its recorded timing, to a backend.",
+    "workers": "List the workers sharing this database: up, stopped or dead, sessions claimed of their "
+    "capacity.",
 }
 
 

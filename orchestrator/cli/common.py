@@ -23,7 +23,7 @@ db_option = click.option(
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="SQLite database file (default: $ORCHESTRATOR_DB or the user data dir).",
+    help="SQLite database file or postgresql:// URL (default: $ORCHESTRATOR_DB or the user data dir).",
 )
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON document instead of a table."

@@ -60,7 +60,10 @@ async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = N
 )
 @click.option("--public-url", default=None, help="https URL the tunnel exposes (default $PUBLIC_URL).")
 @click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="SQLite database file."
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="SQLite database file, or a postgresql:// URL (default $ORCHESTRATOR_DB).",
 )
 @click.option(
     "--backend",
@@ -104,6 +107,20 @@ async def serve_forever(settings: Settings, tunnel: str | None, backend: Any = N
     default=None,
     help="moshi backend: LM config.json.",
 )
+@click.option(
+    "--worker",
+    default=None,
+    metavar="NAME",
+    help="Run as worker NAME beside others on one database: calls go to whichever has a free session "
+    "(default $WORKER_NAME; needs a public URL of its own).",
+)
+@click.option(
+    "--capacity",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Worker: calls it takes at once (default $WORKER_CAPACITY, else the backend's limit: moshi 1, "
+    "moshi-server its servers' sessions, echo 4).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     host: str | None,
@@ -117,11 +134,16 @@ def serve(
     mimi_weight: Path | None,
     tokenizer: Path | None,
     lm_config: Path | None,
+    worker: str | None,
+    capacity: int | None,
     verbose: bool,
 ) -> None:
     """Run the server: Twilio callbacks, TwiML, the media WebSocket, /healthz and /metrics on one port.
 
     Example: orchestrator serve --port 8080 --tunnel cloudflared
+
+    Several workers share one database (ORCHESTRATOR_DB=postgresql://...), each with its own port and
+    public URL: orchestrator serve --worker a --port 8081 --public-url https://a.example.com
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -130,9 +152,21 @@ def serve(
     if not verbose:  # the twilio package logs every request and response header at INFO
         logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     settings = Settings.from_env().with_overrides(
-        host=host, port=port, public_url=public_url, db=db, backend=backend, aec=aec
+        host=host,
+        port=port,
+        public_url=public_url,
+        db=db,
+        backend=backend,
+        aec=aec,
+        worker=worker,
+        worker_capacity=capacity,
     )
     settings.require_auth_token()
+    if settings.worker and not (settings.public_url or tunnel):
+        raise exits.UserError(
+            f"worker {settings.worker} needs a public URL of its own: the others send its calls there "
+            "(--public-url / PUBLIC_URL, or --tunnel)"
+        )
     if settings.public_url:
         settings.require_public_url()  # https, as `orchestrator call` will insist: refuse it now, not then
     paths = {

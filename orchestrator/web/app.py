@@ -110,10 +110,32 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def worker_ctx(app: web.Application) -> Any:
+        # registered once the backend is loaded (its capacity is known), stopped before the store closes
+        from orchestrator.web.worker_loop import WorkerLoop
+        from orchestrator.workers import worker_capacity
+
+        loop = WorkerLoop(state, worker_capacity(settings, state.backend.capacity))
+        state.worker = await loop.start()
+        task = state.spawn(loop.run(), "worker-heartbeat")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(Exception):  # a database that is away: the others see it go stale
+            await loop.stop()
+
     app.on_shutdown.append(interrupt_sessions)  # type: ignore[arg-type]
     reconciling = reconcile and settings.reconcile_interval_s > 0
     app.cleanup_ctx.extend(
-        [store_ctx, backend_ctx, sessions_ctx, retention_ctx, *([reconcile_ctx] if reconciling else [])]
+        [
+            store_ctx,
+            backend_ctx,
+            *([worker_ctx] if settings.worker else []),
+            sessions_ctx,
+            retention_ctx,
+            *([reconcile_ctx] if reconciling else []),
+        ]
     )
     return app
 
@@ -145,8 +167,21 @@ async def healthz(request: web.Request) -> web.Response:
             "active_streams": len(state.sessions),
             "public_url": state.settings.public_url,
             "servers": state.backend.servers(),
+            "worker": _worker_health(state),
         }
     )
+
+
+def _worker_health(state: AppState) -> dict[str, Any] | None:
+    """This server as a worker (orchestrator.workers): its name, sessions and streams; None if not one."""
+    if state.worker is None:
+        return None
+    return {
+        "name": state.worker["name"],
+        "capacity": state.worker["capacity"],
+        "public_url": state.worker["public_url"],
+        "active_streams": len(state.sessions),
+    }
 
 
 async def metrics(request: web.Request) -> web.Response:

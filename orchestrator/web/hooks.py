@@ -23,6 +23,7 @@ from orchestrator.twiml import busy_twiml, stream_twiml
 from orchestrator.web.effects import run_effects
 from orchestrator.web.signing import signature_problem
 from orchestrator.web.state import STATE
+from orchestrator.workers import take_inbound
 
 log = logging.getLogger(__name__)
 
@@ -150,27 +151,32 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return web.Response(status=400, text="identifiers refused\n")
     settings = state.settings
     public_url = settings.public_url or f"http://{request.host}"
-    busy = state.backend.busy
-    facts = dict(state.facts)
-
-    call = await state.service.create_inbound_call(
-        call_sid=call_sid,
-        to_number=form.get("To"),
-        from_number=form.get("From"),
-        backend=state.backend.name,
-        say_text=None if busy else settings.greeting,
-        facts=facts,
-        payload=payload,
-    )
+    fields = {
+        "call_sid": call_sid,
+        "to_number": form.get("To"),
+        "from_number": form.get("From"),
+        "backend": state.backend.name,
+        "facts": dict(state.facts),
+        "payload": payload,
+    }
+    if settings.worker:  # any worker with a free session takes it (orchestrator.workers)
+        me, stale_s = settings.worker, settings.worker_stale_s
+        call, worker, busy_why = await state.service.run(
+            lambda s: take_inbound(s, me, stale_s=stale_s, say_text=settings.greeting, **fields)
+        )
+        busy = worker is None
+        public_url = (worker or {}).get("public_url") or public_url
+    else:
+        busy = state.backend.busy
+        call = await state.service.create_inbound_call(say_text=None if busy else settings.greeting, **fields)
+        busy_why = "model busy with another call"
     state.prom.callbacks.labels("voice", "accepted").inc()
     log.info("inbound call %s from %s", call["id"], mask_number(str(form.get("From") or "")))
     if busy:
-        await state.service.record(
-            source="local",
-            type="refused_busy",
-            call_id=call["id"],
-            payload={"reason": "model busy with another call"},
-        )
+        if not settings.worker:  # take_inbound recorded it with the claim
+            await state.service.record(
+                source="local", type="refused_busy", call_id=call["id"], payload={"reason": busy_why}
+            )
         return web.Response(text=busy_twiml(BUSY_MESSAGE), content_type="text/xml")
     twiml = stream_twiml(public_url, call_id=call["id"], token=call["token"], say=settings.greeting)
     return web.Response(text=twiml, content_type="text/xml")

@@ -33,6 +33,7 @@ class AppState:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     analysis: Any = None  # orchestrator.evaluation.AnalysisPool, started on first use
     guard: Any = None  # orchestrator.web.limits.ConnectionGuard: connection slots and timeouts
+    worker: dict[str, Any] | None = None  # this server's `workers` row when it runs as one (--worker)
     # set once the post-start warm-up (analysis imports, analysis process) is over: until then a thread
     # importing scipy holds the GIL in bursts. Harnesses that time calls (the rig, the benchmarks) wait.
     warmed: asyncio.Event = field(default_factory=asyncio.Event)

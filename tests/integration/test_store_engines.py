@@ -26,7 +26,7 @@ T0 = datetime(2026, 12, 3, 12, 0, 0, tzinfo=timezone.utc)
 CALL_KEYS = {
     "id", "call_sid", "run_id", "direction", "to_number", "from_number", "state", "created_at",
     "updated_at", "ended_at", "end_reason", "backend", "say_text", "token", "stream_sid",
-    "recording_path", "facts",
+    "recording_path", "facts", "worker",
 }  # fmt: skip
 EVENT_KEYS = {
     "id",

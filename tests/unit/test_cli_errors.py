@@ -141,6 +141,7 @@ READ_ONLY = [
     ("report",),
     ("hangup", "c_0123456789abcdef"),
     ("check", "--recompute"),
+    ("workers",),
 ]
 
 
@@ -609,7 +610,7 @@ def test_check_usage_line_does_not_spill_the_criteria() -> None:
 def test_migrate_says_what_it_did_and_list_shows_the_table(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     first = invoke("migrate", "--db", str(db))
-    assert first.exit_code == 0 and "applied 4 migration(s): 0001_initial" in first.stdout
+    assert first.exit_code == 0 and "applied 5 migration(s): 0001_initial" in first.stdout
     again = invoke("migrate", "--db", str(db))
     assert "schema already up to date" in again.stdout and "applied" not in again.stdout.split(":")[-1]
     listed = invoke("migrate", "--db", str(db), "--list")
