@@ -362,6 +362,7 @@ class CallService:
             "backend": call["backend"],
             "say_text": call["say_text"],
             "recording_path": call["recording_path"],
+            "worker": call.get("worker"),  # the worker whose session it held (orchestrator.workers)
             "stream_sid": call["stream_sid"],
         }
         events = [

@@ -235,6 +235,8 @@ def render_call(doc: dict[str, Any]) -> str:
         lines.append(f"ended {c['ended_at']} ({c['end_reason']})")
     if c.get("recording_path"):
         lines.append(f"recording {c['recording_path']}")
+    if c.get("worker"):
+        lines.append(f"worker {c['worker']}")
     lines += ["", "timeline (since created):"]
     items: list[tuple[float, str]] = []
     for e in doc["events"]:

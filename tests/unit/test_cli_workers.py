@@ -112,3 +112,6 @@ def test_call_claims_a_worker_and_dials_with_its_url(tmp_path: Path, monkeypatch
     assert row["worker"] == "b"  # the most free sessions
     assert "wss://b.example.test/media" in str(dialled["twiml"])
     assert str(dialled["status_callback"]).startswith("https://b.example.test/twilio/status")
+    shown = invoke("show", row["id"], "--db", str(db))
+    assert shown.exit_code == 0 and "\nworker b\n" in shown.output
+    assert json.loads(invoke("show", row["id"], "--db", str(db), "--json").output)["call"]["worker"] == "b"
