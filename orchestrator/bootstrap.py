@@ -129,21 +129,35 @@ async def probe_health(public_url: str, timeout_s: float = 3.0) -> bool | None:
 
 
 def server_health(settings: Settings) -> dict[str, Any] | None:
+    """The local server's /healthz document (also when it answers 503: its database is away), or None
+    when nothing answers there."""
     url = f"http://{settings.host}:{settings.port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:  # a server that answers, but not ok
+        try:
+            return dict(json.loads(exc.read()))
+        except (OSError, ValueError, TypeError):
+            return None
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
 def require_server(settings: Settings) -> dict[str, Any]:
-    """The running server's /healthz answer; SettingsError (one line, what to do) when none answers."""
+    """The running server's /healthz answer; SettingsError (one line, what to do) when none answers,
+    Unavailable when it answers that its database does not."""
     health = server_health(settings)
     if health is None:
         raise SettingsError(
             f"no server answers at http://{settings.host}:{settings.port}/healthz: start `orchestrator serve` "
             "first (ORCHESTRATOR_HOST/ORCHESTRATOR_PORT must point at it)"
+        )
+    db = health.get("db") or {}
+    if health.get("ok") is False and db.get("state") == "unreachable":
+        raise Unavailable(
+            f"the server at {settings.host}:{settings.port} cannot reach its database since "
+            f"{db.get('since') or '?'} ({db.get('last_error') or 'no answer'}); try again when it is back"
         )
     return health
 

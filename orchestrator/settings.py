@@ -41,6 +41,9 @@ class Settings:
     twilio_api_base_url: str | None = None  # unset = Twilio; set = the carrier emulator
     public_url: str | None = None
     db: Path = field(default_factory=default_db_path)
+    # how long the server's writer keeps a write waiting for a PostgreSQL server that went away (a
+    # restart) before answering 503; below Twilio's 15 s webhook timeout (orchestrator.writer)
+    db_retry_s: float = 10.0
     host: str = "127.0.0.1"
     port: int = 8080
     backend: str = "echo"
@@ -122,6 +125,7 @@ class Settings:
             ("MAX_LEAD_MS", "max_lead_ms", float),
             ("JITTER_BUFFER_MS", "jitter_buffer_ms", float),
             ("RECONCILE_INTERVAL_S", "reconcile_interval_s", float),
+            ("DB_RETRY_S", "db_retry_s", float),
             ("RECORDINGS_MAX_AGE_DAYS", "recordings_max_age_days", float),
             ("RECORDINGS_MAX_TOTAL_MB", "recordings_max_total_mb", float),
             ("HEADER_TIMEOUT_S", "header_timeout_s", float),
@@ -174,6 +178,10 @@ class Settings:
         for name in ("recordings_max_age_days", "recordings_max_total_mb"):
             if not getattr(self, name) >= 0:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be 0 (no limit) or more")
+        if not self.db_retry_s >= 0:
+            raise SettingsError(
+                f"DB_RETRY_S={self.db_retry_s}: must be 0 (answer 503 at once) or more seconds"
+            )
         if not self.reconcile_interval_s >= 0:
             raise SettingsError(f"RECONCILE_INTERVAL_S={self.reconcile_interval_s}: must be 0 (off) or more")
         self._check_worker()

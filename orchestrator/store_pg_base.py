@@ -4,6 +4,10 @@
 migrations. Connections come from a psycopg_pool pool in autocommit mode: a statement outside
 `transaction()` is its own transaction, as in SQLite; `transaction()` binds one connection to the calling
 thread until it ends, and nested it is a savepoint. Never show the URL unmasked (`self.path` is masked).
+
+A server that restarts kills every connection: the pool drops one that broke on return, and
+`lost_connection()` tells such an error from a statement's own; `reconnect()` is how the writer thread
+(orchestrator.writer) comes back once the server answers again.
 """
 
 from __future__ import annotations
@@ -24,7 +28,29 @@ try:
 except ImportError:  # the `postgres` extra is not installed: PgStore() says so in one line
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["PgBase"]
+__all__ = ["PgBase", "lost_connection"]
+
+#: SQLSTATEs of a server going away (57P01 admin shutdown, 57P02 crash shutdown, 57P03 starting up or
+#: shutting down) beside class 08 (connection exceptions); no SQLSTATE at all means no answer came.
+_SERVER_GONE = ("57P01", "57P02", "57P03")
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Did `exc` (or an error it came from) lose the server rather than fail a statement?
+
+    True for a connection refused, broken or timed out, and a server shutting down or starting up; False
+    for what a statement did (a unique violation, a deadlock, a cancelled query), which retrying the same
+    work on a new connection would not change."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the error, then what it was raised from or during (a failed rollback's cause)
+        if seen is None:
+            return False
+        if psycopg is not None and isinstance(seen, psycopg.OperationalError):
+            state = seen.sqlstate
+            if state is None or state.startswith("08") or state in _SERVER_GONE:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class PgBase:
@@ -49,6 +75,8 @@ class PgBase:
         """
         self.target = parse_target(url)
         self.path = self.target.shown
+        self._pool_size = (min_size, max_size)
+        self._connect_timeout_s = connect_timeout_s
         if psycopg is None:
             raise StoreError(f"{self.path} needs PostgreSQL support, which is not installed: {INSTALL_HINT}")
         from orchestrator.store_pg_schema import applied_migrations, check_pg_schema
@@ -69,21 +97,57 @@ class PgBase:
         finally:
             first.close()
         self._local = threading.local()
-        self._pool: ConnectionPool[Any] = ConnectionPool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"autocommit": True, "connect_timeout": connect_timeout_s},
+        try:
+            self._pool = self._open_pool()
+        except PoolTimeout as exc:
+            raise connect_error(exc, self.target) from exc
+        if migrate:
+            self.migrate()
+
+    def _open_pool(self) -> ConnectionPool[Any]:
+        """A pool with its first connection made (PoolTimeout, the pool closed, when none can be)."""
+        pool: ConnectionPool[Any] = ConnectionPool(
+            self.target.url,
+            min_size=self._pool_size[0],
+            max_size=self._pool_size[1],
+            kwargs={"autocommit": True, "connect_timeout": self._connect_timeout_s},
+            # waiting for a connection is bounded like making one: with the server gone, the caller
+            # (the writer's retry) decides what to do, not a pool waiting out its 30 s default
+            timeout=float(self._connect_timeout_s),
             open=False,
             name="orchestrator-store",
         )
         try:
-            self._pool.open(wait=True, timeout=float(connect_timeout_s) * 2)
-        except PoolTimeout as exc:
-            self._pool.close()
-            raise connect_error(exc, self.target) from exc
-        if migrate:
-            self.migrate()
+            pool.open(wait=True, timeout=float(self._connect_timeout_s) * 2)
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    # -- a server that went away -------------------------------------------------------------------
+
+    def lost_connection(self, exc: BaseException) -> bool:
+        """Did `exc` lose the server (module `lost_connection`)? A method, so the writer asks the store:
+        SQLite's Store has none, and its errors are never retried."""
+        return lost_connection(exc)
+
+    def reconnect(self) -> None:
+        """Once the server answers again, a new pool in place of the old; raises psycopg.Error while it
+        does not (one connection attempt, at most `connect_timeout_s`).
+
+        A new pool rather than the old one's own recovery: every idle connection of the old one died
+        with the server but shows it only when used, and psycopg_pool reconnects on its own schedule
+        (1 s doubling), which would add seconds after a short restart. The old pool is closed first, so
+        it stops trying (and logging) on its own while the server is away. Call it with no transaction
+        open.
+        """
+        self._pool.close(timeout=1.0)  # a closed pool again: nothing
+        psycopg.connect(self.target.url, autocommit=True, connect_timeout=self._connect_timeout_s).close()
+        self._pool = self._open_pool()
+
+    def describe(self, exc: BaseException) -> str:
+        """One line for a database error, password masked (for /healthz and logs)."""
+        return str(connect_error(exc, self.target))
 
     # -- schema -------------------------------------------------------------------------------------
 

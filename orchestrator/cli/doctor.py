@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -10,14 +9,15 @@ import re
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
 from orchestrator import exits
-from orchestrator.errors import OrchestratorError, SettingsError
+from orchestrator.errors import OrchestratorError, SettingsError, StoreUnreachable
 from orchestrator.settings import Settings, check_e164, load_env_file
 from orchestrator.textwidth import wrap
 
@@ -148,21 +148,10 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             else " (schema up to date)"
         )
 
-    attempt("database", database)
+    out.append(database_finding(settings, database))
+    out.append(running_server_finding(settings))
     if settings.public_url:
-        from orchestrator.bootstrap import probe_health
-
-        healthy = asyncio.run(probe_health(settings.public_url))
-        out.append(
-            Finding(
-                "tunnel",
-                healthy,
-                f"{settings.public_url}/healthz answered"
-                if healthy
-                else f"{settings.public_url}/healthz did not answer: is `orchestrator serve` running and the "
-                "tunnel up?",
-            )
-        )
+        out.append(tunnel_finding(settings.public_url))
     out.append(
         Finding(
             "espeak-ng",
@@ -176,6 +165,72 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     out += model_findings(settings)
     out.append(file_limit_finding(settings))
     return out
+
+
+def database_finding(settings: Settings, check: Callable[[], str]) -> Finding:
+    """The database as doctor finds it; a PostgreSQL server that does not answer also says what a
+    running server does meanwhile."""
+    try:
+        return Finding("database", True, check())
+    except StoreUnreachable as exc:
+        return Finding(
+            "database",
+            False,
+            f"{exc}; meanwhile a running server holds each callback up to DB_RETRY_S "
+            f"({settings.db_retry_s:g} s) for its write, then answers 503",
+        )
+    except OrchestratorError as exc:
+        return Finding("database", False, str(exc))
+
+
+def fetch_health(url: str, timeout_s: float = 2.0) -> tuple[int, dict[str, Any] | None] | None:
+    """GET a /healthz: its status and JSON document (None: not ours, e.g. a tunnel's error page), a 503
+    included; None when nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:  # /healthz answers 503 while its database does not
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    return status, (doc if isinstance(doc, dict) and "ok" in doc else None)
+
+
+def running_server_finding(settings: Settings) -> Finding:
+    """A server running here (ORCHESTRATOR_HOST/PORT): its database as its writer last found it."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/healthz"
+    answer = fetch_health(url)
+    if answer is None or answer[1] is None:
+        return Finding("running server", None, f"no orchestrator server answers at {url}")
+    db = answer[1].get("db") or {}
+    if db.get("state", "ok") == "ok":
+        return Finding("running server", True, f"{url}: running, its database answers")
+    return Finding(
+        "running server",
+        False,
+        f"{url}: running, but its database has not answered since {db.get('since')} ({db.get('retries')} "
+        f"retries, {db.get('failed_jobs')} writes answered 503): {db.get('last_error')}",
+    )
+
+
+def tunnel_finding(public_url: str) -> Finding:
+    """Does the public URL reach our server? It does when our /healthz answers, even 503 (its database)."""
+    url = f"{public_url.rstrip('/')}/healthz"
+    answer = fetch_health(url, timeout_s=3.0)
+    if answer is not None and answer[1] is not None:
+        ready = (
+            "" if answer[0] == 200 else f" HTTP {answer[0]}: the server is not ready (see `running server`)"
+        )
+        return Finding("tunnel", True, f"{url} answered{ready}")
+    hint = "is `orchestrator serve` running and the tunnel up?"
+    if answer is None:  # nothing at all: as before, not decided (the server may just not run yet)
+        return Finding("tunnel", None, f"{url} did not answer: {hint}")
+    return Finding("tunnel", False, f"{url} answered HTTP {answer[0]}, not our server: {hint}")
 
 
 def file_limit_finding(settings: Settings, minimum: int = 256) -> Finding:

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.backends.base import SpeechBackend
+from orchestrator.errors import StoreUnreachable
 from orchestrator.settings import Settings
 from orchestrator.stores import open_store
 from orchestrator.web.prom import Prom
@@ -39,7 +40,7 @@ def create_app(
 
     state = AppState(
         settings=settings,
-        service=AsyncService(lambda: open_store(settings.db)),
+        service=AsyncService(lambda: open_store(settings.db), retry_s=settings.db_retry_s),
         backend=backend or make_backend(settings),
         prom=Prom(),
         facts={"public_url": settings.public_url, "backend": (backend.name if backend else settings.backend)},
@@ -51,7 +52,7 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         streams=lambda: len(state.sessions),
     )
-    app = web.Application(client_max_size=256 * 1024, middlewares=[state.guard.middleware])
+    app = web.Application(client_max_size=256 * 1024, middlewares=[state.guard.middleware, store_unreachable])
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -158,18 +159,37 @@ async def _warm_up(state: AppState) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """What this server is and holds; 503 while its database does not answer (orchestrator.writer)."""
     state = request.app[STATE]
+    db = state.service.health()
+    ok = db["state"] == "ok"
     return web.json_response(
         {
-            "ok": True,
+            "ok": ok,
+            "db": db,
             "backend": state.backend.name,
             "busy": state.backend.busy,
             "active_streams": len(state.sessions),
             "public_url": state.settings.public_url,
             "servers": state.backend.servers(),
             "worker": _worker_health(state),
-        }
+        },
+        status=200 if ok else 503,
     )
+
+
+@web.middleware
+async def store_unreachable(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A write the database did not take within DB_RETRY_S (StoreUnreachable from the writer) is
+    answered 503, not aiohttp's 500: nothing was stored, and the sender may try again."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except StoreUnreachable as exc:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise  # the media stream's handshake is long answered: it ends its own way
+        log.warning("answered %s with 503: %s", request.path, exc)
+        return web.Response(status=503, text="database unreachable, retry\n")
 
 
 def _worker_health(state: AppState) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -154,6 +155,23 @@ class PgCluster:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if name in self.created:
             self.created.remove(name)
+
+    def stop_server(self) -> None:
+        """Stop the server the way an administrator restarting it does (`-m fast`: sessions are ended,
+        what they had not committed rolled back), keeping its data; `start_server()` brings it back."""
+        assert self.root is not None, "a server started elsewhere (ORCHESTRATOR_TEST_PG) is not ours to stop"
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def start_server(self) -> None:
+        """Start the server `stop_server()` stopped, on the same port with the same options (the ones
+        postgres wrote to postmaster.opts: its binary, -D and the data folder, then the -c settings)."""
+        assert self.root is not None, "a server started elsewhere (ORCHESTRATOR_TEST_PG) is not ours to start"
+        data = self.root / "data"
+        options = shlex.split((data / "postmaster.opts").read_text())[3:]
+        self._run(
+            "pg_ctl", "-D", str(data), "-l", str(self.root / "log"), "-w", "-t", "30",
+            "-o", shlex.join(options), "start",
+        )  # fmt: skip
 
     def stop(self) -> None:
         """Stop the server and remove its folder (an external server: drop the databases made here)."""

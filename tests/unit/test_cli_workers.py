@@ -5,7 +5,9 @@ exit 3 when every worker is full (and no call row left behind)."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,34 @@ def test_call_claims_a_worker_and_dials_with_its_url(tmp_path: Path, monkeypatch
     shown = invoke("show", row["id"], "--db", str(db))
     assert shown.exit_code == 0 and "\nworker b\n" in shown.output
     assert json.loads(invoke("show", row["id"], "--db", str(db), "--json").output)["call"]["worker"] == "b"
+
+
+class _DbDown(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps(
+            {
+                "ok": False,
+                "db": {"state": "unreachable", "since": "2026-12-04T10:00:00.000Z", "last_error": "x"},
+            }
+        ).encode()
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_call_refuses_while_the_servers_database_is_away(tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _DbDown)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = _carrier_env(tmp_path / "calls.db", int(server.server_address[1]), closed_port())
+        result = invoke("call", "+14155550123", env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    one_line_error(result, exits.UNAVAILABLE, "cannot reach its database since 2026-12-04T10:00:00.000Z")
+    assert not (tmp_path / "calls.db").exists() or not Store(tmp_path / "calls.db").list_calls()
