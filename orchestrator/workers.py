@@ -49,6 +49,7 @@ __all__ = [
     "take_inbound",
     "worker_capacity",
     "worker_status",
+    "workers_summary",
 ]
 
 #: sessions of a worker whose backend has no limit of its own (the echo backend) and no --capacity
@@ -93,6 +94,24 @@ def busy_reason(workers: Sequence[Mapping[str, Any]], *, now: datetime, stale_s:
     used = sum(min(int(w["claimed"]), int(w["capacity"])) for w in up)
     total = sum(int(w["capacity"]) for w in up)
     return f"every worker is busy: {used} of {total} sessions in use on {len(up)} worker(s)"
+
+
+def workers_summary(workers: Sequence[Mapping[str, Any]], *, now: datetime, stale_s: float) -> str:
+    """One line about the workers of a database (doctor): how many are up with their sessions, and
+    which are dead; empty when there are none."""
+    if not workers:
+        return ""
+    by: dict[str, list[Mapping[str, Any]]] = {"up": [], "dead": [], "stopped": []}
+    for w in workers:
+        by[worker_status(w, now=now, stale_s=stale_s)].append(w)
+    used = sum(int(w["claimed"]) for w in by["up"])
+    parts = [f"{len(by['up'])} up ({used}/{sum(int(w['capacity']) for w in by['up'])} sessions)"]
+    if by["dead"]:
+        dead = ", ".join(f"{w['name']} {heartbeat_age_s(w, now):.0f} s" for w in by["dead"])
+        parts.append(f"{len(by['dead'])} dead ({dead} without a heartbeat; the others adopt their calls)")
+    if by["stopped"]:
+        parts.append(f"{len(by['stopped'])} stopped")
+    return "workers: " + ", ".join(parts)
 
 
 def claim(

@@ -134,18 +134,29 @@ def run_checks(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         out += threshold_findings(environ)
 
     def database() -> str:
+        from orchestrator.store import utcnow
         from orchestrator.stores import as_target, is_pg_url, open_store, shown_target
+        from orchestrator.workers import workers_summary
 
         target = as_target(settings.db)
         if not is_pg_url(target) and not Path(target).exists():  # doctor only looks: it never makes the file
             return f"{settings.db} (not created yet: `orchestrator serve`, `call` or `migrate` creates it)"
         store = open_store(target, migrate=False, create=False)
         pending = [m["name"] for m in store.migration_status() if not m["applied_at"]]
-        store.close()
-        return f"{shown_target(target)}" + (
-            f" (pending migrations: {', '.join(pending)}; run `orchestrator migrate`)"
+        workers = (
+            ""
             if pending
-            else " (schema up to date)"
+            else workers_summary(store.list_workers(), now=utcnow(), stale_s=settings.worker_stale_s)
+        )
+        store.close()
+        return (
+            f"{shown_target(target)}"
+            + (
+                f" (pending migrations: {', '.join(pending)}; run `orchestrator migrate`)"
+                if pending
+                else " (schema up to date)"
+            )
+            + (f"; {workers}" if workers else "")
         )
 
     out.append(database_finding(settings, database))

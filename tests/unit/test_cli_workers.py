@@ -148,3 +148,12 @@ def test_call_refuses_while_the_servers_database_is_away(tmp_path: Path) -> None
         server.server_close()
     one_line_error(result, exits.UNAVAILABLE, "cannot reach its database since 2026-12-04T10:00:00.000Z")
     assert not (tmp_path / "calls.db").exists() or not Store(tmp_path / "calls.db").list_calls()
+
+
+def test_doctor_says_how_the_workers_are(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    planted(db, ("a", 2, 0), ("b", 1, 0), ("gone", 1, 42))
+    result = invoke("doctor", "--db", str(db), "--json")
+    found = {f["check"]: f for f in json.loads(result.stdout)["findings"]}
+    detail = found["database"]["detail"]
+    assert "workers: 2 up (0/3 sessions), 1 dead (gone 42 s without a heartbeat" in detail
