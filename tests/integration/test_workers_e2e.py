@@ -31,7 +31,7 @@ from tests.integration.engines import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("w1", "w2", "w3")
-STALE_S = 3.0
+STALE_S = 5.0  # under load (the whole suite on 2 cores) a heartbeat can be late; not so late
 SETTLE_TARGET_S = 30.0  # the bound; the design gives STALE_S + a heartbeat + one REST fetch
 
 
