@@ -191,6 +191,22 @@ def register(
                 f"worker {name!r} is already running on {old['host']} (pid {old['pid']}, heartbeat "
                 f"{heartbeat_age_s(old, now):.0f} s ago): give this one another --worker name, or stop that one"
             )
+        twins = [
+            w["name"]
+            for w in store.list_workers()
+            if w["name"] != name
+            and public_url
+            and w["public_url"] == public_url
+            and worker_status(w, now=now, stale_s=stale_s) == "up"
+        ]
+        if twins:
+            log.warning(
+                "worker %s: public URL %s is also worker %s's: calls claimed on one may stream to the "
+                "other (each worker needs its own public URL)",
+                name,
+                public_url,
+                ", ".join(twins),
+            )
         stamp = iso(now)
         store.put_worker(
             name,

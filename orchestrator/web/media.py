@@ -267,6 +267,14 @@ async def _on_start(
         call, reason = await state.service.authorize_start(call_id, token, start.call_sid)
     if reason is None and call is not None and call["id"] in state.sessions:
         reason = "a media stream is already open for this call"
+    me = state.settings.worker
+    if reason is None and call is not None and me and call.get("worker") != me:
+        # claimed on another worker (or none) but streaming here: the session it holds is this one's
+        log.warning(
+            "call %s claimed on %s streams to worker %s: claim moved", call["id"], call.get("worker"), me
+        )
+        call_id_here = str(call["id"])
+        await state.service.run(lambda s: s.store.update_call(call_id_here, worker=me))
     backend_session = None
     if reason is None and call is not None:
         try:
