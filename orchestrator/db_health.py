@@ -29,6 +29,16 @@ class ServerStore(Protocol):
 
     def describe(self, exc: BaseException) -> str: ...
 
+    def aborted(self) -> bool:
+        """Is this thread's open transaction aborted (an error outside a savepoint: everything in it is
+        lost at COMMIT, which then rolls back without a word)?"""
+        ...
+
+    def transient(self, exc: BaseException) -> bool:
+        """Did `exc` fail only because of another transaction (a deadlock, a serialization failure), so
+        that the same work run again succeeds?"""
+        ...
+
 
 class DbHealth:
     """What the writer last found of the database: written by the writer thread, read by /healthz."""

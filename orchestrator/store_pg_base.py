@@ -35,6 +35,10 @@ __all__ = ["PgBase", "lost_connection"]
 _SERVER_GONE = ("57P01", "57P02", "57P03")
 
 
+#: deadlock detected, serialization failure: another transaction won; the same work run again succeeds
+_TRANSIENT = frozenset({"40P01", "40001"})
+
+
 def lost_connection(exc: BaseException) -> bool:
     """Did `exc` (or an error it came from) lose the server rather than fail a statement?
 
@@ -130,6 +134,13 @@ class PgBase:
         """Did `exc` lose the server (module `lost_connection`)? A method, so the writer asks the store:
         SQLite's Store has none, and its errors are never retried."""
         return lost_connection(exc)
+
+    def aborted(self) -> bool:
+        conn = getattr(self._local, "conn", None)
+        return conn is not None and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+
+    def transient(self, exc: BaseException) -> bool:
+        return psycopg is not None and isinstance(exc, psycopg.Error) and exc.sqlstate in _TRANSIENT
 
     def reconnect(self) -> None:
         """Once the server answers again, a new pool in place of the old; raises psycopg.Error while it

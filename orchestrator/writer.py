@@ -129,7 +129,11 @@ class AsyncService:
                 if not self._reconnect(server):
                     continue
             try:
-                done = self._attempt(service, server, jobs)
+                try:
+                    done = self._attempt(service, server, jobs)
+                except _Aborted as aborted:
+                    assert server is not None  # only PostgreSQL aborts a transaction on an error
+                    done = self._after_abort(service, server, jobs, aborted)
                 self._health.committed()
             except Exception as exc:
                 if server is None or not server.lost_connection(exc):
@@ -150,16 +154,60 @@ class AsyncService:
     def _attempt(
         self, service: CallService, server: ServerStore | None, jobs: list[_Job]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Run `jobs` in one transaction; each job's own error is its answer.
+
+        On PostgreSQL an error outside a savepoint aborts the whole transaction, and its COMMIT then
+        rolls back without a word: answering the jobs before it would answer writes that are lost. So a
+        job that leaves the transaction aborted ends the attempt (`_Aborted`): the jobs before it run
+        again, then it alone (again if another transaction's lock beat it), then the rest."""
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         with service.store.transaction():
-            for job in jobs:
+            for i, job in enumerate(jobs):
                 try:
                     done.append((job.fut, job.fn(service), None))
                 except Exception as exc:  # the job's own error, for its caller
                     if server is not None and server.lost_connection(exc):
                         raise  # not the job's: the connection, and the whole transaction with it, is gone
+                    if server is not None and server.aborted():
+                        raise _Aborted(i, exc) from exc
                     done.append((job.fut, None, exc))
+            if server is not None and server.aborted():  # an error a job caught and kept to itself
+                raise _Aborted(len(jobs) - 1, RuntimeError("the transaction was aborted"))
         return done
+
+    def _after_abort(
+        self, service: CallService, server: ServerStore, jobs: list[_Job], aborted: _Aborted
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """The batch rolled back at job `aborted.index`: the jobs before it again, then it alone (up to
+        three times while its error is another transaction's doing), then the rest; their answers."""
+        before, job, after = jobs[: aborted.index], jobs[aborted.index], jobs[aborted.index + 1 :]
+        done = self._attempt_all(service, server, before)
+        done += self._alone(service, server, job, aborted.error)
+        return done + self._attempt_all(service, server, after)
+
+    def _alone(
+        self, service: CallService, server: ServerStore, job: _Job, error: BaseException
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """A job whose error aborted a batch, in a transaction of its own while that error was another
+        transaction's doing (a deadlock: up to three tries); else its error is its answer."""
+        for _ in range(3):
+            if not server.transient(error):
+                break
+            try:
+                return self._attempt(service, server, [job])
+            except _Aborted as again:
+                error = again.error
+        return [(job.fut, None, error)]
+
+    def _attempt_all(
+        self, service: CallService, server: ServerStore, jobs: list[_Job]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        if not jobs:
+            return []
+        try:
+            return self._attempt(service, server, jobs)
+        except _Aborted as aborted:
+            return self._after_abort(service, server, jobs, aborted)
 
     def _reconnect(self, server: ServerStore | None) -> bool:
         """One try at the lost server: True once it answers again."""
@@ -240,6 +288,14 @@ class AsyncService:
 
 
 _FOREGROUND, _BACKGROUND, _STOP = 0, 1, 2
+
+
+class _Aborted(Exception):
+    """Job `index` left the batch's transaction aborted with `error` (PostgreSQL): nothing of it is kept."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(f"job {index} aborted the transaction: {error}")
+        self.index, self.error = index, error
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

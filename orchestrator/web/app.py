@@ -132,8 +132,8 @@ def create_app(
         [
             store_ctx,
             backend_ctx,
+            sessions_ctx,  # at shutdown it waits for the background tasks: the heartbeat stops first
             *([worker_ctx] if settings.worker else []),
-            sessions_ctx,
             retention_ctx,
             *([reconcile_ctx] if reconciling else []),
         ]
