@@ -7,6 +7,10 @@ one step, written for few numpy calls, because at these sizes each call (~1 us) 
 work: every buffer is preallocated and written with `out=`, and a step's gradient constraint is left
 pending (`constraint_taps` / `constrain`) so the caller can fold its FFT into its own batched one.
 Anything that reads the background (`background_error`, `copy`) applies a pending constraint first.
+
+`single`: one filter serves both while the canceller is settled (bridge/aec.py decides): the background
+adapts and gives the output, and [1] holds the state `keep` saved before the last update, so `split`
+can hand the output back to it when that update (or the caller) made the output worse.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class TwoPathFilter:
         self.mu, self.mu_min, self.breg, self.delta = mu, mu_min, breg, delta
         self.W: _C64 = np.zeros((2, n, k), np.complex64)  # [0]: background (adapting), [1]: foreground
         self.same = True  # foreground == background: one product serves both
+        self.single = False  # one filter adapts and produces the output; W[1] keeps its last good state
         self.pend: int | None = None  # background partition whose gradient constraint is still due
         self.prior: list[float] = [1.0] * n  # the proportionate weights' floor per partition
         self._prod: _C64 = np.zeros((2, n, k), np.complex64)
@@ -45,16 +50,17 @@ class TwoPathFilter:
         self._g: _C64 = np.zeros((n, k), np.complex64)
         self._u: _C64 = np.zeros((n, k), np.complex64)
         self._den: _F32 = np.zeros(k, np.float32)
+        self._onek: _F32 = np.ones(k, np.float32)
         self._gam: _F32 = np.zeros(n, np.float32)
 
     def clear(self) -> None:
         self.W[:] = 0
-        self.same, self.pend = True, None
+        self.same, self.pend, self.single = True, None, False
 
     def load(self, spectra: _C64) -> None:
         """Both filters from the same (partitions, partition + 1) spectra."""
         self.W[:] = spectra
-        self.same, self.pend = True, None
+        self.same, self.pend, self.single = True, None, False
 
     def slide(self, s: int) -> None:
         """Move both filters' taps by `s` partitions (the window slid the other way)."""
@@ -73,6 +79,20 @@ class TwoPathFilter:
         self.W[1] = self.W[0]
         self.same = True
 
+    def join(self) -> None:
+        """From now on one filter: the background adapts and produces the output (half the products)."""
+        self.copy()
+        self.single = True
+
+    def keep(self) -> None:
+        """The one filter's output was good: remember that state (before this step adapts it)."""
+        self.flush()
+        self.W[1] = self.W[0]
+
+    def split(self) -> None:
+        """Two filters again: the foreground is the last kept state, the background the one filter."""
+        self.single = self.same = False
+
     def drop(self) -> None:
         """The foreground := nothing."""
         self.W[1] = 0
@@ -82,6 +102,16 @@ class TwoPathFilter:
         """The background := the foreground."""
         self.W[0] = self.W[1]
         self.same, self.pend = True, None
+
+    def _weigh(self) -> None:
+        """Proportionate weights from |W_p| per partition, floored by the prior: n numbers, cheaper as
+        Python floats."""
+        Wv = self.W[0].view(np.float32)
+        wa = [math.sqrt(v) for v in np.matmul(Wv[:, None, :], Wv[:, :, None]).ravel().tolist()]
+        top = max(wa) + 1e-6
+        gl = [max(w, p * top) for w, p in zip(wa, self.prior, strict=True)]
+        tot = sum(gl)
+        self._gam[:] = [v / tot for v in gl]
 
     def constraint_taps(self) -> _F32 | None:
         """The first half of the pending partition's impulse response (or None): its FFT, zero-padded,
@@ -107,14 +137,22 @@ class TwoPathFilter:
         self.pend = None
 
     def errors(self, d: _F32, Xw: _C64) -> tuple[_F32, _F32]:
-        """(background error, foreground error) of the newest partition `d`; the same array when equal."""
-        if self.same:
+        """(background error, foreground error) of the newest partition `d`; the same array when equal
+        (or when one filter serves both)."""
+        if self.same or self.single:
             e = self.background_error(d, Xw)
             return e, e
         np.multiply(self.W, Xw, out=self._prod)
         np.matmul(self._ones, self._prod.view(np.float32), out=self._Yv)
         e, ef = d - irfft(self._Y, 2 * self.m)[:, self.m :]
         return e, ef
+
+    def foreground_error(self, d: _F32, Xw: _C64) -> _F32:
+        p = self._prod[1]
+        np.multiply(self.W[1], Xw, out=p)
+        np.matmul(self._ones, p.view(np.float32), out=self._Yv[1])
+        e: _F32 = d - irfft(self._Y[1], 2 * self.m)[self.m :]
+        return e
 
     def background_error(self, d: _F32, Xw: _C64) -> _F32:
         self.flush()
@@ -124,9 +162,12 @@ class TwoPathFilter:
         e: _F32 = d - irfft(self._Y[0], 2 * self.m)[self.m :]
         return e
 
-    def adapt(self, e: _F32, eb2: float, nv: float, PXw: _F32, Xw: _C64, j: int) -> None:
+    def adapt(
+        self, e: _F32, eb2: float, nv: float, PXw: _F32, Xw: _C64, j: int | None, weigh: bool = True
+    ) -> None:
         """One proportionate NLMS step of the background from its error `e` (energy `eb2`); `nv`: the
-        error no filter removes; `j`: the partition whose gradient constraint is now pending."""
+        error no filter removes; `j`: the partition whose gradient constraint is now pending (None:
+        none this step); `weigh`: recompute the proportionate weights (else the last step's)."""
         m, k = self.m, self.k
         W = self.W[0]
         # variable step (Benesty's non-parametric VSS): large while the error is far above what no
@@ -135,17 +176,12 @@ class TwoPathFilter:
         pad = self._pad
         pad[m:] = e
         E = rfft(pad)
-        Wv = W.view(np.float32)
-        # proportionate weights from |W_p| per partition: n numbers, cheaper as Python floats
-        wa = [math.sqrt(v) for v in np.matmul(Wv[:, None, :], Wv[:, :, None]).ravel().tolist()]
-        top = max(wa) + 1e-6
-        gl = [max(w, p * top) for w, p in zip(wa, self.prior, strict=True)]
-        tot = sum(gl)
+        if weigh:
+            self._weigh()
         gam = self._gam
-        gam[:] = [v / tot for v in gl]
         pw = gam @ PXw
         den = self._den
-        np.add(pw, self.delta + self.breg * float(pw.sum()) / k, out=den)
+        np.add(pw, self.delta + self.breg * float(pw.dot(self._onek)) / k, out=den)
         np.divide(mu, den, out=den)
         E *= den
         u, g = self._u, self._g
