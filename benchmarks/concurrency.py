@@ -20,7 +20,19 @@ Per round it prints, from the sessions' own records (collected in the server pro
 - server CPU % over the steady window (all calls streaming) and ms CPU per call-second; RSS idle
   before, at full concurrency, and idle after the round: per-call memory and growth across rounds.
 
-Usage: python benchmarks/concurrency.py [--quick] [--calls 25,50,100,150] [--seconds 20]
+`--workers 1,2` runs the rounds once per entry instead: that many `serve --worker` processes on one
+PostgreSQL database (a throwaway cluster, durable defaults), each with its own port and public URL,
+the calls spread over them evenly (call i held by worker i mod N and streaming to it, its row made
+here as `orchestrator call` would claim it). Server CPU and RSS are then the sum over the workers, and
+a last table puts each round's send lateness side by side. What two workers do on two cores: each
+event loop and GIL carries half the streams, so send lateness falls while one process' loop is what
+runs late (on a shared box measured 25 calls p99 24.7 -> 12.5 ms; at 100 calls one process fell
+behind and lost frames, two lost none; benchmarks/README.md); they add no core, so once the two cores
+are busy (workers, callers, PostgreSQL) lateness rises for both, and each worker holds its own ~140
+MiB idle. On a box shared with other work, two processes also get a larger share of its CPU: read
+the server CPU column beside the lateness.
+
+Usage: python benchmarks/concurrency.py [--quick] [--calls 25,50,100,150] [--seconds 20] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +80,9 @@ def _summary(live: Any) -> dict[str, Any]:
     }
 
 
-async def serve(db: Path, port_file: Path, stats_file: Path, recordings: Path) -> None:
+async def serve(
+    db: str, port_file: Path, stats_file: Path, recordings: Path, worker: str | None, public: str
+) -> None:
     from orchestrator.cli.serve import start_server
     from orchestrator.settings import Settings
     from orchestrator.web.app import STATE
@@ -75,8 +90,10 @@ async def serve(db: Path, port_file: Path, stats_file: Path, recordings: Path) -
     settings = Settings(
         twilio_account_sid=ACCOUNT,
         twilio_auth_token=TOKEN,
-        public_url=PUBLIC,
-        db=db,
+        public_url=public,
+        db=Path(db),  # a URL too: open_store mends what Path did to its `//`
+        worker=worker,
+        worker_capacity=10_000 if worker else None,  # rounds are claimed by the bench, not refused busy
         host="127.0.0.1",
         port=0,
         backend="echo",
@@ -104,6 +121,10 @@ async def serve(db: Path, port_file: Path, stats_file: Path, recordings: Path) -
                 await asyncio.wait_for(stop.wait(), 0.25)
             except TimeoutError:
                 pass
+    # The app's shutdown waits up to 10 s for its background tasks before it stops the worker's
+    # heartbeat, which never ends by itself: stopped first here, the worker stops in ~1 s.
+    for task in [t for t in state.background if t.get_name() == "worker-heartbeat"]:
+        task.cancel()
     await server.stop()
 
 
@@ -115,18 +136,18 @@ async def call(spec_file: Path, out_file: Path) -> None:
     from orchestrator.twiml import stream_twiml
 
     spec = json.loads(spec_file.read_text())  # noqa: ASYNC240 - once, before any call
-    emu = CarrierEmulator(ACCOUNT, TOKEN, routes={PUBLIC: spec["server"]})
+    emu = CarrierEmulator(ACCOUNT, TOKEN, routes=spec["routes"])
     await emu.start()
     seconds = spec["seconds"]
     emu.set_defaults(CallOptions(ring_s=0.2, faults=Faults(hangup_after_stream_s=seconds)))
     sids = []
     for c in spec["calls"]:
-        twiml = stream_twiml(PUBLIC, call_id=c["id"], token=c["token"], say=None)
+        twiml = stream_twiml(c["public"], call_id=c["id"], token=c["token"], say=None)
         placed = emu.place_call(
             to="+15005550010",
             from_="+15005550006",
             twiml=twiml,
-            status_callback=f"{PUBLIC}/twilio/status?call_id={c['id']}",
+            status_callback=f"{c['public']}/twilio/status?call_id={c['id']}",
             events=["initiated", "ringing", "answered", "completed"],
         )
         sids.append(placed.sid)
@@ -135,7 +156,7 @@ async def call(spec_file: Path, out_file: Path) -> None:
         *(emu.wait_call(sid, timeout=seconds + 60) for sid in sids), return_exceptions=True
     )
     await emu.stop()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for sid, t in zip(sids, truths, strict=True):
         if isinstance(t, BaseException):
             rows.append({"call_sid": sid, "error": repr(t)})
@@ -167,34 +188,61 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
-def make_calls(db: Path, n: int) -> list[dict[str, str]]:
-    from orchestrator.store import Store
+def make_calls(db: str, n: int, workers: list[str | None]) -> list[dict[str, Any]]:
+    """n call rows, call i held by workers[i mod N] (as `orchestrator call` claims a session for it;
+    None: no worker). Each row's id, token and the worker."""
+    from orchestrator.stores import open_store
 
-    store = Store(db)
+    store = open_store(db)
     try:
         with store.transaction():
-            rows = [
-                store.create_call(
+            rows = []
+            for i in range(n):
+                row = store.create_call(
                     direction="outbound",
                     to_number="+15005550010",
                     from_number="+15005550006",
                     run="bench-concurrency",
                     backend="echo",
                 )
-                for _ in range(n)
-            ]
+                worker = workers[i % len(workers)]
+                if worker:
+                    store.update_call(row["id"], worker=worker)
+                rows.append({"id": row["id"], "token": row["token"], "server": i % len(workers)})
     finally:
         store.close()
-    return [{"id": r["id"], "token": r["token"]} for r in rows]
+    return rows
 
 
-def run_round(
-    n: int, seconds: float, server_pid: int, server_url: str, db: Path, work: Path, stats_file: Path
-) -> dict[str, Any]:
-    calls = make_calls(db, n)
+@dataclass
+class Servers:
+    """The server processes of one pass (one, or N workers on one database) and where they write."""
+
+    db: str
+    names: list[str | None] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    publics: list[str] = field(default_factory=list)
+    stats_files: list[Path] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+
+def _sum(read: Any, pids: list[int]) -> Any:
+    """A /proc reading summed over the processes (tuples element by element)."""
+    values = [read(pid) for pid in pids]
+    return tuple(map(sum, zip(*values, strict=True))) if isinstance(values[0], tuple) else sum(values)
+
+
+def run_round(n: int, seconds: float, servers: Servers, work: Path) -> dict[str, Any]:
+    calls = make_calls(servers.db, n, servers.names)
+    for c in calls:  # call i on server i mod N: an even spread
+        c["public"] = servers.publics[c.pop("server")]
+    pids = servers.pids()
     procs = 1 if n < 50 else 2
     stagger = min(2.0, 0.04 * n) / n
-    idle_rss = proc_rss_mb(server_pid)
+    idle_rss = _sum(proc_rss_mb, pids)
     started = time.monotonic()
     children = []
     for k in range(procs):
@@ -202,7 +250,7 @@ def run_round(
         spec.write_text(
             json.dumps(
                 {
-                    "server": server_url,
+                    "routes": dict(zip(servers.publics, servers.urls, strict=True)),
                     "calls": calls[k::procs],
                     "seconds": seconds,
                     "stagger_s": stagger * procs,
@@ -222,9 +270,9 @@ def run_round(
         samples.append(
             (
                 time.monotonic() - started,
-                proc_cpu_s(server_pid),
-                proc_rss_mb(server_pid),
-                proc_cpu_split_s(server_pid),
+                _sum(proc_cpu_s, pids),
+                _sum(proc_rss_mb, pids),
+                _sum(proc_cpu_split_s, pids),
                 callers,
                 steal_s(),
             )
@@ -237,7 +285,8 @@ def run_round(
     ids = {c["id"] for c in calls}
     sessions: list[dict[str, Any]] = []
     for _ in range(120):  # sessions are written as each call's media ends
-        sessions = [s for s in map(json.loads, stats_file.read_text().splitlines()) if s["call_id"] in ids]
+        lines = [line for f in servers.stats_files for line in f.read_text().splitlines()]
+        sessions = [s for s in map(json.loads, lines) if s["call_id"] in ids]
         if len(sessions) >= n:
             break
         time.sleep(0.25)
@@ -263,7 +312,7 @@ def run_round(
         "steal_pct": steal_pct,
         "idle_rss": idle_rss,
         "peak_rss": peak_rss,
-        "after_rss": proc_rss_mb(server_pid),
+        "after_rss": _sum(proc_rss_mb, pids),
     }
 
 
@@ -323,60 +372,69 @@ def report(r: dict[str, Any], seconds: float) -> dict[str, float]:
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny run (CI): 3 calls for 3 s")
-    ap.add_argument("--calls", default="25,50,100,150", help="comma-separated round sizes")
-    ap.add_argument("--seconds", type=float, default=20.0, help="streaming seconds per call")
-    ap.add_argument("--role", choices=["serve", "call"], help=argparse.SUPPRESS)
-    ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.role == "serve":
-        asyncio.run(serve(*(Path(x) for x in a.args)))
-        return
-    if a.role == "call":
-        asyncio.run(call(Path(a.args[0]), Path(a.args[1])))
-        return
-    sizes, seconds = ([3], 3.0) if a.quick else ([int(x) for x in a.calls.split(",")], a.seconds)
-    header("Concurrent calls: one server process, echo backend, emulator callers in other processes", a.quick)
-    from bridge.resample import StreamResampler
+def start_pass(work: Path, db: str, workers: int | None) -> Servers:
+    """One server process (`workers` None: not a worker, the default setup), or that many worker
+    processes on `db`, each with its own port, public URL and sessions file; started together."""
+    from orchestrator.stores import open_store
 
-    print(
-        f"Resampler algorithmic delay (not in the latencies below): "
-        f"{StreamResampler(8000, 24000).delay_ms:.2f} ms each way (61-tap linear-phase FIR, nothing withheld)"
-    )
-    with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp:
-        work = Path(tmp)
-        db, port_file, stats_file = work / "bench.db", work / "port", work / "sessions.jsonl"
-        stats_file.touch()
-        server = subprocess.Popen(
-            _py("--role", "serve", str(db), str(port_file), str(stats_file), str(work / "recordings")),
-            env=_env(),
-        )
+    open_store(db).close()  # migrated once here, not raced by workers starting on an empty database
+    names: list[str | None] = [None] if workers is None else [f"w{k + 1}" for k in range(workers)]
+    servers = Servers(db, names)
+    ports = []
+    for k, name in enumerate(names):
+        port_file, stats = work / f"port-{k}", work / f"sessions-{k}.jsonl"
+        port_file.touch()
+        stats.touch()
+        public = PUBLIC if name is None else f"https://{name}.bench-tunnel.invalid"
+        args = ["--role", "serve", db, str(port_file), str(stats), str(work / f"recordings-{k}")]
+        args += ["--public", public] + (["--worker", name] if name else [])
+        servers.procs.append(subprocess.Popen(_py(*args), env=_env()))
+        servers.publics.append(public)
+        servers.stats_files.append(stats)
+        ports.append(port_file)
+    deadline = time.monotonic() + 120
+    for proc, port_file in zip(servers.procs, ports, strict=True):
+        while not port_file.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_pass(servers)
+                raise RuntimeError(f"a server process did not start (exit {proc.poll()})")
+            time.sleep(0.05)
+        servers.urls.append(f"http://127.0.0.1:{port_file.read_text()}")
+    return servers
+
+
+def stop_pass(servers: Servers) -> None:
+    for proc in servers.procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in servers.procs:
         try:
-            for _ in range(200):
-                if port_file.exists() and port_file.read_text():
-                    break
-                time.sleep(0.05)
-            url = f"http://127.0.0.1:{port_file.read_text()}"
-            print(f"server pid {server.pid} at {url}; {seconds:g} s of streaming per call\n")
-            print(
-                "calls sess   send lateness ms    inbound ms    outbound ms   transit ms   lost  marks       "
-                "server         RSS MiB                  caller"
-            )
-            print(
-                "            p50    p99     max   p50    p99    p50    p99   p50    p99        sent/echoed "
-                " CPU% ms/call-s idle   peak  after MiB/call  late max ms"
-            )
-            rows = [
-                report(run_round(n, seconds, server.pid, url, db, work, stats_file), seconds) for n in sizes
-            ]
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_pass(
+    label: str, db: str, workers: int | None, sizes: list[int], seconds: float, work: Path
+) -> list[dict[str, float]]:
+    work.mkdir()
+    servers = start_pass(work, db, workers)
+    try:
+        where = ", ".join(f"pid {p} at {u}" for p, u in zip(servers.pids(), servers.urls, strict=True))
+        print(f"\n{label}: {where}; {seconds:g} s of streaming per call\n")
+        print(
+            "calls sess   send lateness ms    inbound ms    outbound ms   transit ms   lost  marks       "
+            "server         RSS MiB                  caller"
+        )
+        print(
+            "            p50    p99     max   p50    p99    p50    p99   p50    p99        sent/echoed "
+            " CPU% ms/call-s idle   peak  after MiB/call  late max ms"
+        )
+        rows = [report(run_round(n, seconds, servers, work), seconds) for n in sizes]
+    finally:
+        stop_pass(servers)
+    if len(servers.stats_files) > 1:
+        served = [len(f.read_text().splitlines()) for f in servers.stats_files]
+        print(f"\nCalls each worker served (all rounds): {', '.join(map(str, served))}")
     ok = [r for r in rows if r["late_p99"] < 20 and r["lost"] == 0 and r["sessions"] == r["n"]]
     print(
         f"\nLargest round with send lateness p99 < 20 ms and nothing lost: {max((r['n'] for r in ok), default=0)} calls"
@@ -386,6 +444,80 @@ def main() -> None:
     print(f"Knee (lateness p99 above twice the smallest round's + 1 ms): {knee or 'not reached'}")
     after = ", ".join(f"{r['after_rss']:.1f}" for r in rows)
     print(f"Idle RSS after each round: {after} MiB")
+    return rows
+
+
+def side_by_side(passes: dict[str, list[dict[str, float]]]) -> None:
+    """Each round's send lateness (and what the servers spent) in every pass, on one line."""
+    print("\nSend lateness ms p50/p99/max, lost frames, server CPU % (summed over the workers), per round:")
+    print("calls  " + "  ".join(f"{label:>34}" for label in passes))
+    for i, n in enumerate(r["n"] for r in next(iter(passes.values()))):
+        cells = [
+            f"{r['late_p50']:5.2f}/{r['late_p99']:6.2f}/{r['late_max']:6.1f} {r['lost']:4} {r['cpu_pct']:6.1f}%"
+            for r in (rows[i] for rows in passes.values())
+        ]
+        print(f"{n:5}  " + "  ".join(f"{c:>34}" for c in cells))
+
+
+def pg_cluster() -> tuple[Any, str | None]:
+    """(a throwaway PostgreSQL cluster with its durable defaults, None) or (None, why there is none)."""
+    from tests.integration.pg_server import PgCluster, why_unavailable
+
+    why = why_unavailable()
+    return (None, why) if why else (PgCluster.start(fast=False), None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny run (CI): 3 calls for 3 s")
+    ap.add_argument("--calls", default="25,50,100,150", help="comma-separated round sizes")
+    ap.add_argument("--seconds", type=float, default=20.0, help="streaming seconds per call")
+    ap.add_argument(
+        "--workers",
+        help="comma-separated worker counts, e.g. 1,2: one pass each, that many worker processes on one "
+        "PostgreSQL database (default: one server process on SQLite, not a worker)",
+    )
+    ap.add_argument("--role", choices=["serve", "call"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--public", default=PUBLIC, help=argparse.SUPPRESS)
+    ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.role == "serve":
+        asyncio.run(serve(a.args[0], Path(a.args[1]), Path(a.args[2]), Path(a.args[3]), a.worker, a.public))
+        return
+    if a.role == "call":
+        asyncio.run(call(Path(a.args[0]), Path(a.args[1])))
+        return
+    sizes, seconds = ([3], 3.0) if a.quick else ([int(x) for x in a.calls.split(",")], a.seconds)
+    header("Concurrent calls: server processes, echo backend, emulator callers in other processes", a.quick)
+    from bridge.resample import StreamResampler
+
+    print(
+        f"Resampler algorithmic delay (not in the latencies below): "
+        f"{StreamResampler(8000, 24000).delay_ms:.2f} ms each way (61-tap linear-phase FIR, nothing withheld)"
+    )
+    cluster, why = pg_cluster() if a.workers else (None, None)
+    if why:
+        print(f"no PostgreSQL here ({why}): one server process on SQLite only")
+    passes: dict[str, list[dict[str, float]]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp:
+            work = Path(tmp)
+            if cluster is None:
+                passes["1 process, SQLite"] = run_pass(
+                    "1 server process, SQLite", str(work / "bench.db"), None, sizes, seconds, work / "sqlite"
+                )
+            else:
+                print(f"PostgreSQL: a throwaway cluster on 127.0.0.1:{cluster.port}, durable defaults")
+                for w in (int(x) for x in a.workers.split(",")):
+                    label = f"{w} worker{'s' if w > 1 else ''}, PostgreSQL"
+                    db = cluster.create_database("bench_conc")
+                    passes[label] = run_pass(label, db, w, sizes, seconds, work / f"workers-{w}")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    if len(passes) > 1:
+        side_by_side(passes)
 
 
 if __name__ == "__main__":
