@@ -65,8 +65,12 @@ class CallService:
         at: datetime | None = None,
         rejected: str | None = None,
         detail: str | None = None,
+        known_call: dict[str, Any] | None = None,
     ) -> Recorded:
         """Store one raw event, then judge and apply it. `rejected` stores it as refused (bad signature).
+
+        `known_call`: the call these identifiers name, read in this same transaction (`check_identity`),
+        so it is not read again.
 
         One transaction: the raw row first, then the judgement inside a savepoint. If judging fails
         (a bug), the savepoint is rolled back, the raw event is kept with the error as its reason and
@@ -76,7 +80,7 @@ class CallService:
         at = at or utcnow()
         payload = payload or {}
         store = self.store
-        with store.transaction():
+        with store.atomic():  # inside the writer's batch: no savepoint of its own (the judging has one)
             event_id = store.insert_event(
                 source=source,
                 type=type,
@@ -98,6 +102,7 @@ class CallService:
                         at=at,
                         rejected=rejected,
                         detail=detail,
+                        known_call=known_call,
                     )
             except Exception as exc:  # keep the raw event (committed below), then let the error out
                 store.judge_event(
@@ -125,12 +130,13 @@ class CallService:
         at: datetime,
         rejected: str | None,
         detail: str | None,
+        known_call: dict[str, Any] | None = None,
     ) -> Recorded:
         store = self.store
         if source == "server" and not rejected:  # facts about the server itself, not about a call
             store.judge_event(event_id, accepted=True, reason=None, call_id=None)
             return Recorded(event_id, True, None, None)
-        call = store.find_call(call_id=call_id, call_sid=call_sid)
+        call = known_call or store.find_call(call_id=call_id, call_sid=call_sid)
         cid = call["id"] if call else None
         if rejected:
             store.judge_event(event_id, accepted=False, reason=rejected, call_id=cid)
@@ -194,15 +200,29 @@ class CallService:
         any call, and keying it by the CallSid would spend the other call's duplicate key. Both values
         are validated identifiers by the time they get here (see `orchestrator.settings`).
         """
+        return self.check_identity(call_id, call_sid)[0]
+
+    def check_identity(
+        self, call_id: str | None, call_sid: str | None
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """`identity_problem`, and the call when they agree (read once, locked in a transaction on
+        PostgreSQL: `record(known_call=...)` then judges it without reading it again)."""
         if not call_id or not call_sid:
-            return None
-        by_id = self.store.find_call(call_id=call_id)
-        by_sid = self.store.find_call(call_sid=call_sid)
+            return None, None
+        rows = self.store.find_calls(call_id=call_id, call_sid=call_sid)
+        by_id = next((r for r in rows if r["id"] == call_id), None)
+        by_sid = next((r for r in rows if r["call_sid"] == call_sid), None)
         if by_id is not None and by_id["call_sid"] and by_id["call_sid"] != call_sid:
-            return f"identity mismatch: call_id {call_id} has CallSid {by_id['call_sid']}, the request says {call_sid}"
+            return (
+                f"identity mismatch: call_id {call_id} has CallSid {by_id['call_sid']}, the request says {call_sid}",
+                None,
+            )
         if by_sid is not None and (by_id is None or by_sid["id"] != by_id["id"]):
-            return f"identity mismatch: CallSid {call_sid} belongs to call {by_sid['id']}, not {call_id}"
-        return None
+            return (
+                f"identity mismatch: CallSid {call_sid} belongs to call {by_sid['id']}, not {call_id}",
+                None,
+            )
+        return None, by_id or by_sid
 
     def stream_ended(self, call: dict[str, Any]) -> bool:
         """Whether the call's last accepted stream event says its stream stopped (a `streaming` call

@@ -125,6 +125,11 @@ class Store(WorkerRows):
             raise
         self.conn.execute("COMMIT")
 
+    def atomic(self) -> Any:
+        """A unit of statements, all or nothing: here `transaction()` (a savepoint costs nothing in SQLite;
+        PgStore's skips it inside a transaction)."""
+        return self.transaction()
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested part of the current transaction that can fail alone."""
@@ -204,6 +209,10 @@ class Store(WorkerRows):
                 if row is not None:
                     return dict(zip([d[0] for d in cur.description], row, strict=True))
         return None
+
+    def find_calls(self, *, call_id: str, call_sid: str) -> list[dict[str, Any]]:
+        """The calls with this id or this CallSid (0, 1 or 2 rows), in one read."""
+        return self._rows("SELECT * FROM calls WHERE id = ? OR call_sid = ?", [call_id, call_sid])
 
     def get_call(self, ref: str) -> dict[str, Any]:
         """A call by our id or its CallSid, or by a prefix of either that only one call has (the report

@@ -99,6 +99,11 @@ class PgStore(WorkerRows, PgEventRows):
                     return rows[0]
         return None
 
+    def find_calls(self, *, call_id: str, call_sid: str) -> list[dict[str, Any]]:
+        """The calls with this id or this CallSid (0, 1 or 2 rows), in one read (locked in a transaction)."""
+        lock = " FOR UPDATE" if self._in_transaction() else ""
+        return self._rows(f"SELECT * FROM calls WHERE id = %s OR call_sid = %s{lock}", [call_id, call_sid])
+
     def get_call(self, ref: str) -> dict[str, Any]:
         """A call by our id or its CallSid, or by a prefix of either that only one call has."""
         row = self.find_call(call_id=ref, call_sid=ref)

@@ -189,6 +189,11 @@ class PgBase:
             try:
                 with conn.transaction():
                     yield
+                    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                        # an error someone caught left it aborted: COMMIT would roll back without a word
+                        raise StoreError(
+                            "the transaction was aborted by an earlier error in it: nothing of it was written"
+                        )
             finally:
                 self._local.conn = None
 
@@ -213,6 +218,12 @@ class PgBase:
 
     def _in_transaction(self) -> bool:
         return getattr(self._local, "conn", None) is not None
+
+    def atomic(self) -> Any:
+        """A unit of statements inside the caller's transaction without a savepoint of its own (two round
+        trips fewer: an error aborts the caller's transaction, which the writer then runs again without
+        the failing job), or a transaction of its own outside one. SQLite's is `transaction()`."""
+        return self._atomic()
 
     @contextmanager
     def _atomic(self) -> Iterator[None]:

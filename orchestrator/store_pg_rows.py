@@ -19,6 +19,11 @@ _EARLIER_COUNTED = (
     "SELECT 1 FROM events WHERE dedupe_key = %s AND id < %s "
     "AND (reason IS NULL OR (reason NOT LIKE 'bad signature%%' AND reason NOT LIKE 'error:%%')) LIMIT 1"
 )
+_EARLIER_OR_CLAIM = (
+    f"WITH earlier AS ({_EARLIER_COUNTED}), claim AS (INSERT INTO dedupe_claims (dedupe_key, event_id) "
+    "SELECT %s, %s WHERE NOT EXISTS (SELECT 1 FROM earlier) ON CONFLICT (dedupe_key) DO NOTHING "
+    "RETURNING event_id) SELECT (SELECT count(*) FROM earlier), (SELECT count(*) FROM claim)"
+)
 _CLAIM_HOLDER = "SELECT c.event_id, e.reason FROM dedupe_claims c JOIN events e ON e.id = c.event_id WHERE c.dedupe_key = %s"
 
 
@@ -53,14 +58,11 @@ class PgEventRows(PgBase):
     def dedupe_seen(self, key: str, before_id: int) -> bool:
         """Whether an event before `before_id` counts under `key` (as in SQLite), or another event holds
         the key's claim. Claiming waits for a transaction that claimed it first and has not ended."""
-        if self._one(_EARLIER_COUNTED, [key, before_id]) is not None:
+        # one round trip: an earlier counted event, else the claim (made unless one exists)
+        earlier, claimed = self._one(_EARLIER_OR_CLAIM, [key, before_id, key, before_id]) or (0, 0)
+        if earlier:
             return True
-        claimed = self._one(
-            "INSERT INTO dedupe_claims (dedupe_key, event_id) VALUES (%s, %s) "
-            "ON CONFLICT (dedupe_key) DO NOTHING RETURNING event_id",
-            [key, before_id],
-        )
-        if claimed is not None:
+        if claimed:
             return False
         for _ in range(8):  # each lap: a claim that another process moved meanwhile
             holder = self._one(_CLAIM_HOLDER, [key])

@@ -86,7 +86,8 @@ async def _record_callback(
     dedupe_key = None if bad_ids else _dedupe_key(form, request, *[str(form.get(k) or "") for k in extra_key])
 
     def apply(service: CallService) -> tuple[Recorded, str | None]:
-        refused = problem or bad_ids or service.identity_problem(call_id, call_sid)
+        mismatch, known = (None, None) if problem or bad_ids else service.check_identity(call_id, call_sid)
+        refused = problem or bad_ids or mismatch
         # a refused request spends no duplicate key: it must not hide the real callback that follows
         key = dedupe_key if refused is None or refused == problem else None
         rec = service.record(
@@ -97,6 +98,7 @@ async def _record_callback(
             call_sid=call_sid,
             dedupe_key=key,
             rejected=refused,
+            known_call=known,
         )
         return rec, refused
 
