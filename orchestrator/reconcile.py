@@ -213,19 +213,12 @@ class Reconciler:
         quiet_before = iso(utcnow() - timedelta(seconds=quiet_s)) if quiet_s else None
         calls = await state.service.unfinished_calls(quiet_before=quiet_before, limit=self.batch)
         if state.settings.worker is not None:  # another worker that is up follows its own calls
-            others = await state.service.run(self._other_workers_up)
+            from orchestrator.workers import others_up
+
+            me, stale_s = state.settings.worker, state.settings.worker_stale_s
+            others = await state.service.run(lambda s: others_up(s, me, stale_s=stale_s))
             calls = [c for c in calls if c.get("worker") not in others]
         return await self.settle(calls)
-
-    def _other_workers_up(self, service: CallService) -> set[str]:
-        from orchestrator.workers import worker_status
-
-        now, stale_s = utcnow(), self.state.settings.worker_stale_s
-        return {
-            str(w["name"])
-            for w in service.store.list_workers()
-            if w["name"] != self.state.settings.worker and worker_status(w, now=now, stale_s=stale_s) == "up"
-        }
 
     async def settle(self, calls: list[dict[str, Any]]) -> list[Recorded]:
         """Ask the carrier about each call (but those with a live media session here) and apply `plan()`."""

@@ -42,10 +42,15 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_WORKER_CAPACITY",
+    "adopt",
     "alive_since",
+    "beat",
     "busy_reason",
     "claim",
+    "move_claim",
+    "others_up",
     "register",
+    "stop",
     "take_inbound",
     "worker_capacity",
     "worker_status",
@@ -233,3 +238,61 @@ def _pid_alive(pid: Any) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+# -- the server's store work as a worker (run on the writer thread; the handlers name these) -------------
+
+
+def beat(service: CallService, name: str, *, in_use: int) -> bool:
+    """Worker `name` is alive now with `in_use` streams; False when its row is gone or stopped."""
+    return service.store.heartbeat_worker(name, at=iso(utcnow()), in_use=in_use)
+
+
+def stop(service: CallService, name: str) -> None:
+    service.store.stop_worker(name, at=iso(utcnow()))
+
+
+def move_claim(service: CallService, call_id: str, worker: str) -> None:
+    """The call streams on `worker`: the session it holds is that worker's."""
+    service.store.update_call(call_id, worker=worker)
+
+
+def others_up(service: CallService, me: str, *, stale_s: float) -> set[str]:
+    """The names of the workers other than `me` that are up."""
+    now = utcnow()
+    return {
+        str(w["name"])
+        for w in service.store.list_workers()
+        if w["name"] != me and worker_status(w, now=now, stale_s=stale_s) == "up"
+    }
+
+
+def adopt(service: CallService, me: str, *, stale_s: float) -> list[dict[str, Any]]:
+    """Take over the unfinished calls of dead and stopped workers; each gets a `reconcile/worker_lost`
+    note saying whose it was and why. Returns them as they were (their old `worker`)."""
+    now = utcnow()
+    calls = service.store.adopt_calls(me, alive_since=alive_since(now, stale_s))
+    for call in calls:
+        old = service.store.get_worker(str(call["worker"]))
+        if old is None:
+            why = "its row is gone"
+        elif old["stopped_at"]:
+            why = "it stopped"
+        else:
+            why = f"no heartbeat for {heartbeat_age_s(old, now):.0f} s"
+        service.record(
+            source="reconcile",
+            type="worker_lost",
+            call_id=str(call["id"]),
+            call_sid=call.get("call_sid"),
+            payload={"worker": call["worker"], "adopted_by": me, "why": why},
+        )
+        log.warning(
+            "call %s (%s): worker %s lost (%s); adopted by %s",
+            call["id"],
+            call["state"],
+            call["worker"],
+            why,
+            me,
+        )
+    return calls

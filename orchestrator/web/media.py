@@ -26,6 +26,7 @@ from orchestrator.web.dtmf import DtmfBatch
 from orchestrator.web.signing import handshake_problem
 from orchestrator.web.state import STATE, AppState
 from orchestrator.web.wswrite import BatchSender
+from orchestrator.workers import move_claim
 
 log = logging.getLogger(__name__)
 MAX_FRAME = 64 * 1024
@@ -274,7 +275,7 @@ async def _on_start(
             "call %s claimed on %s streams to worker %s: claim moved", call["id"], call.get("worker"), me
         )
         call_id_here = str(call["id"])
-        await state.service.run(lambda s: s.store.update_call(call_id_here, worker=me))
+        await state.service.run(lambda s: move_claim(s, call_id_here, me))
     backend_session = None
     if reason is None and call is not None:
         try:

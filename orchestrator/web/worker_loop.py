@@ -8,11 +8,10 @@ import asyncio
 import logging
 from typing import Any
 
+from orchestrator import workers
 from orchestrator.reconcile import Reconciler
-from orchestrator.service import CallService
-from orchestrator.store import iso, utcnow
 from orchestrator.web.state import AppState
-from orchestrator.workers import alive_since, heartbeat_age_s, register
+from orchestrator.workers import register
 
 log = logging.getLogger(__name__)
 
@@ -73,47 +72,15 @@ class WorkerLoop:
 
     async def beat(self) -> None:
         in_use = len(self.state.sessions)
-        alive = await self.state.service.run(
-            lambda s: s.store.heartbeat_worker(self.name, at=iso(utcnow()), in_use=in_use)
-        )
+        alive = await self.state.service.run(lambda s: workers.beat(s, self.name, in_use=in_use))
         if not alive:  # the row was removed or marked stopped: this process is still serving
             log.warning("worker %s: its row was gone or stopped; registering again", self.name)
             await self.start()
 
     async def adopt(self) -> list[dict[str, Any]]:
-        """Take over the unfinished calls of dead and stopped workers; each gets a `worker_lost` note."""
+        """Take over the unfinished calls of dead and stopped workers (orchestrator.workers.adopt)."""
         stale_s = self.state.settings.worker_stale_s
-
-        def work(service: CallService) -> list[dict[str, Any]]:
-            now = utcnow()
-            calls = service.store.adopt_calls(self.name, alive_since=alive_since(now, stale_s))
-            for call in calls:
-                old = service.store.get_worker(str(call["worker"]))
-                why = (
-                    "it stopped"
-                    if old is not None and old["stopped_at"]
-                    else f"no heartbeat for {heartbeat_age_s(old, now):.0f} s"
-                    if old is not None
-                    else "its row is gone"
-                )
-                service.record(
-                    source="reconcile",
-                    type="worker_lost",
-                    call_id=str(call["id"]),
-                    call_sid=call.get("call_sid"),
-                    payload={"worker": call["worker"], "adopted_by": self.name, "why": why},
-                )
-                log.warning(
-                    "call %s (%s): worker %s lost (%s); adopted by %s",
-                    call["id"],
-                    call["state"],
-                    call["worker"],
-                    why,
-                    self.name,
-                )
-            return calls
-
-        return await self.state.service.run(work)
+        return await self.state.service.run(lambda s: workers.adopt(s, self.name, stale_s=stale_s))
 
     async def stop(self) -> None:
-        await self.state.service.run(lambda s: s.store.stop_worker(self.name, at=iso(utcnow())))
+        await self.state.service.run(lambda s: workers.stop(s, self.name))

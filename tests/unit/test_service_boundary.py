@@ -20,6 +20,7 @@ HANDLERS = [
     "orchestrator/evaluation.py",
     "orchestrator/reconcile.py",
     "orchestrator/retention.py",
+    "orchestrator/web/worker_loop.py",
 ]
 
 
