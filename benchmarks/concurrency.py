@@ -121,10 +121,6 @@ async def serve(
                 await asyncio.wait_for(stop.wait(), 0.25)
             except TimeoutError:
                 pass
-    # The app's shutdown waits up to 10 s for its background tasks before it stops the worker's
-    # heartbeat, which never ends by itself: stopped first here, the worker stops in ~1 s.
-    for task in [t for t in state.background if t.get_name() == "worker-heartbeat"]:
-        task.cancel()
     await server.stop()
 
 

@@ -91,10 +91,6 @@ async def serve_real(target: str, port_file: Path, worker: str | None, public: s
     state = server.app[STATE]
     await asyncio.wait_for(state.warmed.wait(), 60)  # load only once the import thread is done
     await _until_term(server.port, port_file)
-    # The app's shutdown waits up to 10 s for its background tasks before it stops the worker's
-    # heartbeat, which never ends by itself: stopped first here, the worker stops in ~1 s.
-    for task in [t for t in state.background if t.get_name() == "worker-heartbeat"]:
-        task.cancel()
     await server.stop()
 
 

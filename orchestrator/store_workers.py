@@ -118,10 +118,11 @@ class WorkerRows:
             )
             if not candidates:
                 return None
+            alive = {c["name"] for c in candidates}
             best: dict[str, Any] | None = None
             best_key: tuple[int, int] | None = None
             for row in self.list_workers():
-                if row["name"] not in {c["name"] for c in candidates}:
+                if row["name"] not in alive:
                     continue
                 free = int(row["capacity"]) - int(row["claimed"])
                 key = (free, 1 if row["name"] == prefer else 0)

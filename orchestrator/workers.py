@@ -130,7 +130,7 @@ def claim(
     held = call.get("worker")
     if held:
         row = store.get_worker(str(held))
-        if row is not None and row["stopped_at"] is None and str(row["heartbeat_at"]) >= since:
+        if row is not None and worker_status(row, now=utcnow(), stale_s=stale_s) == "up":
             return row
     row = store.claim_worker(str(call["id"]), alive_since=since, prefer=prefer)
     if row is not None:
